@@ -1,0 +1,83 @@
+"""Encoders: images and texts in, L2-normalised float32 vectors of one shared space out.
+
+`Encoder` is the whole interface the rest of retriever relies on; `ClipEncoder` implements it
+with an open_clip model from `retriever.models`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from retriever.models import LoadedModel, ModelId
+
+
+class Encoder(ABC):
+    """Maps images and texts into one space. Vectors are (n, dim) float32 with unit L2 norm."""
+
+    model_id: ModelId
+    dim: int
+    context_length: int  # tokens a text may have, start and end markers included
+
+    @abstractmethod
+    def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray: ...
+
+    @abstractmethod
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray: ...
+
+    @abstractmethod
+    def count_tokens(self, text: str) -> int:
+        """Tokens `text` takes, start and end markers included (truncation happens past
+        `context_length`)."""
+
+
+class ClipEncoder(Encoder):
+    def __init__(self, loaded: LoadedModel, batch_size: int = 64) -> None:
+        self.loaded = loaded
+        self.model_id = loaded.model_id
+        self.dim = loaded.dim
+        self.context_length = loaded.context_length
+        self.batch_size = batch_size
+        self.batches_run = 0  # forward passes so far; tests count batching with it
+
+    def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        pixels = [self.loaded.preprocess(im) for im in images]
+        return self._encode(pixels, self.loaded.model.encode_image)
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        tokens = list(self.loaded.tokenizer(list(texts))) if texts else []
+        return self._encode(tokens, self.loaded.model.encode_text)
+
+    def count_tokens(self, text: str) -> int:
+        tokenizer = self.loaded.tokenizer
+        if hasattr(tokenizer, "encode"):  # open_clip's SimpleTokenizer: BPE ids without markers
+            return len(tokenizer.encode(text)) + 2
+        return len(tokenizer.tokenizer(text)["input_ids"])  # HFTokenizer counts its own markers
+
+    def _encode(self, inputs: list[torch.Tensor], forward) -> np.ndarray:
+        out = np.empty((len(inputs), self.dim), dtype=np.float32)
+        for start, batch in _batches(inputs, self.batch_size):
+            x = torch.stack(batch).to(self.loaded.device, non_blocking=True)
+            with torch.inference_mode(), _autocast(self.loaded.device):
+                features = forward(x)
+            features = torch.nn.functional.normalize(features.float(), dim=-1)
+            out[start : start + len(batch)] = features.cpu().numpy()
+            self.batches_run += 1
+        return out
+
+
+def _batches(items: list, size: int) -> Iterator[tuple[int, list]]:
+    for start in range(0, len(items), size):
+        yield start, items[start : start + size]
+
+
+def _autocast(device: torch.device):
+    """Mixed precision on CUDA (roughly 2x encode throughput); plain fp32 on CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    return contextlib.nullcontext()

@@ -1,0 +1,53 @@
+"""Opening one image file the way every part of retriever sees it: RGB, upright, first frame."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from retriever.errors import ImageError
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+# Pixel cap against decompression bombs; a 100-megapixel photo still opens.
+DEFAULT_MAX_PIXELS = 100_000_000
+
+
+def open_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode `path` fully into an RGB image with EXIF orientation applied.
+
+    Animated files give their first frame. Raises `ImageError` naming the file and the reason.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                if im.width * im.height > max_pixels:
+                    raise ImageError(
+                        f"{path}: {im.width}x{im.height} exceeds the {max_pixels}-pixel cap"
+                    )
+                im.seek(0)  # animated GIF/WebP: first frame
+                im.load()
+                upright = ImageOps.exif_transpose(im)
+                return _to_rgb(upright)
+    except ImageError:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning,
+            OSError, ValueError, SyntaxError) as err:
+        raise ImageError(f"{path}: not a readable image ({_reason(err)})") from err
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
+        background = Image.new("RGB", im.size, (255, 255, 255))
+        background.paste(im.convert("RGBA"), mask=im.convert("RGBA").getchannel("A"))
+        return background
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit greyscale: scale to 8 bits
+        return im.point(lambda v: v / 256).convert("L").convert("RGB")
+    return im.convert("RGB")
+
+
+def _reason(err: BaseException) -> str:
+    text = str(err).strip() or type(err).__name__
+    return text.splitlines()[0]
