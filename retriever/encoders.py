@@ -32,8 +32,12 @@ class Encoder(ABC):
 
     @abstractmethod
     def count_tokens(self, text: str) -> int:
-        """Tokens `text` takes, start and end markers included (truncation happens past
-        `context_length`)."""
+        """Tokens `text` takes, without the start/end markers the encoder adds."""
+
+    @property
+    def text_budget(self) -> int:
+        """Tokens one passage may hold: the context less the start and end markers."""
+        return self.context_length - 2
 
 
 class ClipEncoder(Encoder):
@@ -56,8 +60,8 @@ class ClipEncoder(Encoder):
     def count_tokens(self, text: str) -> int:
         tokenizer = self.loaded.tokenizer
         if hasattr(tokenizer, "encode"):  # open_clip's SimpleTokenizer: BPE ids without markers
-            return len(tokenizer.encode(text)) + 2
-        return len(tokenizer.tokenizer(text)["input_ids"])  # HFTokenizer counts its own markers
+            return len(tokenizer.encode(text))
+        return len(tokenizer.tokenizer(text, add_special_tokens=False)["input_ids"])  # HF
 
     def _encode(self, inputs: list[torch.Tensor], forward) -> np.ndarray:
         out = np.empty((len(inputs), self.dim), dtype=np.float32)

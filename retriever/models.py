@@ -293,7 +293,7 @@ def _load_state_file(model: str | None, path: Path, device: torch.device) -> Loa
     arch, config_path = _resolve_arch(model or DEFAULT_MODEL)
     try:
         return _build(arch, ModelId(str(config_path or arch), str(path)), device, weights=str(path))
-    except RuntimeError as err:
+    except (RuntimeError, AssertionError, KeyError, ValueError) as err:  # open_clip uses all four
         raise CheckpointError(
             f"weights {path} do not fit {model or DEFAULT_MODEL}: pass the matching --model ({err})"
         ) from err

@@ -1,0 +1,205 @@
+"""The `retriever` command line: parse arguments, call the library, print.
+
+Expected failures arrive as `RetrieverError`s and are printed as one line with the fix;
+everything else about how work is done lives in `retriever/` and `index/`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from retriever import __version__
+from retriever.errors import RetrieverError
+
+app = typer.Typer(
+    name="retriever",
+    help="Search your own photos and documents by text or by image.\n\n"
+    "Example: retriever index ~/Pictures && retriever search 'dog on a beach'",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+DbOpt = Annotated[Path | None, typer.Option(
+    "--db", help="Index folder (default: <first folder>/.retriever, or $RETRIEVER_DB; search "
+    "and info look upwards from the current folder).", envvar="RETRIEVER_DB", show_envvar=True)]
+ModelOpt = Annotated[str | None, typer.Option(
+    "--model", help="open_clip model name (ViT-B-32), hf-hub:org/repo, or a model-config JSON.")]
+PretrainedOpt = Annotated[str | None, typer.Option(
+    "--pretrained", help="open_clip pretrained tag, hf-hub:org/repo, a weights/checkpoint file, "
+    "or 'none' for random weights. Default: the model's default tag.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
+
+
+def reports_errors(command: F) -> F:
+    """Print a RetrieverError as one line on stderr and exit with its code; no traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except RetrieverError as error:
+            err.print(f"error: {error}", markup=False)
+            raise typer.Exit(error.exit_code) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"retriever {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Search your own photos and documents by text or by image."""
+
+
+@app.command()
+@reports_errors
+def index(
+    folders: Annotated[list[Path], typer.Argument(help="Folders of images and text documents.")],
+    db: DbOpt = None,
+    model: ModelOpt = None,
+    pretrained: PretrainedOpt = None,
+    batch_size: Annotated[int, typer.Option(help="Files per batch (encoder and store).")] = 64,
+    exclude: Annotated[list[str] | None, typer.Option(
+        "--exclude", help="Glob of paths to skip (repeatable), e.g. 'raw/*' or '*.md'.")] = None,
+    max_pixels: Annotated[int, typer.Option(help="Refuse larger images (bombs).")] = 100_000_000,
+    max_text_bytes: Annotated[int, typer.Option(help="Read documents up to this.")] = 2_000_000,
+    json_out: JsonOpt = False,
+) -> None:
+    """Embed every image and text passage under FOLDERS into the index.
+
+    Example: retriever index ~/Pictures ~/Notes --exclude 'tmp/*'
+    """
+    from retriever.collection import Collection, index_dir_for
+    from retriever.encoders import ClipEncoder
+    from retriever.indexer import IndexOptions, index_media
+    from retriever.media import check_roots
+    from retriever.models import ModelSpec, load_model
+    from retriever.progress import RichProgress
+    from retriever.query import open_encoder
+
+    roots = check_roots(folders)
+    options = IndexOptions(tuple(roots), tuple(exclude or ()), batch_size, max_pixels,
+                           max_text_bytes)
+    collection = Collection.open(index_dir_for(roots, db))
+    asked = ModelSpec(model, pretrained)
+    if collection.model() is None:
+        encoder = ClipEncoder(load_model(asked), batch_size=batch_size)
+    else:  # an existing index keeps its model; a different --model is refused before loading
+        encoder = open_encoder(collection, asked, batch_size=batch_size)
+    report = index_media(collection, encoder, options, RichProgress())
+    for failure in report.failures:
+        err.print(f"skipped {failure.reason}", markup=False)
+    counts = collection.store.counts()
+    summary = {"directory": str(collection.directory), "run": _report_json(report),
+               **counts.__dict__}
+    if json_out:
+        out.print(json.dumps(summary), markup=False)
+        return
+    out.print(
+        f"indexed {report.images} images, {report.texts} text files ({report.passages} "
+        f"passages); {report.unchanged} unchanged, {report.removed} removed, "
+        f"{len(report.failures)} failed -> {collection.directory} ({counts.images} images, "
+        f"{counts.texts} passages in {counts.files} files)", markup=False)
+
+
+@app.command()
+@reports_errors
+def search(
+    query: Annotated[str | None, typer.Argument(help="What to look for, in words.")] = None,
+    image: Annotated[Path | None, typer.Option(
+        "--image", help="Search with an image instead of words.")] = None,
+    to: Annotated[str, typer.Option("--to", help="images, texts or all.")] = "all",
+    k: Annotated[int, typer.Option("-k", help="Number of results.")] = 10,
+    under: Annotated[str | None, typer.Option(
+        "--in", help="Only results under this folder.")] = None,
+    db: DbOpt = None,
+    model: ModelOpt = None,
+    pretrained: PretrainedOpt = None,
+    json_out: JsonOpt = False,
+    paths_only: Annotated[bool, typer.Option("--paths-only", help="Print bare paths.")] = False,
+) -> None:
+    """Find images and text passages by words or by an image.
+
+    Examples: retriever search "red circle" --to images;
+    retriever search --image photo.jpg --to texts --json
+    """
+    from retriever.collection import Collection, find_index_dir
+    from retriever.models import ModelSpec
+    from retriever.query import Query, open_encoder
+    from retriever.query import search as run_search
+
+    request = Query(query, image, to, k, under)
+    request.check()
+    collection = Collection.open(find_index_dir(db))
+    asked = ModelSpec(model, pretrained) if model or pretrained else None
+    encoder = open_encoder(collection, asked)
+    results = run_search(collection, encoder, request)
+    if json_out:
+        for result in results:
+            out.print(json.dumps(result.to_json()), markup=False)
+    elif paths_only:
+        for result in results:
+            out.print(result.path, markup=False)
+    else:
+        table = Table("score", "kind", "path", "caption / passage")
+        for r in results:
+            where = r.path if r.kind == "image" else f"{r.path} #{r.position}"
+            table.add_row(f"{r.score:.3f}", r.kind, where, r.caption or r.passage or "")
+        out.print(table)
+
+
+@app.command()
+@reports_errors
+def info(db: DbOpt = None, json_out: JsonOpt = False) -> None:
+    """Show what an index holds and which model built it.
+
+    Example: retriever info --json
+    """
+    from retriever.collection import Collection, find_index_dir
+
+    collection = Collection.open(find_index_dir(db))
+    counts = collection.store.counts()
+    record = collection.model()
+    summary = {**counts.__dict__, "model": record.__dict__ if record else None,
+               "directory": str(collection.directory)}
+    if json_out:
+        out.print(json.dumps(summary), markup=False)
+        return
+    model = f"{record.name} ({record.pretrained}, {record.dim}-d)" if record else "none yet"
+    out.print(f"index   {collection.directory}\nmodel   {model}\nfiles   {counts.files}\n"
+              f"images  {counts.images}\ntexts   {counts.texts} passages", markup=False)
+
+
+def _report_json(report: Any) -> dict:
+    data = dict(report.__dict__)
+    data["failures"] = [f.__dict__ for f in report.failures]
+    return data
+
+
+def main() -> None:
+    logging.getLogger().setLevel(logging.ERROR)  # open_clip logs warnings on the root logger
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

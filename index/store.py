@@ -1,0 +1,269 @@
+"""The metadata store: every SQL statement retriever runs lives here.
+
+The store is the source of truth. It holds files, the items embedded from them (an image, or one
+passage of a text), and each item's vector as a float32 blob, so the FAISS index can always be
+rebuilt from it. SQLite by default; any SQLAlchemy URL works.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from sqlalchemy import (
+    Engine,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    create_engine,
+    delete,
+    event,
+    func,
+    select,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
+
+from index.migrations import migrate
+
+IMAGE = "image"
+TEXT = "text"
+KINDS = (IMAGE, TEXT)
+VECTOR_DTYPE = np.dtype("<f4")  # little-endian float32, whatever the machine
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class CollectionModel(Base):
+    """The one model every vector in this store was made with."""
+
+    __tablename__ = "collection_model"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String)
+    pretrained: Mapped[str] = mapped_column(String)
+    dim: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class File(Base):
+    __tablename__ = "files"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    path: Mapped[str] = mapped_column(String, unique=True)
+    kind: Mapped[str] = mapped_column(String)
+    content_hash: Mapped[str] = mapped_column(String)
+    size: Mapped[int] = mapped_column(Integer)
+    mtime: Mapped[float] = mapped_column(Float)
+    width: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    height: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    caption: Mapped[str | None] = mapped_column(String, nullable=True)
+    indexed_at: Mapped[float] = mapped_column(Float)
+    items: Mapped[list[Item]] = relationship(
+        back_populates="file", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class Item(Base):
+    """One embedded unit: an image (position 0) or passage number `position` of a text."""
+
+    __tablename__ = "items"
+    __table_args__ = {"sqlite_autoincrement": True}
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)  # == FAISS id
+    file_id: Mapped[int] = mapped_column(ForeignKey("files.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String)
+    position: Mapped[int] = mapped_column(Integer)
+    passage: Mapped[str | None] = mapped_column(String, nullable=True)
+    file: Mapped[File] = relationship(back_populates="items")
+    vector: Mapped[Vector] = relationship(cascade="all, delete-orphan", passive_deletes=True)
+
+
+class Vector(Base):
+    __tablename__ = "vectors"
+    item_id: Mapped[int] = mapped_column(
+        ForeignKey("items.id", ondelete="CASCADE"), primary_key=True
+    )
+    data: Mapped[bytes] = mapped_column(LargeBinary)  # dim x float32, little-endian
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    name: str
+    pretrained: str
+    dim: int
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    path: str  # absolute
+    kind: str  # IMAGE or TEXT
+    content_hash: str  # sha256 hex of the bytes
+    size: int
+    mtime: float
+    width: int | None = None
+    height: int | None = None
+    caption: str | None = None
+
+
+@dataclass(frozen=True)
+class ItemRecord:
+    kind: str
+    position: int
+    passage: str | None
+    vector: np.ndarray  # (dim,) float32, unit norm
+
+
+@dataclass(frozen=True)
+class ItemView:
+    id: int
+    path: str
+    kind: str
+    position: int
+    passage: str | None
+    caption: str | None
+
+
+@dataclass(frozen=True)
+class FileState:
+    size: int
+    mtime: float
+    content_hash: str
+
+
+@dataclass
+class WriteResult:
+    added: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    # kind -> (ids (n,) int64, vectors (n, dim) float32): what the vector index must add
+    removed: list[int] = field(default_factory=list)  # item ids the vector index must drop
+
+
+@dataclass(frozen=True)
+class Counts:
+    images: int
+    texts: int
+    files: int
+
+
+class Store:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine: Engine = create_engine(url)
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        migrate(self.engine.begin)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # --- the model ------------------------------------------------------------------------
+
+    def model(self) -> ModelRecord | None:
+        with Session(self.engine) as s:
+            row = s.get(CollectionModel, 1)
+            return ModelRecord(row.name, row.pretrained, row.dim) if row else None
+
+    def set_model(self, record: ModelRecord) -> None:
+        with Session(self.engine) as s, s.begin():
+            s.merge(CollectionModel(id=1, name=record.name, pretrained=record.pretrained,
+                                    dim=record.dim, created_at=time.time()))
+
+    # --- writing ----------------------------------------------------------------------------
+
+    def write_files(self, batch: Sequence[tuple[FileRecord, Sequence[ItemRecord]]]) -> WriteResult:
+        """Insert or replace each file with its items and vectors, all in one transaction."""
+        result = WriteResult()
+        new_items: list[Item] = []
+        with Session(self.engine) as s, s.begin():
+            old = s.scalars(select(File).where(File.path.in_([f.path for f, _ in batch])))
+            for existing in old:
+                result.removed.extend(item.id for item in existing.items)
+                s.delete(existing)
+            s.flush()
+            now = time.time()
+            for record, items in batch:
+                file = File(**dataclasses.asdict(record), indexed_at=now)
+                for it in items:
+                    blob = np.ascontiguousarray(it.vector, dtype=VECTOR_DTYPE).tobytes()
+                    item = Item(kind=it.kind, position=it.position, passage=it.passage,
+                                vector=Vector(data=blob))
+                    file.items.append(item)
+                    new_items.append(item)
+                s.add(file)
+            s.flush()
+            for kind in KINDS:
+                rows = [i for i in new_items if i.kind == kind]
+                if rows:
+                    result.added[kind] = (
+                        np.array([i.id for i in rows], dtype=np.int64),
+                        np.stack([_decode(i.vector.data) for i in rows]),
+                    )
+        return result
+
+    def remove_files(self, paths: Iterable[str]) -> list[int]:
+        """Delete files (and their items and vectors); returns the removed item ids."""
+        paths = list(paths)
+        with Session(self.engine) as s, s.begin():
+            ids = list(s.scalars(select(Item.id).join(File).where(File.path.in_(paths))))
+            s.execute(delete(File).where(File.path.in_(paths)))
+        return ids
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def file_states(self) -> dict[str, FileState]:
+        with Session(self.engine) as s:
+            rows = s.execute(select(File.path, File.size, File.mtime, File.content_hash))
+            return {p: FileState(size, mtime, h) for p, size, mtime, h in rows}
+
+    def vectors(self, kind: str) -> tuple[np.ndarray, np.ndarray]:
+        """All stored vectors of one kind: ids (n,) int64 and vectors (n, dim) float32."""
+        with Session(self.engine) as s:
+            rows = s.execute(
+                select(Vector.item_id, Vector.data).join(Item).where(Item.kind == kind)
+                .order_by(Vector.item_id)
+            ).all()
+        if not rows:
+            return np.empty(0, np.int64), np.empty((0, 0), np.float32)
+        ids = np.array([r[0] for r in rows], dtype=np.int64)
+        return ids, np.stack([_decode(r[1]) for r in rows])
+
+    def items(self, ids: Sequence[int]) -> dict[int, ItemView]:
+        with Session(self.engine) as s:
+            rows = s.execute(
+                select(Item.id, File.path, Item.kind, Item.position, Item.passage, File.caption)
+                .join(File).where(Item.id.in_([int(i) for i in ids]))
+            )
+            return {r[0]: ItemView(*r) for r in rows}
+
+    def item_ids_under(self, prefix: str, kind: str) -> np.ndarray:
+        """Ids of `kind` items whose file path starts with `prefix` (SQL, not a Python scan)."""
+        with Session(self.engine) as s:
+            ids = s.scalars(
+                select(Item.id).join(File)
+                .where(Item.kind == kind, File.path.startswith(prefix, autoescape=True))
+            )
+            return np.fromiter(ids, dtype=np.int64)
+
+    def count_items(self, kind: str) -> int:
+        with Session(self.engine) as s:
+            return int(s.scalar(select(func.count(Item.id)).where(Item.kind == kind)) or 0)
+
+    def counts(self) -> Counts:
+        with Session(self.engine) as s:
+            files = int(s.scalar(select(func.count(File.id))) or 0)
+        return Counts(images=self.count_items(IMAGE), texts=self.count_items(TEXT), files=files)
+
+
+def _decode(blob: bytes) -> np.ndarray:
+    return np.frombuffer(blob, dtype=VECTOR_DTYPE).astype(np.float32)
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA foreign_keys = ON")  # ON DELETE CASCADE needs it in SQLite
+    cursor.execute("PRAGMA journal_mode = WAL")  # readers (search) never block the writer
+    cursor.execute("PRAGMA busy_timeout = 30000")
+    cursor.close()

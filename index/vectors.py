@@ -1,0 +1,91 @@
+"""The vector index: FAISS inner product over unit vectors, ids = store item ids.
+
+One `VectorIndex` per modality. The canonical copy is a CPU `IndexIDMap2(IndexFlatIP)`: exact
+cosine search, ids mapped to the store's item ids, removable by id. When FAISS sees a GPU,
+searches run on a GPU clone of it. Files are written atomically (temp file, then rename).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+
+class VectorIndex:
+    def __init__(self, dim: int, index: faiss.Index | None = None) -> None:
+        self.dim = dim
+        self.index = index if index is not None else faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        self._gpu: faiss.Index | None = None  # search-side clone, dropped on every change
+
+    @classmethod
+    def from_vectors(cls, dim: int, ids: np.ndarray, vectors: np.ndarray) -> VectorIndex:
+        built = cls(dim)
+        built.add(ids, vectors)
+        return built
+
+    @classmethod
+    def load(cls, path: Path) -> VectorIndex:
+        index = faiss.read_index(str(path))
+        return cls(index.d, index)
+
+    def save(self, path: Path) -> None:
+        fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            faiss.write_index(self.index, tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    def __len__(self) -> int:
+        return int(self.index.ntotal)
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """ids (n,) int64, vectors (n, dim) float32 with unit norm."""
+        if len(ids) == 0:
+            return
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.shape != (len(ids), self.dim):
+            raise ValueError(f"expected ({len(ids)}, {self.dim}) vectors, got {vectors.shape}")
+        self.index.add_with_ids(vectors, np.ascontiguousarray(ids, dtype=np.int64))
+        self._gpu = None
+
+    def remove(self, ids: np.ndarray | list[int]) -> int:
+        if len(ids) == 0:
+            return 0
+        removed = self.index.remove_ids(np.asarray(ids, dtype=np.int64))
+        self._gpu = None
+        return int(removed)
+
+    def search(
+        self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k by inner product. queries (q, dim) -> scores (q, k') and ids (q, k').
+
+        k' = min(k, candidates); id -1 marks an empty slot. `allowed` restricts the search to
+        those ids (a FAISS IDSelector, evaluated inside the index, not a Python scan).
+        """
+        queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
+        candidates = len(self) if allowed is None else min(len(self), len(allowed))
+        k = min(k, candidates)
+        if k <= 0:
+            return np.empty((len(queries), 0), np.float32), np.empty((len(queries), 0), np.int64)
+        if allowed is not None:
+            selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed, dtype=np.int64))
+            params = faiss.SearchParameters(sel=selector)
+            scores, ids = self.index.search(queries, k, params=params)
+        else:
+            scores, ids = self._search_index().search(queries, k)
+        return scores, ids
+
+    def _search_index(self) -> faiss.Index:
+        if faiss.get_num_gpus() == 0:
+            return self.index
+        if self._gpu is None:
+            self._gpu = faiss.index_cpu_to_all_gpus(self.index)
+        return self._gpu

@@ -1,0 +1,56 @@
+"""Splitting text documents into passages that fit the text encoder's context.
+
+CLIP-style text towers read at most `context_length` tokens (77 for ViT-B-32) and truncate the
+rest silently, so a document is cut into passages of whole words, each within budget. Paragraph
+breaks are preferred cut points: short paragraphs share a passage, long ones are split.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+# Documents larger than this are read up to the cap (a log file dropped into a photo folder
+# must not take the run down); change it with `--max-text-bytes`.
+DEFAULT_MAX_TEXT_BYTES = 2_000_000
+_PARAGRAPH = re.compile(r"\n\s*\n")
+
+
+@dataclass(frozen=True)
+class Passage:
+    position: int  # 0-based passage number within its file
+    text: str
+
+
+def read_text(path: Path, max_bytes: int = DEFAULT_MAX_TEXT_BYTES) -> str:
+    """UTF-8 text of `path` (up to `max_bytes`); bytes that are not UTF-8 become U+FFFD."""
+    with open(path, "rb") as fh:
+        raw = fh.read(max_bytes)
+    return raw.decode("utf-8", errors="replace")
+
+
+def split_passages(text: str, count_tokens: Callable[[str], int], budget: int) -> list[Passage]:
+    """Cut `text` into passages of at most `budget` tokens.
+
+    `count_tokens(word)` counts one word's tokens without start/end markers. CLIP's BPE encodes
+    each whitespace-separated word on its own, so a passage's cost is the sum over its words.
+    """
+    passages: list[str] = []
+    words: list[str] = []
+    used = 0
+    for paragraph in _PARAGRAPH.split(text):
+        for word in paragraph.split():
+            cost = count_tokens(word)
+            if words and used + cost > budget:
+                passages.append(" ".join(words))
+                words, used = [], 0
+            words.append(word)
+            used += cost
+        if words and used >= budget // 2:  # a paragraph end is a good cut once half full
+            passages.append(" ".join(words))
+            words, used = [], 0
+    if words:
+        passages.append(" ".join(words))
+    return [Passage(i, p) for i, p in enumerate(passages)]

@@ -1,0 +1,121 @@
+"""The metadata store: migrations, replace-by-path writes, vectors as the source of truth."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sqlalchemy import create_engine, inspect, text
+
+from index.migrations import LATEST, MIGRATIONS, migrate
+from index.store import IMAGE, TEXT, FileRecord, ItemRecord, ModelRecord, Store
+
+
+def vec(seed, d=8):
+    v = np.random.default_rng(seed).normal(size=d).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+def image_file(path, h="h"):
+    return FileRecord(path, IMAGE, h, 10, 1.0, 4, 3, "a caption")
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    yield s
+    s.close()
+
+
+def test_fresh_store_is_at_latest_version_with_its_tables(tmp_path):
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    Store(url).close()
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        versions = [r[0] for r in conn.execute(text("SELECT version FROM schema_migrations"))]
+        tables = set(inspect(conn).get_table_names())
+    assert versions == [v for v, _, _ in MIGRATIONS] and versions[-1] == LATEST
+    assert {"collection_model", "files", "items", "vectors"} <= tables
+
+
+def test_migrations_run_once(tmp_path):
+    engine = create_engine(f"sqlite:///{tmp_path / 's.db'}")
+    assert migrate(engine.begin) == [v for v, _, _ in MIGRATIONS]
+    assert migrate(engine.begin) == []
+
+
+def test_upgrade_from_an_unversioned_store_keeps_nothing_half_done(tmp_path):
+    """A store whose bookkeeping table exists but records nothing (the shape before v1) gets
+    every migration, each with its record."""
+    engine = create_engine(f"sqlite:///{tmp_path / 's.db'}")
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, "
+                          "name TEXT NOT NULL, applied_at FLOAT NOT NULL)"))
+    assert migrate(engine.begin) == [v for v, _, _ in MIGRATIONS]
+
+
+def test_model_record_roundtrip(store):
+    assert store.model() is None
+    store.set_model(ModelRecord("ViT-B-32", "laion2b_s34b_b79k", 512))
+    assert store.model() == ModelRecord("ViT-B-32", "laion2b_s34b_b79k", 512)
+
+
+def test_write_returns_ids_and_vectors_for_the_index(store):
+    result = store.write_files([
+        (image_file("/m/a.jpg"), [ItemRecord(IMAGE, 0, None, vec(1))]),
+        (FileRecord("/m/n.txt", TEXT, "t", 5, 2.0),
+         [ItemRecord(TEXT, 0, "one", vec(2)), ItemRecord(TEXT, 1, "two", vec(3))]),
+    ])
+    image_ids, image_vecs = result.added[IMAGE]
+    text_ids, text_vecs = result.added[TEXT]
+    assert len(image_ids) == 1 and len(text_ids) == 2 and result.removed == []
+    np.testing.assert_array_equal(text_vecs, np.stack([vec(2), vec(3)]))
+    views = store.items([*image_ids, *text_ids])
+    assert views[int(image_ids[0])].caption == "a caption"
+    assert [views[int(i)].passage for i in text_ids] == ["one", "two"]
+    assert store.counts().__dict__ == {"images": 1, "texts": 2, "files": 2}
+
+
+def test_rewriting_a_path_replaces_its_items_and_never_reuses_ids(store):
+    first = store.write_files([(image_file("/m/a.jpg"), [ItemRecord(IMAGE, 0, None, vec(1))])])
+    old_id = int(first.added[IMAGE][0][0])
+    second = store.write_files([(image_file("/m/a.jpg", "h2"),
+                                 [ItemRecord(IMAGE, 0, None, vec(2))])])
+    assert second.removed == [old_id]
+    new_id = int(second.added[IMAGE][0][0])
+    assert new_id != old_id
+    ids, vectors = store.vectors(IMAGE)
+    assert ids.tolist() == [new_id]
+    np.testing.assert_array_equal(vectors[0], vec(2))
+
+
+def test_remove_files_cascades_to_items_and_vectors(store):
+    store.write_files([(image_file(f"/m/{i}.jpg"), [ItemRecord(IMAGE, 0, None, vec(i))])
+                       for i in range(3)])
+    removed = store.remove_files(["/m/0.jpg", "/m/2.jpg"])
+    assert len(removed) == 2
+    assert store.vectors(IMAGE)[0].tolist() == sorted(set(range(1, 4)) - set(removed))
+    assert store.counts().files == 1
+
+
+def test_prefix_filter_is_literal(store):
+    """`%` and `_` in a folder name match themselves, not SQL wildcards."""
+    store.write_files([
+        (image_file("/m/100%_sure/a.jpg"), [ItemRecord(IMAGE, 0, None, vec(1))]),
+        (image_file("/m/100xxsure/b.jpg"), [ItemRecord(IMAGE, 0, None, vec(2))]),
+    ])
+    ids = store.item_ids_under("/m/100%_sure/", IMAGE)
+    assert [store.items(ids)[int(i)].path for i in ids] == ["/m/100%_sure/a.jpg"]
+
+
+def test_vectors_are_little_endian_float32_blobs(store):
+    store.write_files([(image_file("/m/a.jpg"), [ItemRecord(IMAGE, 0, None, vec(5))])])
+    with store.engine.connect() as conn:
+        blob = conn.execute(text("SELECT data FROM vectors")).scalar_one()
+    np.testing.assert_array_equal(np.frombuffer(blob, "<f4"), vec(5))
+
+
+def test_any_sqlalchemy_url(tmp_path):
+    """The store takes a URL, not a path: here SQLite with an explicit absolute URL."""
+    store = Store(f"sqlite+pysqlite:///{tmp_path / 'elsewhere.sqlite'}")
+    store.set_model(ModelRecord("m", "none", 8))
+    assert (tmp_path / "elsewhere.sqlite").is_file() and store.model().dim == 8
