@@ -28,8 +28,8 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+stdout = Console(highlight=False, soft_wrap=True)
+stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 DbOpt = Annotated[Path | None, typer.Option(
@@ -51,7 +51,7 @@ def reports_errors(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except RetrieverError as error:
-            err.print(f"error: {error}", markup=False)
+            stderr.print(f"error: {error}", markup=False)
             raise typer.Exit(error.exit_code) from None
 
     return wrapper  # type: ignore[return-value]
@@ -59,7 +59,7 @@ def reports_errors(command: F) -> F:
 
 def _version(value: bool) -> None:
     if value:
-        out.print(f"retriever {__version__}")
+        stdout.print(f"retriever {__version__}")
         raise typer.Exit()
 
 
@@ -108,14 +108,14 @@ def index(
         encoder = open_encoder(collection, asked, batch_size=batch_size)
     report = index_media(collection, encoder, options, RichProgress())
     for failure in report.failures:
-        err.print(f"skipped {failure.reason}", markup=False)
+        stderr.print(f"skipped {failure.reason}", markup=False)
     counts = collection.store.counts()
     summary = {"directory": str(collection.directory), "run": _report_json(report),
                **counts.__dict__}
     if json_out:
-        out.print(json.dumps(summary), markup=False)
+        stdout.print(json.dumps(summary), markup=False)
         return
-    out.print(
+    stdout.print(
         f"indexed {report.images} images, {report.texts} text files ({report.passages} "
         f"passages); {report.unchanged} unchanged, {report.removed} removed, "
         f"{len(report.failures)} failed -> {collection.directory} ({counts.images} images, "
@@ -156,16 +156,16 @@ def search(
     results = run_search(collection, encoder, request)
     if json_out:
         for result in results:
-            out.print(json.dumps(result.to_json()), markup=False)
+            stdout.print(json.dumps(result.to_json()), markup=False)
     elif paths_only:
         for result in results:
-            out.print(result.path, markup=False)
+            stdout.print(result.path, markup=False)
     else:
         table = Table("score", "kind", "path", "caption / passage")
         for r in results:
             where = r.path if r.kind == "image" else f"{r.path} #{r.position}"
             table.add_row(f"{r.score:.3f}", r.kind, where, r.caption or r.passage or "")
-        out.print(table)
+        stdout.print(table)
 
 
 @app.command()
@@ -183,11 +183,126 @@ def info(db: DbOpt = None, json_out: JsonOpt = False) -> None:
     summary = {**counts.__dict__, "model": record.__dict__ if record else None,
                "directory": str(collection.directory)}
     if json_out:
-        out.print(json.dumps(summary), markup=False)
+        stdout.print(json.dumps(summary), markup=False)
         return
     model = f"{record.name} ({record.pretrained}, {record.dim}-d)" if record else "none yet"
-    out.print(f"index   {collection.directory}\nmodel   {model}\nfiles   {counts.files}\n"
+    stdout.print(f"index   {collection.directory}\nmodel   {model}\nfiles   {counts.files}\n"
               f"images  {counts.images}\ntexts   {counts.texts} passages", markup=False)
+
+
+@app.command()
+@reports_errors
+def train(
+    data: Annotated[Path, typer.Argument(
+        help="Folder of images with sidecar captions (photo.jpg + photo.txt, one caption per "
+        "line), or a .csv/.tsv/.jsonl with filepath and caption columns.")],
+    out: Annotated[Path, typer.Option("--out", help="Checkpoint to write.")],
+    model: ModelOpt = None,
+    pretrained: PretrainedOpt = None,
+    objective: Annotated[str, typer.Option(help="infonce (CLIP) or distance (margin).")] = (
+        "infonce"),
+    distance_weight: Annotated[float, typer.Option(
+        help="infonce: add this x the squared distance of matching pairs.")] = 0.0,
+    margin: Annotated[float, typer.Option(help="distance: push negatives this far.")] = 1.0,
+    epochs: Annotated[int, typer.Option(help="Passes over the training images.")] = 10,
+    batch_size: Annotated[int, typer.Option(help="Pairs per step.")] = 64,
+    lr: Annotated[float | None, typer.Option(
+        help="Peak learning rate (default 1e-3 from scratch, 1e-5 fine-tuning).")] = None,
+    val_fraction: Annotated[float, typer.Option(help="Images held out for recall.")] = 0.1,
+    seed: Annotated[int, typer.Option(help="Seed for split, order and weights.")] = 0,
+    image_col: Annotated[str, typer.Option(help="Table column of image paths.")] = "filepath",
+    caption_col: Annotated[str, typer.Option(help="Table column of captions.")] = "caption",
+) -> None:
+    """Train or fine-tune the shared image-text space on captioned images.
+
+    Example: retriever train photos/ --out tuned.pt --model ViT-B-32 --pretrained my.bin;
+    then: retriever index photos/ --pretrained tuned.pt
+    """
+    from retriever.models import ModelSpec
+    from retriever.progress import RichProgress
+    from retriever.training import TrainConfig
+    from retriever.training import train as run_training
+
+    cfg = TrainConfig(data=data, out=out, model=ModelSpec(model, pretrained),
+                      objective=objective, distance_weight=distance_weight,  # type: ignore[arg-type]
+                      margin=margin, epochs=epochs, batch_size=batch_size, lr=lr,
+                      val_fraction=val_fraction, seed=seed, image_col=image_col,
+                      caption_col=caption_col)
+    result = run_training(cfg, RichProgress(), lambda line: stderr.print(line, markup=False))
+    if result.before:
+        stdout.print(_metrics_table(result.before, result.after, "untrained", "trained"))
+    stdout.print(f"checkpoint: {result.checkpoint} ({result.samples_per_s:.0f} samples/s); "
+              f"use it with --pretrained {result.checkpoint}", markup=False)
+
+
+@app.command("eval")
+@reports_errors
+def evaluate(
+    data: Annotated[Path, typer.Argument(help="Captioned images, as for `train`.")],
+    model: ModelOpt = None,
+    pretrained: PretrainedOpt = None,
+    image_col: Annotated[str, typer.Option(help="Table column of image paths.")] = "filepath",
+    caption_col: Annotated[str, typer.Option(help="Table column of captions.")] = "caption",
+    json_out: JsonOpt = False,
+) -> None:
+    """Measure text->image and image->text recall (R@1/5/10, median rank) on captioned images.
+
+    Example: retriever eval held-out/ --pretrained tuned.pt --json
+    """
+    from retriever.encoders import ClipEncoder
+    from retriever.evaluation import evaluate_pairs
+    from retriever.models import ModelSpec, load_model
+    from retriever.pairs import load_pairs
+    from retriever.progress import RichProgress
+
+    pairs = load_pairs(data, image_col, caption_col)
+    encoder = ClipEncoder(load_model(ModelSpec(model, pretrained)))
+    metrics = evaluate_pairs(encoder, pairs, RichProgress())
+    if json_out:
+        stdout.print(json.dumps(metrics), markup=False)
+    else:
+        stdout.print(_metrics_table(metrics))
+
+
+@app.command()
+@reports_errors
+def demo(
+    out_dir: Annotated[Path, typer.Option("--out", help="Where to write the demo.")] = Path(
+        "retriever-demo"),
+    images: Annotated[int, typer.Option(help="Captioned images to generate.")] = 480,
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 12,
+) -> None:
+    """Generate media, train a tiny model, index and search it: offline, on CPU, ~1 minute.
+
+    Example: retriever demo --out /tmp/retriever-demo
+    """
+    from retriever.demo import DemoConfig, run_demo
+    from retriever.progress import RichProgress
+
+    result = run_demo(DemoConfig(out_dir, images, epochs), RichProgress(),
+                      lambda line: stderr.print(line, markup=False))
+    stdout.print(f"indexed {result.index.images} images and {result.index.passages} text "
+              f"passages from {result.media}", markup=False)
+    for label, results in result.searches:
+        table = Table("score", "path", "caption / passage", title=label)
+        for r in results:
+            table.add_row(f"{r.score:.3f}", Path(r.path).name, r.caption or r.passage or "")
+        stdout.print(table)
+    stdout.print(_metrics_table(result.training.before, result.training.after, "untrained",
+                             "trained", title="held-out recall"))
+    stdout.print(f"try: cd {result.media} && retriever search 'a green square on the right'",
+              markup=False)
+
+
+def _metrics_table(first: dict, second: dict | None = None, *names: str, title: str = "") -> Table:
+    columns = names or ("value",)
+    table = Table("direction", "metric", *columns, title=title or None)
+    for direction in ("text_to_image", "image_to_text"):
+        for metric in ("R@1", "R@5", "R@10", "median_rank"):
+            values = [m[direction][metric] for m in (first, second) if m]
+            shown = [f"{v:.0f}" if metric == "median_rank" else f"{100 * v:.1f}%" for v in values]
+            table.add_row(direction.replace("_to_", "->"), metric, *shown)
+    return table
 
 
 def _report_json(report: Any) -> dict:

@@ -15,7 +15,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from index.store import IMAGE, KINDS, TEXT, ModelRecord, Store, WriteResult
+from index.store import IMAGE, KINDS, TEXT, FileRecord, ItemRecord, ModelRecord, Store
 from index.vectors import VectorIndex
 from retriever.errors import IndexNotFound, ModelMismatch
 
@@ -88,12 +88,24 @@ class Collection:
             self._vectors[kind] = self._load_or_rebuild(kind)
         return self._vectors[kind]
 
-    def apply(self, write: WriteResult) -> None:
-        """Mirror a store write into the vector indexes (call `save` to persist)."""
-        for kind in KINDS:
-            self.vectors(kind).remove(write.removed)
-        for kind, (ids, vecs) in write.added.items():
+    def write_files(self, batch: Sequence[tuple[FileRecord, Sequence[ItemRecord]]]) -> None:
+        """Store a batch of files (one transaction), then mirror it into the vector indexes.
+
+        The indexes are loaded first: loading after the write would rebuild them from a store
+        that already holds the batch, and the batch would then be added twice.
+        """
+        indexes = [self.vectors(kind) for kind in KINDS]
+        written = self.store.write_files(batch)
+        for index in indexes:
+            index.remove(written.removed)
+        for kind, (ids, vecs) in written.added.items():
             self.vectors(kind).add(ids, vecs)
+
+    def remove_files(self, paths: Sequence[str]) -> None:
+        indexes = [self.vectors(kind) for kind in KINDS]
+        removed = self.store.remove_files(paths)
+        for index in indexes:
+            index.remove(removed)
 
     def save(self) -> None:
         for kind, vectors in self._vectors.items():

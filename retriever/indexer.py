@@ -64,7 +64,7 @@ def index_media(
     with progress.task("encoding", total=len(todo)) as task:
         for batch in _chunks(todo, options.batch_size):
             records = _encode_batch(batch, encoder, options, report)
-            collection.apply(collection.store.write_files(records))
+            collection.write_files(records)
             task.advance(len(batch))
     collection.save()
     return report
@@ -90,9 +90,7 @@ def _remove_missing(
     prefixes = tuple(str(r).rstrip(os.sep) + os.sep for r in roots)
     gone = [p for p in stored if p.startswith(prefixes) and p not in present]
     if gone:
-        removed_ids = collection.store.remove_files(gone)
-        for kind in (IMAGE, TEXT):
-            collection.vectors(kind).remove(removed_ids)
+        collection.remove_files(gone)
     return len(gone)
 
 
@@ -130,7 +128,9 @@ def _text_record(
     text = read_text(media.path, options.max_text_bytes)
     passages = split_passages(text, encoder.count_tokens, encoder.text_budget)
     vectors = encoder.encode_texts([p.text for p in passages]) if passages else []
-    items = [ItemRecord(TEXT, p.position, p.text, v) for p, v in zip(passages, vectors)]
+    items = [
+        ItemRecord(TEXT, p.position, p.text, v) for p, v in zip(passages, vectors, strict=True)
+    ]
     return FileRecord(str(media.path), TEXT, digest, media.size, media.mtime), items
 
 

@@ -34,6 +34,22 @@ def test_index_reports_counts_and_skips_the_corrupt_image(indexed, cli):
     assert info["model"] == {"name": "retriever-tiny", "pretrained": "none", "dim": 64}
 
 
+def test_store_rows_equal_saved_index_vectors(indexed):
+    """Read the FAISS files as written (opening a Collection would rebuild a stale one)."""
+    from index.store import IMAGE, TEXT, Store
+    from index.vectors import VectorIndex
+    from retriever.collection import VECTOR_FILES
+
+    folder, _ = indexed
+    store = Store(f"sqlite:///{folder / '.retriever' / 'store.db'}")
+    for kind in (IMAGE, TEXT):
+        stored_ids, stored_vectors = store.vectors(kind)
+        index = VectorIndex.load(folder / ".retriever" / VECTOR_FILES[kind])
+        assert len(index) == len(stored_ids) > 0
+        _, found = index.search(stored_vectors[:1], len(stored_ids))
+        assert sorted(found[0].tolist()) == sorted(stored_ids.tolist())
+
+
 def test_text_query_returns_image_rows(indexed, cli):
     folder, _ = indexed
     found = rows(cli("search", "a red disc", "--to", "images", "--json", "--db",
