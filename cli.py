@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -90,7 +89,7 @@ def index(
     Example: retriever index ~/Pictures ~/Notes --exclude 'tmp/*'
     """
     from retriever.collection import Collection, index_dir_for
-    from retriever.encoders import ClipEncoder
+    from retriever.encoders import ClipEncoder, Encoder
     from retriever.indexer import IndexOptions, index_media
     from retriever.media import check_roots
     from retriever.models import ModelSpec, load_model
@@ -102,6 +101,7 @@ def index(
                            max_text_bytes)
     collection = Collection.open(index_dir_for(roots, db))
     asked = ModelSpec(model, pretrained)
+    encoder: Encoder
     if collection.model() is None:
         encoder = ClipEncoder(load_model(asked), batch_size=batch_size)
     else:  # an existing index keeps its model; a different --model is refused before loading
@@ -317,4 +317,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -58,7 +58,7 @@ class VectorIndex:
     def remove(self, ids: np.ndarray | list[int]) -> int:
         if len(ids) == 0:
             return 0
-        removed = self.index.remove_ids(np.asarray(ids, dtype=np.int64))
+        removed = self.index.remove_ids(np.asarray(ids, dtype=np.int64))  # type: ignore[arg-type]
         self._gpu = None
         return int(removed)
 
@@ -77,7 +77,7 @@ class VectorIndex:
             return np.empty((len(queries), 0), np.float32), np.empty((len(queries), 0), np.int64)
         if allowed is not None:
             selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed, dtype=np.int64))
-            params = faiss.SearchParameters(sel=selector)
+            params = faiss.SearchParameters(sel=selector)  # type: ignore[call-arg]
             scores, ids = self.index.search(queries, k, params=params)
         else:
             scores, ids = self._search_index().search(queries, k)

@@ -7,6 +7,7 @@ folder with the trained checkpoint, and runs text->image and image->text searche
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +55,7 @@ def run_demo(
                                 epochs=cfg.epochs, seed=cfg.seed), progress, log)
     log(f"trained checkpoint: {checkpoint}")
 
+    shutil.rmtree(media / INDEX_DIRNAME, ignore_errors=True)  # a fresh index for this checkpoint
     collection = Collection.open(media / INDEX_DIRNAME)
     try:
         encoder = ClipEncoder(trained.loaded)

@@ -112,7 +112,7 @@ def _encode_batch(
         except (ImageError, OSError) as err:
             reason = str(err) if isinstance(err, ImageError) else f"{media.path}: {err.strerror}"
             report.failures.append(ScanFailure(str(media.path), reason))
-    vectors = encoder.encode_images(images) if images else []
+    vectors = encoder.encode_images(images)  # (len(images), dim)
     for (media, digest), image, vector in zip(image_files, images, vectors, strict=True):
         caption = _caption(media, options)
         record = FileRecord(str(media.path), IMAGE, digest, media.size, media.mtime,
@@ -127,7 +127,7 @@ def _text_record(
 ) -> tuple[FileRecord, list[ItemRecord]]:
     text = read_text(media.path, options.max_text_bytes)
     passages = split_passages(text, encoder.count_tokens, encoder.text_budget)
-    vectors = encoder.encode_texts([p.text for p in passages]) if passages else []
+    vectors = encoder.encode_texts([p.text for p in passages])  # (len(passages), dim)
     items = [
         ItemRecord(TEXT, p.position, p.text, v) for p, v in zip(passages, vectors, strict=True)
     ]
