@@ -19,6 +19,8 @@ from rich.table import Table
 
 from retriever import __version__
 from retriever.errors import RetrieverError
+from retriever.images import DEFAULT_MAX_PIXELS
+from retriever.passages import DEFAULT_MAX_TEXT_BYTES
 
 app = typer.Typer(
     name="retriever",
@@ -80,11 +82,17 @@ def index(
     batch_size: Annotated[int, typer.Option(help="Files per batch (encoder and store).")] = 64,
     exclude: Annotated[list[str] | None, typer.Option(
         "--exclude", help="Glob of paths to skip (repeatable), e.g. 'raw/*' or '*.md'.")] = None,
-    max_pixels: Annotated[int, typer.Option(help="Refuse larger images (bombs).")] = 100_000_000,
-    max_text_bytes: Annotated[int, typer.Option(help="Read documents up to this.")] = 2_000_000,
+    max_pixels: Annotated[int, typer.Option(
+        help="Refuse images with more pixels (decompression bombs).")] = DEFAULT_MAX_PIXELS,
+    max_text_bytes: Annotated[int, typer.Option(
+        help="Read text documents up to this many bytes.")] = DEFAULT_MAX_TEXT_BYTES,
+    reindex: Annotated[bool, typer.Option(
+        help="Drop everything indexed and re-encode with --model/--pretrained.")] = False,
+    wait: Annotated[bool, typer.Option(
+        help="If another run is writing this index, wait for it instead of exiting.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Embed every image and text passage under FOLDERS into the index.
+    """Embed every image and text passage under FOLDERS; again, only what changed.
 
     Example: retriever index ~/Pictures ~/Notes --exclude 'tmp/*'
     """
@@ -101,25 +109,29 @@ def index(
                            max_text_bytes)
     collection = Collection.open(index_dir_for(roots, db))
     asked = ModelSpec(model, pretrained)
-    encoder: Encoder
-    if collection.model() is None:
-        encoder = ClipEncoder(load_model(asked), batch_size=batch_size)
-    else:  # an existing index keeps its model; a different --model is refused before loading
-        encoder = open_encoder(collection, asked, batch_size=batch_size)
-    report = index_media(collection, encoder, options, RichProgress())
+    with collection.writing(wait):
+        if reindex:
+            collection.reset()
+        encoder: Encoder
+        if collection.model() is None:
+            encoder = ClipEncoder(load_model(asked), batch_size=batch_size)
+        else:  # an existing index keeps its model; a different --model is refused before loading
+            encoder = open_encoder(collection, asked, batch_size=batch_size)
+        report = index_media(collection, encoder, options, RichProgress())
     for failure in report.failures:
         stderr.print(f"skipped {failure.reason}", markup=False)
     counts = collection.store.counts()
-    summary = {"directory": str(collection.directory), "run": _report_json(report),
-               **counts.__dict__}
     if json_out:
-        stdout.print(json.dumps(summary), markup=False)
+        stdout.print(json.dumps({"directory": str(collection.directory), **counts.__dict__,
+                                 "run": report.to_json()}), markup=False)
         return
     stdout.print(
-        f"indexed {report.images} images, {report.texts} text files ({report.passages} "
-        f"passages); {report.unchanged} unchanged, {report.removed} removed, "
-        f"{len(report.failures)} failed -> {collection.directory} ({counts.images} images, "
-        f"{counts.texts} passages in {counts.files} files)", markup=False)
+        f"encoded {report.images} images and {report.texts} text files ({report.passages} "
+        f"passages); reused {report.reused}, touched {report.touched}, unchanged "
+        f"{report.unchanged}, removed {report.removed}, failed {len(report.failures)}"
+        + (f" (+{report.known_failures} known, unchanged)" if report.known_failures else "")
+        + f"\n{collection.directory}: {counts.images} images, {counts.texts} passages in "
+        f"{counts.files} files", markup=False)
 
 
 @app.command()
@@ -171,23 +183,31 @@ def search(
 @app.command()
 @reports_errors
 def info(db: DbOpt = None, json_out: JsonOpt = False) -> None:
-    """Show what an index holds and which model built it.
+    """Show what an index holds, which model built it, and what the last run did.
 
     Example: retriever info --json
     """
     from retriever.collection import Collection, find_index_dir
 
     collection = Collection.open(find_index_dir(db))
-    counts = collection.store.counts()
-    record = collection.model()
+    store = collection.store
+    counts, record, run = store.counts(), store.model(), store.last_run()
+    failures = [f.__dict__ for f in store.failures().values()]
     summary = {**counts.__dict__, "model": record.__dict__ if record else None,
-               "directory": str(collection.directory)}
+               "directory": str(collection.directory),
+               "last_run": run.__dict__ if run else None, "failures": failures}
     if json_out:
         stdout.print(json.dumps(summary), markup=False)
         return
     model = f"{record.name} ({record.pretrained}, {record.dim}-d)" if record else "none yet"
-    stdout.print(f"index   {collection.directory}\nmodel   {model}\nfiles   {counts.files}\n"
-              f"images  {counts.images}\ntexts   {counts.texts} passages", markup=False)
+    lines = [f"index     {collection.directory}", f"model     {model}",
+             f"files     {counts.files}", f"images    {counts.images}",
+             f"texts     {counts.texts} passages"]
+    if run:
+        done = {k: v for k, v in run.stats.items() if k != "failures" and v}
+        lines.append(f"last run  {run.status}: " + ", ".join(f"{k} {v}" for k, v in done.items()))
+    lines += [f"failed    {f['path']}: {f['reason']}" for f in failures]
+    stdout.print("\n".join(lines), markup=False)
 
 
 @app.command()
@@ -303,12 +323,6 @@ def _metrics_table(first: dict, second: dict | None = None, *names: str, title: 
             shown = [f"{v:.0f}" if metric == "median_rank" else f"{100 * v:.1f}%" for v in values]
             table.add_row(direction.replace("_to_", "->"), metric, *shown)
     return table
-
-
-def _report_json(report: Any) -> dict:
-    data = dict(report.__dict__)
-    data["failures"] = [f.__dict__ for f in report.failures]
-    return data
 
 
 def main() -> None:

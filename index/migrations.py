@@ -56,8 +56,37 @@ def _v1_initial(conn: Connection) -> None:
         conn.execute(text(statement))
 
 
+def _v2_runs_failures_generation(conn: Connection) -> None:
+    statements = [
+        # Bumped by every write transaction; a FAISS file records the generation it was saved
+        # at, so a reader can tell a stale file from a current one.
+        """CREATE TABLE store_state (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            generation INTEGER NOT NULL
+        )""",
+        "INSERT INTO store_state (id, generation) VALUES (1, 0)",
+        """CREATE TABLE runs (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            started_at FLOAT NOT NULL,
+            finished_at FLOAT,
+            status TEXT NOT NULL,
+            stats TEXT NOT NULL DEFAULT '{}'
+        )""",
+        """CREATE TABLE failures (
+            path TEXT PRIMARY KEY,
+            size INTEGER,
+            mtime FLOAT,
+            reason TEXT NOT NULL,
+            run_id INTEGER NOT NULL
+        )""",
+    ]
+    for statement in statements:
+        conn.execute(text(statement))
+
+
 MIGRATIONS: list[Migration] = [
     (1, "initial: collection_model, files, items, vectors", _v1_initial),
+    (2, "store_state generation, runs, failures", _v2_runs_failures_generation),
 ]
 LATEST = MIGRATIONS[-1][0]
 

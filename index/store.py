@@ -8,6 +8,7 @@ rebuilt from it. SQLite by default; any SQLAlchemy URL works.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from sqlalchemy import (
     event,
     func,
     select,
+    update,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
@@ -90,6 +92,35 @@ class Vector(Base):
     data: Mapped[bytes] = mapped_column(LargeBinary)  # dim x float32, little-endian
 
 
+class StoreState(Base):
+    __tablename__ = "store_state"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    generation: Mapped[int] = mapped_column(Integer)
+
+
+class Run(Base):
+    """One `retriever index` run: its status and what it did (JSON counts)."""
+
+    __tablename__ = "runs"
+    __table_args__ = {"sqlite_autoincrement": True}
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    started_at: Mapped[float] = mapped_column(Float)
+    finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    status: Mapped[str] = mapped_column(String)  # running | completed | interrupted
+    stats: Mapped[str] = mapped_column(String, default="{}")
+
+
+class Failure(Base):
+    """A file that could not be indexed, as it was when it failed (retried once it changes)."""
+
+    __tablename__ = "failures"
+    path: Mapped[str] = mapped_column(String, primary_key=True)
+    size: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    mtime: Mapped[float | None] = mapped_column(Float, nullable=True)
+    reason: Mapped[str] = mapped_column(String)
+    run_id: Mapped[int] = mapped_column(Integer)
+
+
 @dataclass(frozen=True)
 class ModelRecord:
     name: str
@@ -132,6 +163,23 @@ class FileState:
     size: int
     mtime: float
     content_hash: str
+
+
+@dataclass(frozen=True)
+class FailureRecord:
+    path: str
+    reason: str
+    size: int | None = None  # the file as it was when it failed; None if it could not be read
+    mtime: float | None = None
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    id: int
+    status: str
+    started_at: float
+    finished_at: float | None
+    stats: dict
 
 
 @dataclass
@@ -194,6 +242,7 @@ class Store:
                     new_items.append(item)
                 s.add(file)
             s.flush()
+            _bump(s)
             for kind in KINDS:
                 rows = [i for i in new_items if i.kind == kind]
                 if rows:
@@ -209,9 +258,81 @@ class Store:
         with Session(self.engine) as s, s.begin():
             ids = list(s.scalars(select(Item.id).join(File).where(File.path.in_(paths))))
             s.execute(delete(File).where(File.path.in_(paths)))
+            _bump(s)
         return ids
 
+    def clear(self) -> None:
+        """Delete every file, item, vector, failure and the model record, in one transaction."""
+        with Session(self.engine) as s, s.begin():
+            for table in (Vector, Item, File, Failure, CollectionModel):
+                s.execute(delete(table))
+            _bump(s)
+
+    def touch_files(self, records: Sequence[FileRecord]) -> None:
+        """Update size, mtime and caption of files whose content is unchanged (no re-encode)."""
+        with Session(self.engine) as s, s.begin():
+            for r in records:
+                s.execute(update(File).where(File.path == r.path)
+                          .values(size=r.size, mtime=r.mtime, caption=r.caption))
+
+    # --- runs and failures ------------------------------------------------------------------
+
+    def start_run(self) -> int:
+        """Open a run; runs a killed process left open are marked interrupted."""
+        with Session(self.engine) as s, s.begin():
+            s.execute(update(Run).where(Run.status == "running").values(status="interrupted"))
+            run = Run(started_at=time.time(), status="running", stats="{}")
+            s.add(run)
+            s.flush()
+            return run.id
+
+    def finish_run(self, run_id: int, stats: dict) -> None:
+        with Session(self.engine) as s, s.begin():
+            s.execute(update(Run).where(Run.id == run_id).values(
+                status="completed", finished_at=time.time(), stats=json.dumps(stats)))
+
+    def last_run(self) -> RunRecord | None:
+        with Session(self.engine) as s:
+            run = s.scalars(select(Run).order_by(Run.id.desc()).limit(1)).first()
+            if run is None:
+                return None
+            return RunRecord(run.id, run.status, run.started_at, run.finished_at,
+                             json.loads(run.stats))
+
+    def record_failures(self, run_id: int, failures: Sequence[FailureRecord]) -> None:
+        with Session(self.engine) as s, s.begin():
+            for f in failures:
+                s.merge(Failure(path=f.path, size=f.size, mtime=f.mtime, reason=f.reason,
+                                run_id=run_id))
+
+    def clear_failures(self, paths: Iterable[str]) -> None:
+        paths = list(paths)
+        with Session(self.engine) as s, s.begin():
+            s.execute(delete(Failure).where(Failure.path.in_(paths)))
+
+    def failures(self) -> dict[str, FailureRecord]:
+        with Session(self.engine) as s:
+            rows = s.scalars(select(Failure).order_by(Failure.path))
+            return {f.path: FailureRecord(f.path, f.reason, f.size, f.mtime) for f in rows}
+
     # --- reading ----------------------------------------------------------------------------
+
+    def generation(self) -> int:
+        """Count of write transactions so far: a FAISS file saved at another one is stale."""
+        with Session(self.engine) as s:
+            return int(s.scalar(select(StoreState.generation)) or 0)
+
+    def items_with_hash(self, content_hash: str) -> tuple[FileRecord, list[ItemRecord]] | None:
+        """Some stored file with these bytes, with its items and vectors (for reuse)."""
+        with Session(self.engine) as s:
+            file = s.scalars(select(File).where(File.content_hash == content_hash).limit(1)).first()
+            if file is None:
+                return None
+            record = FileRecord(file.path, file.kind, file.content_hash, file.size, file.mtime,
+                                file.width, file.height, file.caption)
+            items = [ItemRecord(i.kind, i.position, i.passage, _decode(i.vector.data))
+                     for i in sorted(file.items, key=lambda i: i.position)]
+            return record, items
 
     def file_states(self) -> dict[str, FileState]:
         with Session(self.engine) as s:
@@ -255,6 +376,11 @@ class Store:
         with Session(self.engine) as s:
             files = int(s.scalar(select(func.count(File.id))) or 0)
         return Counts(images=self.count_items(IMAGE), texts=self.count_items(TEXT), files=files)
+
+
+def _bump(s: Session) -> None:
+    s.execute(update(StoreState).where(StoreState.id == 1)
+              .values(generation=StoreState.generation + 1))
 
 
 def _decode(blob: bytes) -> np.ndarray:

@@ -7,12 +7,12 @@ searches run on a GPU clone of it. Files are written atomically (temp file, then
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import faiss
 import numpy as np
+
+from index.atomic import replacing
 
 
 class VectorIndex:
@@ -33,14 +33,8 @@ class VectorIndex:
         return cls(index.d, index)
 
     def save(self, path: Path) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
+        with replacing(path) as tmp:
             faiss.write_index(self.index, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
 
     def __len__(self) -> int:
         return int(self.index.ntotal)

@@ -5,25 +5,35 @@
         images.faiss    IndexIDMap2(IndexFlatIP) over image vectors, ids = items.id
         texts.faiss     the same over text-passage vectors
 
-The store is the source of truth: a FAISS file that is missing, unreadable or holds a different
-number of vectors than the store is rebuilt from the stored vectors when opened.
+        images.faiss.json / texts.faiss.json   {"generation": g, "count": n} of the file
+        write.lock      held (flock) by the one process writing
+
+The store is the source of truth. Every store write bumps its generation; a FAISS file saved at
+another generation than the store's (a run killed before saving, or still running), or missing,
+or unreadable, is rebuilt from the stored vectors when opened.
 """
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
+from index.atomic import replacing
 from index.store import IMAGE, KINDS, TEXT, FileRecord, ItemRecord, ModelRecord, Store
 from index.vectors import VectorIndex
-from retriever.errors import IndexNotFound, ModelMismatch
+from retriever.errors import IndexBusy, IndexNotFound, ModelMismatch
 
 INDEX_DIRNAME = ".retriever"
 STORE_FILE = "store.db"
 ENV_DB = "RETRIEVER_DB"  # index folder, instead of <first folder>/.retriever
 ENV_STORE_URL = "RETRIEVER_STORE_URL"  # any SQLAlchemy URL, instead of <index folder>/store.db
 VECTOR_FILES = {IMAGE: "images.faiss", TEXT: "texts.faiss"}
+LOCK_FILE = "write.lock"
 
 
 def index_dir_for(roots: Sequence[Path], db: Path | None = None) -> Path:
@@ -57,6 +67,7 @@ class Collection:
         self.directory = directory
         self.store = store
         self._vectors: dict[str, VectorIndex] = {}
+        self.rebuilt: list[str] = []  # kinds whose FAISS file was stale and rebuilt from store
 
     @classmethod
     def open(cls, directory: Path) -> Collection:
@@ -78,9 +89,36 @@ class Collection:
         elif (current.name, current.pretrained) != (record.name, record.pretrained):
             raise ModelMismatch(
                 f"{self.directory} was built with {current.name} ({current.pretrained}), not "
-                f"{record.name} ({record.pretrained}): use the same --model/--pretrained, or "
-                f"another --db"
+                f"{record.name} ({record.pretrained}): pass --reindex to re-encode everything "
+                f"with the new model, or use the index's model"
             )
+
+    @contextmanager
+    def writing(self, wait: bool = False) -> Iterator[None]:
+        """Hold the one-writer lock for the duration (released by the OS if the process dies)."""
+        with open(self.directory / LOCK_FILE, "a+") as lock:
+            flags = fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB
+            try:
+                fcntl.flock(lock.fileno(), flags)
+            except BlockingIOError:
+                lock.seek(0)
+                holder = lock.read().strip() or "another process"
+                raise IndexBusy(
+                    f"{self.directory} is being written by {holder}: wait for it to finish, or "
+                    f"pass --wait to queue behind it"
+                ) from None
+            lock.truncate(0)
+            lock.write(f"pid {os.getpid()} since {time.strftime('%H:%M:%S')}")
+            lock.flush()
+            yield
+
+    def reset(self) -> None:
+        """Forget every file, vector and the model (for --reindex with another model)."""
+        self.store.clear()
+        self._vectors.clear()
+        for name in VECTOR_FILES.values():
+            for path in (self.directory / name, self.directory / f"{name}.json"):
+                path.unlink(missing_ok=True)
 
     def vectors(self, kind: str) -> VectorIndex:
         """The FAISS index for `kind`, loaded from disk or rebuilt from the store."""
@@ -108,25 +146,38 @@ class Collection:
             index.remove(removed)
 
     def save(self) -> None:
+        """Persist the vector indexes, stamped with the store generation they mirror.
+
+        Only the writer (holding `writing()`) calls this, after its last store write.
+        """
+        generation = self.store.generation()
         for kind, vectors in self._vectors.items():
-            vectors.save(self.directory / VECTOR_FILES[kind])
+            path = self.directory / VECTOR_FILES[kind]
+            vectors.save(path)
+            with replacing(path.with_name(f"{path.name}.json")) as tmp:
+                Path(tmp).write_text(json.dumps({"generation": generation,
+                                                 "count": len(vectors)}))
 
     def _load_or_rebuild(self, kind: str) -> VectorIndex:
         path = self.directory / VECTOR_FILES[kind]
-        expected = self.store.count_items(kind)
-        if path.is_file():
-            try:
-                loaded = VectorIndex.load(path)
-                if len(loaded) == expected:
-                    return loaded
-            except RuntimeError:  # FAISS raises RuntimeError on a damaged file
-                pass
+        loaded = self._load_current(path, kind)
+        if loaded is not None:
+            return loaded
+        self.rebuilt.append(kind)
         ids, vecs = self.store.vectors(kind)
         dim = vecs.shape[1] if len(ids) else self._dim()
-        rebuilt = VectorIndex.from_vectors(dim, ids, vecs)
-        if path.parent.is_dir():
-            rebuilt.save(path)
-        return rebuilt
+        return VectorIndex.from_vectors(dim, ids, vecs)
+
+    def _load_current(self, path: Path, kind: str) -> VectorIndex | None:
+        """The saved index if it mirrors the store as it is now, else None."""
+        try:
+            meta = json.loads(path.with_name(f"{path.name}.json").read_text())
+            if meta.get("generation") != self.store.generation():
+                return None
+            loaded = VectorIndex.load(path)
+        except (OSError, ValueError, RuntimeError):  # missing, torn or damaged: rebuild
+            return None
+        return loaded if len(loaded) == self.store.count_items(kind) else None
 
     def _dim(self) -> int:
         record = self.store.model()

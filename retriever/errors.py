@@ -42,6 +42,12 @@ class IndexNotFound(RetrieverError):
     """No index where one was expected (`search`/`info` outside an indexed folder)."""
 
 
+class IndexBusy(RetrieverError):
+    """Another process holds the index's write lock."""
+
+    exit_code = 3
+
+
 class DatasetError(UsageError):
     """Training or evaluation data cannot be read (missing columns, no pairs, bad paths)."""
 

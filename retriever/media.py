@@ -51,6 +51,12 @@ class ScanResult:
         return [f for f in self.files if f.kind == TEXT]
 
 
+def path_key(path: Path) -> str:
+    """The text a path is stored and shown as. File names are bytes on POSIX; bytes that are
+    not UTF-8 (SQLite text must be) become backslash escapes, the same way every time."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def check_roots(roots: Sequence[Path]) -> list[Path]:
     """Absolute folder paths; a missing one or a file is a `FolderNotFound`."""
     checked = []
@@ -79,7 +85,8 @@ def scan(roots: Sequence[Path], exclude: Sequence[str] = ()) -> ScanResult:
 
 def _walk(root: Path, exclude: Sequence[str], failures: list[ScanFailure]) -> Iterator[Path]:
     def on_error(err: OSError) -> None:
-        failures.append(ScanFailure(str(err.filename), f"cannot read folder ({err.strerror})"))
+        where = path_key(Path(err.filename or "?"))
+        failures.append(ScanFailure(where, f"{where}: cannot read folder ({err.strerror})"))
 
     for folder, dirs, names in os.walk(root, onerror=on_error):
         base = Path(folder)
@@ -105,7 +112,7 @@ def _media_file(path: Path, failures: list[ScanFailure]) -> MediaFile | None:
     try:
         st = path.stat()  # follows symlinks: a broken one fails here
     except OSError as err:
-        failures.append(ScanFailure(str(path), f"cannot stat ({err.strerror})"))
+        failures.append(ScanFailure(path_key(path), f"{path_key(path)}: {err.strerror}"))
         return None
     return MediaFile(path=path, kind=kind, size=st.st_size, mtime=st.st_mtime)
 

@@ -31,6 +31,7 @@ from urllib.parse import urlparse
 import open_clip
 import torch
 
+from index.atomic import replacing
 from retriever.errors import CheckpointError, ModelMismatch, ModelNotFound, WeightsUnavailable
 
 DEFAULT_MODEL = "ViT-B-32"
@@ -134,15 +135,8 @@ def save_checkpoint(path: Path, loaded: LoadedModel, extra: dict[str, Any] | Non
         "state_dict": state,
         "extra": extra or {},
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with replacing(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 # --- resolution helpers -----------------------------------------------------------------------

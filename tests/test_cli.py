@@ -25,8 +25,8 @@ def indexed(cli, media_folder):
 
 def test_index_reports_counts_and_skips_the_corrupt_image(indexed, cli):
     folder, result = indexed
-    assert "indexed 3 images, 3 text files" in result.stdout
-    assert "1 failed" in result.stdout
+    assert "encoded 3 images and 3 text files" in result.stdout
+    assert "failed 1" in result.stdout
     assert f"skipped {folder / 'photos' / 'broken.jpg'}: not a readable image" in result.stderr
     info = json.loads(cli("info", "--db", folder / ".retriever", "--json").stdout)
     assert info["images"] == 3 and info["files"] == 6  # 3 photos + 3 text files
@@ -97,7 +97,7 @@ def test_second_run_encodes_nothing_and_deletions_leave_the_index(indexed, cli):
     assert again["images"] == 0 and again["texts"] == 0 and again["unchanged"] == 6
     (folder / "photos" / "blue.jpg").unlink()
     third = json.loads(cli("index", folder, "--json").stdout)
-    assert third["run"]["removed"] == 1 and third["images"] == 2
+    assert third["run"]["removed"] == 1 and third["images"] == 2 and third["run"]["encoded"] == 0
     found = rows(cli("search", "blue", "--to", "images", "--json", "--db", folder / ".retriever"))
     assert not any(r["path"].endswith("blue.jpg") for r in found)
 
