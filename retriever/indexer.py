@@ -142,6 +142,7 @@ def _index_chunk(
                 touched.append(record)
             elif (copy := _stored_copy(store, record, ready)) is not None:
                 ready.append(copy)
+                report.reused += 1
             elif media.kind == IMAGE:
                 images.append((record, open_image(media.path, options.max_pixels)))
             else:

@@ -87,7 +87,8 @@ def search(collection: Collection, encoder: Encoder, query: Query) -> list[Resul
         if query.path_prefix:
             allowed = collection.store.item_ids_under(os.path.abspath(query.path_prefix), kind)
         scores, ids = collection.vectors(kind).search(vector, query.k, allowed)
-        hits += [(float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i >= 0]
+        hits += [(float(s), int(i)) for s, i in zip(scores[0], ids[0], strict=True)
+                 if i >= 0]
     hits = sorted(hits, reverse=True)[: query.k]
     views = collection.store.items([i for _, i in hits])
     return [

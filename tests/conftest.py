@@ -4,6 +4,7 @@ from a registered config, with random (seeded) or test-trained weights."""
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,7 @@ def tiny_encoder() -> ClipEncoder:
 
 def write_photo(path: Path, colour: tuple[int, int, int], size=(160, 120)) -> Path:
     """A real JPEG: a coloured disc on a grey, slightly noisy background."""
-    rng = np.random.default_rng(sum(path.name.encode()))
+    rng = np.random.default_rng(sum(os.fsencode(path.name)))
     pixels = rng.integers(100, 140, (size[1], size[0], 3), dtype=np.uint8)
     im = Image.fromarray(pixels)
     from PIL import ImageDraw

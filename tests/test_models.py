@@ -41,7 +41,7 @@ def test_embeddings_are_unit_norm_and_shaped(tiny_encoder):
 
 def test_random_weights_are_reproducible_across_loads(tiny_encoder):
     again = ClipEncoder(load_model(TINY))
-    for a, b in zip(embeddings(tiny_encoder), embeddings(again)):
+    for a, b in zip(embeddings(tiny_encoder), embeddings(again), strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -54,7 +54,8 @@ def test_checkpoint_loads_through_pretrained_path_with_identical_embeddings(tmp_
     save_checkpoint(path, loaded, {"note": "test"})
     reloaded = load_model(ModelSpec(pretrained=str(path)))  # no --model: self-describing
     assert reloaded.model_id.pretrained == str(path) and reloaded.extra == {"note": "test"}
-    for a, b in zip(embeddings(ClipEncoder(loaded)), embeddings(ClipEncoder(reloaded))):
+    for a, b in zip(embeddings(ClipEncoder(loaded)), embeddings(ClipEncoder(reloaded)),
+                    strict=True):
         np.testing.assert_allclose(a, b, atol=1e-6)
     assert not np.allclose(embeddings(ClipEncoder(load_model(TINY)))[0], embeddings(
         ClipEncoder(reloaded))[0], atol=1e-3)

@@ -119,3 +119,33 @@ def test_any_sqlalchemy_url(tmp_path):
     store = Store(f"sqlite+pysqlite:///{tmp_path / 'elsewhere.sqlite'}")
     store.set_model(ModelRecord("m", "none", 8))
     assert (tmp_path / "elsewhere.sqlite").is_file() and store.model().dim == 8
+
+
+def test_upgrade_from_version_1_keeps_data_and_adds_runs(tmp_path):
+    """A store written by the first release (migration 1 only) opens under the current code."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, "
+                          "name TEXT NOT NULL, applied_at FLOAT NOT NULL)"))
+        MIGRATIONS[0][2](conn)
+        conn.execute(text("INSERT INTO schema_migrations VALUES (1, 'initial', 0)"))
+        conn.execute(text("INSERT INTO files VALUES (1, '/m/a.jpg', 'image', 'h', 1, 1.0, "
+                          "2, 2, NULL, 0)"))
+        conn.execute(text("INSERT INTO items VALUES (1, 1, 'image', 0, NULL)"))
+        conn.execute(text("INSERT INTO vectors VALUES (1, :b)"), {"b": vec(1).tobytes()})
+    engine.dispose()
+    store = Store(url)
+    assert store.counts().images == 1
+    np.testing.assert_array_equal(store.vectors(IMAGE)[1][0], vec(1))
+    assert store.generation() == 0 and store.last_run() is None and store.failures() == {}
+    run_id = store.start_run()
+    store.finish_run(run_id, {"encoded": 0})
+    assert store.last_run().status == "completed"
+
+
+def test_every_write_bumps_the_generation(store):
+    before = store.generation()
+    store.write_files([(image_file("/m/a.jpg"), [ItemRecord(IMAGE, 0, None, vec(1))])])
+    store.remove_files(["/m/a.jpg"])
+    assert store.generation() == before + 2

@@ -1,0 +1,123 @@
+"""SIGKILL `retriever index` at random moments; nothing committed may be lost or inconsistent.
+
+RETRIEVER_FAULT_KILLS sets how many kills (default 5; the full run uses 20 or more).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from index.store import IMAGE, KINDS, Store
+from index.vectors import VectorIndex
+from retriever.collection import VECTOR_FILES, Collection
+from retriever.encoders import ClipEncoder
+from retriever.models import load_model
+from retriever.query import Query, search
+
+from .conftest import TINY, write_photo
+
+ROOT = Path(__file__).resolve().parents[1]
+KILLS = int(os.environ.get("RETRIEVER_FAULT_KILLS", "5"))
+IMAGES = 120
+
+
+def index_cmd(media: Path, db: Path) -> list[str]:
+    return [sys.executable, str(ROOT / "cli.py"), "index", str(media), "--db", str(db),
+            "--model", "retriever-tiny", "--pretrained", "none", "--batch-size", "8"]
+
+
+def contents(db: Path) -> dict[tuple[str, str, int], np.ndarray]:
+    """(path, kind, position) -> vector, read straight from the store."""
+    store = Store(f"sqlite:///{db / 'store.db'}")
+    out = {}
+    for kind in KINDS:
+        ids, vectors = store.vectors(kind)
+        views = store.items(ids.tolist())
+        for i, v in zip(ids.tolist(), vectors, strict=True):
+            out[(views[i].path, kind, views[i].position)] = v
+    store.close()
+    return out
+
+
+def check_consistent(db: Path, encoder: ClipEncoder) -> None:
+    """What a reader sees: vector indexes hold exactly the store's vectors; search works."""
+    collection = Collection.open(db)
+    for kind in KINDS:
+        stored_ids, _ = collection.store.vectors(kind)
+        assert len(collection.vectors(kind)) == len(stored_ids)
+    if collection.model() is not None:
+        for result in search(collection, encoder, Query(text="a photo", k=5)):
+            assert collection.store.items([result.id])  # every hit names a stored item
+    collection.close()
+
+
+def test_sigkill_loses_nothing_committed(tmp_path):
+    media = tmp_path / "media"
+    for i in range(IMAGES):
+        write_photo(media / f"p{i:03d}.jpg", (i, 255 - i, (7 * i) % 256))
+    for i in range(12):
+        (media / f"n{i:02d}.txt").write_text(f"note {i}: " + "words about photos " * (i + 1))
+    encoder = ClipEncoder(load_model(TINY))
+
+    start = time.monotonic()
+    subprocess.run(index_cmd(media, tmp_path / "clean"), check=True, capture_output=True)
+    full = time.monotonic() - start
+    clean = contents(tmp_path / "clean")
+
+    rng, kills, partial, chains = random.Random(1234), 0, 0, 0
+    db, kept = None, {}
+    while kills < KILLS:
+        if db is None:  # a chain: kill runs on one index until a run completes by itself
+            chains += 1
+            db, kept = tmp_path / f"killed-{chains}", {}
+        proc = subprocess.Popen(index_cmd(media, db), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        try:
+            proc.wait(timeout=rng.uniform(0.5, full))
+            finished = True
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            finished = False
+        now = contents(db) if (db / "store.db").exists() else {}
+        assert kept.keys() <= now.keys(), "a file indexed before a kill went missing"
+        for key, vector in now.items():
+            np.testing.assert_allclose(vector, clean[key], atol=1e-5)
+        check_consistent(db, encoder)
+        if finished:
+            assert now.keys() == clean.keys()
+            db = None
+            continue
+        kills += 1
+        partial += 0 < len(now) < len(clean)
+        kept = now
+
+    # The last chain completes, with readers searching while it writes.
+    assert db is not None
+    proc = subprocess.Popen(index_cmd(media, db), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    searches = 0
+    while proc.poll() is None:
+        check_consistent(db, encoder)
+        searches += 1
+        time.sleep(0.2)  # a reader now and then, not a second core spinning
+    assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
+    print(f"\nfaults: {kills} kills in {chains} chains ({partial} with a partial index), "
+          f"{len(kept)} of {len(clean)} items committed at the last kill, "
+          f"{searches} consistent searches during the final run")
+    final = contents(db)
+    assert final.keys() == clean.keys()
+    for key, vector in final.items():
+        np.testing.assert_allclose(vector, clean[key], atol=1e-5)
+    for kind in KINDS:  # the saved FAISS files themselves, not a rebuild
+        saved = VectorIndex.load(db / VECTOR_FILES[kind])
+        assert len(saved) == sum(1 for k in final if k[1] == kind)
+    assert sum(1 for k in final if k[1] == IMAGE) == IMAGES

@@ -1,0 +1,137 @@
+"""Incremental indexing, counted: what a second run reads, encodes, reuses and removes."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from retriever.collection import Collection
+from retriever.errors import IndexBusy, ModelMismatch
+from retriever.indexer import IndexOptions, index_media
+from retriever.query import Query, search
+
+from .conftest import write_photo
+
+
+def colour(i):
+    return (i * 37 % 256, i * 91 % 256, i * 53 % 256)
+
+
+@pytest.fixture
+def library(tmp_path):
+    root = tmp_path / "lib"
+    for i in range(20):
+        write_photo(root / f"p{i:02d}.jpg", colour(i))
+    for i in range(5):
+        (root / "docs").mkdir(exist_ok=True)
+        (root / "docs" / f"d{i}.txt").write_text(f"document number {i} about colour {i}")
+    return root
+
+
+@pytest.fixture
+def run(library, tiny_encoder, tmp_path):
+    collection = Collection.open(tmp_path / "index")
+
+    def index():
+        with collection.writing():
+            return index_media(collection, tiny_encoder, IndexOptions((library,), batch_size=8))
+
+    yield index
+    collection.close()
+
+
+def test_first_run_encodes_everything_and_a_second_run_nothing(run):
+    first = run()
+    assert (first.images, first.texts, first.encoded) == (20, 5, 25)
+    second = run()
+    assert (second.encoded, second.reused, second.touched, second.unchanged) == (0, 0, 0, 25)
+
+
+def test_renaming_ten_files_encodes_none(run, library):
+    run()
+    for i in range(10):
+        (library / f"p{i:02d}.jpg").rename(library / f"renamed-{i}.jpg")
+    report = run()
+    assert (report.encoded, report.reused, report.removed) == (0, 10, 10)
+
+
+def test_moving_and_duplicating_reuse_vectors(run, library):
+    run()
+    (library / "sub").mkdir()
+    os.replace(library / "p00.jpg", library / "sub" / "p00.jpg")
+    (library / "copy.jpg").write_bytes((library / "p01.jpg").read_bytes())
+    report = run()
+    assert (report.encoded, report.reused, report.removed) == (0, 2, 1)
+
+
+def test_touching_three_files_encodes_none(run, library):
+    run()
+    for i in range(3):
+        path = library / f"p{i:02d}.jpg"
+        st = path.stat()
+        os.utime(path, (st.st_atime, st.st_mtime + 100))
+    report = run()
+    assert (report.encoded, report.touched, report.unchanged) == (0, 3, 22)
+    assert run().touched == 0  # the new mtimes were stored
+
+
+def test_editing_two_files_encodes_two(run, library):
+    run()
+    write_photo(library / "p05.jpg", (255, 255, 0))
+    (library / "docs" / "d1.txt").write_text("an entirely new text")
+    report = run()
+    assert (report.encoded, report.images, report.texts) == (2, 1, 1)
+
+
+def test_deleting_five_removes_them_from_results(run, library, tiny_encoder, tmp_path):
+    run()
+    deleted = {str(library / f"p{i:02d}.jpg") for i in range(5)}
+    for path in deleted:
+        os.unlink(path)
+    assert run().removed == 5
+    collection = Collection.open(tmp_path / "index")
+    results = search(collection, tiny_encoder, Query(text="colour", target="images", k=50))
+    assert len(results) == 15 and not deleted & {r.path for r in results}
+
+
+def test_a_failed_file_is_retried_only_once_it_changes(run, library):
+    (library / "bad.jpg").write_bytes(b"not an image")
+    first = run()
+    assert [f.path for f in first.failures] == [str(library / "bad.jpg")]
+    second = run()
+    assert second.failures == [] and second.known_failures == 1
+    write_photo(library / "bad.jpg", (1, 2, 3))
+    third = run()
+    assert third.images == 1 and third.known_failures == 0
+
+
+def test_changed_sidecar_updates_the_caption_without_encoding_the_image(run, library, tmp_path):
+    (library / "p03.txt").write_text("first caption")
+    run()
+    (library / "p03.txt").write_text("second caption, longer")
+    report = run()
+    assert report.images == 0 and report.texts == 1 and report.touched == 1
+    collection = Collection.open(tmp_path / "index")
+    ids = collection.store.item_ids_under(str(library / "p03.jpg"), "image")
+    assert collection.store.items(ids)[int(ids[0])].caption == "second caption, longer"
+
+
+def test_a_second_writer_is_refused_with_one_line(tmp_path):
+    first = Collection.open(tmp_path / "index")
+    second = Collection.open(tmp_path / "index")
+    with first.writing(), pytest.raises(IndexBusy, match="--wait"), second.writing():
+        pass
+    with second.writing():  # released when the first writer is done
+        pass
+
+
+def test_indexing_with_another_model_names_reindex(run, library, tmp_path):
+    from retriever.encoders import ClipEncoder
+    from retriever.models import ModelSpec, load_model
+
+    run()
+    other = ClipEncoder(load_model(ModelSpec("RN50", "none")))
+    collection = Collection.open(tmp_path / "index")
+    with pytest.raises(ModelMismatch, match="--reindex"):
+        index_media(collection, other, IndexOptions((library,)))
