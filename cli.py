@@ -289,8 +289,8 @@ def evaluate(
 def demo(
     out_dir: Annotated[Path, typer.Option("--out", help="Where to write the demo.")] = Path(
         "retriever-demo"),
-    images: Annotated[int, typer.Option(help="Captioned images to generate.")] = 480,
-    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 12,
+    images: Annotated[int, typer.Option(help="Captioned images to generate.")] = 240,
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 30,
 ) -> None:
     """Generate media, train a tiny model, index and search it: offline, on CPU, ~1 minute.
 

@@ -56,12 +56,19 @@ class RichProgress:
         self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                              TimeElapsedColumn(), console=console, disable=not console.is_terminal,
                              transient=True)
+        self._open = 0  # stages currently open
 
     @contextmanager
     def task(self, description: str, total: int | None) -> Iterator[Task]:
-        with self._bar:
-            task_id = self._bar.add_task(description, total=total)
-            try:
-                yield _RichTask(self._bar, task_id)
-            finally:
-                self._bar.remove_task(task_id)
+        """A bar for one stage; stages may nest (the display lives while any is open)."""
+        if self._open == 0:
+            self._bar.start()
+        self._open += 1
+        task_id = self._bar.add_task(description, total=total)
+        try:
+            yield _RichTask(self._bar, task_id)
+        finally:
+            self._bar.remove_task(task_id)
+            self._open -= 1
+            if self._open == 0:
+                self._bar.stop()

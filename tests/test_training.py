@@ -1,0 +1,167 @@
+"""Training retriever-tiny from random weights on the synthetic scenes (~10 s per objective)."""
+
+import json
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from retriever.demo import DEMO_IMAGES, demo_config
+from retriever.encoders import ClipEncoder
+from retriever.errors import UsageError
+from retriever.images import open_image
+from retriever.models import ModelSpec, load_model
+from retriever.pairs import load_pairs
+from retriever.synthetic import write_captioned_images
+from retriever.training import train
+
+OBJECTIVES = {
+    "infonce": {},
+    "distance": {"objective": "distance"},
+    "infonce+distance": {"distance_weight": 0.5},
+}
+CLIP_INITIAL_LOGIT_SCALE = math.log(1 / 0.07)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """retriever-tiny runs as fast on one thread as on two, and one thread does not collapse
+    (10x slower, measured) when another process competes for the 2 cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("scenes")
+    write_captioned_images(folder, DEMO_IMAGES, seed=0)
+    return folder
+
+
+@pytest.fixture(scope="module", params=list(OBJECTIVES))
+def trained(request, scenes, tmp_path_factory):
+    out = tmp_path_factory.mktemp(request.param) / "model.pt"
+    cfg = replace(demo_config(scenes, out), **OBJECTIVES[request.param])
+    lines: list[str] = []
+    return cfg, train(cfg, log=lines.append), lines
+
+
+def test_training_lifts_held_out_recall(trained):
+    _, result, _ = trained
+    before, after = result.before, result.after
+    assert after["images"] == before["images"] == round(DEMO_IMAGES * 0.2)
+    t2i_gain = after["text_to_image"]["R@1"] - before["text_to_image"]["R@1"]
+    i2t_gain = after["image_to_text"]["R@1"] - before["image_to_text"]["R@1"]
+    assert t2i_gain >= 0.2, (before, after)
+    assert i2t_gain >= 0.1, (before, after)
+    assert after["text_to_image"]["R@5"] >= before["text_to_image"]["R@5"] + 0.5
+
+
+def test_history_has_epoch_zero_and_one_record_per_epoch(trained):
+    cfg, result, lines = trained
+    assert [h.epoch for h in result.history] == list(range(cfg.epochs + 1))
+    assert result.history[0].train_loss is None
+    losses = [h.train_loss for h in result.history[1:]]
+    assert all(math.isfinite(loss) for loss in losses)
+    assert losses[-1] < losses[0]
+    assert [line.split(",")[0] for line in lines if line.startswith("epoch")] == [
+        f"epoch {e}/{cfg.epochs}" for e in range(cfg.epochs + 1)
+    ]
+    assert result.samples_per_s > 0
+
+
+def test_only_infonce_learns_the_temperature(trained):
+    cfg, result, _ = trained
+    scale = result.loaded.model.logit_scale.item()
+    if cfg.objective == "distance":
+        assert scale == pytest.approx(CLIP_INITIAL_LOGIT_SCALE)
+    else:
+        assert scale != pytest.approx(CLIP_INITIAL_LOGIT_SCALE, abs=1e-3)
+        assert scale <= math.log(100) + 1e-6
+
+
+def test_checkpoint_reloads_to_the_same_embeddings(trained, scenes):
+    cfg, result, _ = trained
+    reloaded = load_model(ModelSpec(pretrained=str(result.checkpoint)))
+    pairs = load_pairs(scenes)[:8]
+    images = [open_image(p.image) for p in pairs]
+    texts = [c for p in pairs for c in p.captions]
+    in_memory, from_disk = ClipEncoder(result.loaded), ClipEncoder(reloaded)
+    np.testing.assert_allclose(in_memory.encode_images(images), from_disk.encode_images(images),
+                               atol=1e-6)
+    np.testing.assert_allclose(in_memory.encode_texts(texts), from_disk.encode_texts(texts),
+                               atol=1e-6)
+    untrained = ClipEncoder(load_model(cfg.model)).encode_texts(texts)
+    assert not np.allclose(untrained, ClipEncoder(reloaded).encode_texts(texts), atol=1e-3)
+
+
+def test_checkpoint_records_the_training(trained):
+    cfg, result, _ = trained
+    extra = load_model(ModelSpec(pretrained=str(result.checkpoint))).extra
+    json.dumps(extra)  # plain values only
+    assert extra["training"]["objective"] == cfg.objective
+    assert extra["training"]["distance_weight"] == cfg.distance_weight
+    assert extra["training"]["data"] == str(cfg.data)
+    assert extra["training"]["lr"] == pytest.approx(1e-3)  # the from-scratch default
+    assert extra["final_metrics"] == result.after
+    assert len(extra["history"]) == cfg.epochs + 1
+
+
+# --- small runs -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def few_scenes(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("few")
+    write_captioned_images(folder, 40, seed=1)
+    return folder
+
+
+def short_run(data, out, seed):
+    cfg = replace(demo_config(data, out, seed=seed), epochs=2, batch_size=8)
+    return [h.train_loss for h in train(cfg).history[1:]]
+
+
+def test_same_seed_same_losses(few_scenes, tmp_path):
+    first = short_run(few_scenes, tmp_path / "a.pt", seed=7)
+    assert short_run(few_scenes, tmp_path / "b.pt", seed=7) == first
+    assert short_run(few_scenes, tmp_path / "c.pt", seed=8) != first
+
+
+def test_unreadable_training_images_are_skipped_and_counted(tmp_path):
+    write_captioned_images(tmp_path, 12)
+    (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
+    (tmp_path / "broken.txt").write_text("a caption for nothing\n")
+    cfg = replace(demo_config(tmp_path, tmp_path / "out" / "m.pt"), epochs=1, batch_size=4,
+                  val_fraction=0.0)
+
+    result = train(cfg)
+
+    assert result.history[1].unreadable == 1
+    assert result.before == {} and result.after == {}
+    assert math.isfinite(result.history[1].train_loss)
+    assert result.checkpoint.is_file()
+
+
+def test_fine_tuning_a_checkpoint_starts_from_its_weights(few_scenes, tmp_path):
+    first = train(replace(demo_config(few_scenes, tmp_path / "a.pt"), epochs=2, batch_size=8))
+    spec = ModelSpec(pretrained=str(first.checkpoint))
+    again = train(replace(demo_config(few_scenes, tmp_path / "b.pt"), model=spec, epochs=1,
+                          batch_size=8))
+    assert again.before == first.after  # same held-out split, same weights
+    assert load_model(ModelSpec(pretrained=str(again.checkpoint))).extra["training"]["lr"] == 1e-5
+
+
+@pytest.mark.parametrize(("change", "flag"), [
+    ({"objective": "distance", "distance_weight": 0.5}, "--distance-weight"),
+    ({"objective": "triplet"}, "--objective"),
+    ({"batch_size": 1}, "--batch-size"),
+])
+def test_bad_settings_fail_before_loading_anything(tmp_path, change, flag):
+    cfg = replace(demo_config(tmp_path / "absent", tmp_path / "m.pt"), **change)
+    with pytest.raises(UsageError, match=flag):
+        train(cfg)
