@@ -6,9 +6,11 @@ everything else about how work is done lives in `retriever/` and `index/`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -36,11 +38,18 @@ F = TypeVar("F", bound=Callable[..., Any])
 DbOpt = Annotated[Path | None, typer.Option(
     "--db", help="Index folder (default: <first folder>/.retriever, or $RETRIEVER_DB; search "
     "and info look upwards from the current folder).", envvar="RETRIEVER_DB", show_envvar=True)]
+MODEL_HELP = "open_clip model name (ViT-B-32), hf-hub:org/repo, or a model-config JSON."
+PRETRAINED_HELP = ("open_clip pretrained tag, hf-hub:org/repo, a weights/checkpoint file, or "
+                   "'none' for random weights. Default: the model's default tag.")
 ModelOpt = Annotated[str | None, typer.Option(
-    "--model", help="open_clip model name (ViT-B-32), hf-hub:org/repo, or a model-config JSON.")]
+    "--model", help=MODEL_HELP, envvar="RETRIEVER_MODEL", show_envvar=True)]
 PretrainedOpt = Annotated[str | None, typer.Option(
-    "--pretrained", help="open_clip pretrained tag, hf-hub:org/repo, a weights/checkpoint file, "
-    "or 'none' for random weights. Default: the model's default tag.")]
+    "--pretrained", help=PRETRAINED_HELP, envvar="RETRIEVER_PRETRAINED", show_envvar=True)]
+# search uses the index's own model; these only check that it is the one expected
+SearchModelOpt = Annotated[str | None, typer.Option(
+    "--model", help="Expect the index to be built with this model.")]
+SearchPretrainedOpt = Annotated[str | None, typer.Option(
+    "--pretrained", help="Expect the index to be built with these weights.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
 
 
@@ -140,44 +149,99 @@ def search(
     query: Annotated[str | None, typer.Argument(help="What to look for, in words.")] = None,
     image: Annotated[Path | None, typer.Option(
         "--image", help="Search with an image instead of words.")] = None,
+    item: Annotated[int | None, typer.Option(
+        "--item", help="Search with an indexed item (an id from --json results).")] = None,
+    add: Annotated[list[str] | None, typer.Option(
+        "--add", help="More like this: words, an image file or item:ID, weight as W:... "
+        "(repeatable).")] = None,
+    sub: Annotated[list[str] | None, typer.Option(
+        "--sub", help="Less like this, same forms as --add (repeatable).")] = None,
     to: Annotated[str, typer.Option("--to", help="images, texts or all.")] = "all",
+    kind: Annotated[str | None, typer.Option(
+        "--type", help="image or text: the same as --to images / --to texts.")] = None,
     k: Annotated[int, typer.Option("-k", help="Number of results.")] = 10,
     under: Annotated[str | None, typer.Option(
         "--in", help="Only results under this folder.")] = None,
+    after: Annotated[str | None, typer.Option(
+        "--after", help="Only files taken (EXIF date, else modified) on/after YYYY-MM-DD.")] = None,
+    before: Annotated[str | None, typer.Option(
+        "--before", help="Only files taken (EXIF date, else modified) before YYYY-MM-DD.")] = None,
+    min_score: Annotated[float | None, typer.Option(
+        "--min-score", help="Drop results scoring below this cosine similarity.")] = None,
     db: DbOpt = None,
-    model: ModelOpt = None,
-    pretrained: PretrainedOpt = None,
+    model: SearchModelOpt = None,
+    pretrained: SearchPretrainedOpt = None,
     json_out: JsonOpt = False,
     paths_only: Annotated[bool, typer.Option("--paths-only", help="Print bare paths.")] = False,
+    html_file: Annotated[Path | None, typer.Option(
+        "--html", help="Also write a self-contained results page to this file.")] = None,
+    preview: Annotated[bool, typer.Option(
+        "--preview", help="Show thumbnails inline (kitty or iTerm2 terminals).")] = False,
 ) -> None:
-    """Find images and text passages by words or by an image.
+    """Find images and text passages by words, by an image, or by both, weighted.
 
-    Examples: retriever search "red circle" --to images;
-    retriever search --image photo.jpg --to texts --json
+    Examples: retriever search "beach" --add sunset --sub people --to images;
+    retriever search --image photo.jpg --to texts --json;
+    retriever search "receipt" --after 2024-01-01 --html results.html
     """
     from retriever.collection import Collection, find_index_dir
     from retriever.models import ModelSpec
-    from retriever.query import Query, open_encoder
+    from retriever.query import Query, open_encoder, parse_date, parse_term
     from retriever.query import search as run_search
 
-    request = Query(query, image, to, k, under)
+    target = {"image": "images", "text": "texts"}.get(kind or "", kind or to)
+    request = Query(
+        text=query, image=image, item=item, target=target, k=k, path_prefix=under,
+        add=tuple(parse_term(a) for a in add or ()), sub=tuple(parse_term(s) for s in sub or ()),
+        after=parse_date(after, "--after") if after else None,
+        before=parse_date(before, "--before") if before else None, min_score=min_score)
     request.check()
     collection = Collection.open(find_index_dir(db))
     asked = ModelSpec(model, pretrained) if model or pretrained else None
-    encoder = open_encoder(collection, asked)
-    results = run_search(collection, encoder, request)
+    results = run_search(collection, open_encoder(collection, asked), request)
+    if html_file is not None:
+        from retriever.report import write_html
+
+        title = f"retriever: {query or image or f'item {item}'}"
+        stderr.print(f"wrote {write_html(results, html_file, title)}", markup=False)
     if json_out:
         for result in results:
             stdout.print(json.dumps(result.to_json()), markup=False)
     elif paths_only:
         for result in results:
             stdout.print(result.path, markup=False)
+    elif preview:
+        _print_previews(results)
     else:
-        table = Table("score", "kind", "path", "caption / passage")
-        for r in results:
-            where = r.path if r.kind == "image" else f"{r.path} #{r.position}"
-            table.add_row(f"{r.score:.3f}", r.kind, where, r.caption or r.passage or "")
-        stdout.print(table)
+        stdout.print(_results_table(results))
+
+
+def _results_table(results: list[Any]) -> Table:
+    table = Table("score", "kind", "path", "caption / passage")
+    for r in results:
+        where = r.path if r.kind == "image" else f"{r.path} #{r.position}"
+        table.add_row(f"{r.score:.3f}", r.kind, where, r.caption or r.passage or "")
+    return table
+
+
+def _print_previews(results: list[Any]) -> None:
+    from retriever.errors import ImageError
+    from retriever.images import thumbnail_bytes
+    from retriever.preview import inline_image, terminal_protocol
+
+    protocol = terminal_protocol()
+    if protocol is None or not stdout.is_terminal:
+        stderr.print("--preview needs a kitty or iTerm2 terminal on stdout; showing the table",
+                     markup=False)
+        stdout.print(_results_table(results))
+        return
+    for r in results:
+        if r.kind == "image":
+            with contextlib.suppress(ImageError, OSError):  # the row still prints below
+                sys.stdout.write(inline_image(thumbnail_bytes(Path(r.path), 160, "PNG"),
+                                              protocol) + "\n")
+        text = r.caption if r.kind == "image" else f"#{r.position}: {r.passage}"
+        stdout.print(f"{r.score:.3f}  {r.path}  {text or ''}", markup=False)
 
 
 @app.command()

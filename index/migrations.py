@@ -84,9 +84,17 @@ def _v2_runs_failures_generation(conn: Connection) -> None:
         conn.execute(text(statement))
 
 
+def _v3_taken_at(conn: Connection) -> None:
+    # When a photo was taken (EXIF DateTimeOriginal), else the file's mtime: --after/--before.
+    conn.execute(text("ALTER TABLE files ADD COLUMN taken_at FLOAT"))
+    conn.execute(text("UPDATE files SET taken_at = mtime"))
+    conn.execute(text("CREATE INDEX ix_files_taken_at ON files (taken_at)"))
+
+
 MIGRATIONS: list[Migration] = [
     (1, "initial: collection_model, files, items, vectors", _v1_initial),
     (2, "store_state generation, runs, failures", _v2_runs_failures_generation),
+    (3, "files.taken_at", _v3_taken_at),
 ]
 LATEST = MIGRATIONS[-1][0]
 

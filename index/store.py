@@ -65,6 +65,7 @@ class File(Base):
     height: Mapped[int | None] = mapped_column(Integer, nullable=True)
     caption: Mapped[str | None] = mapped_column(String, nullable=True)
     indexed_at: Mapped[float] = mapped_column(Float)
+    taken_at: Mapped[float | None] = mapped_column(Float, nullable=True)  # EXIF date, else mtime
     items: Mapped[list[Item]] = relationship(
         back_populates="file", cascade="all, delete-orphan", passive_deletes=True
     )
@@ -138,6 +139,7 @@ class FileRecord:
     width: int | None = None
     height: int | None = None
     caption: str | None = None
+    taken_at: float | None = None  # unix time: EXIF DateTimeOriginal, else mtime
 
 
 @dataclass(frozen=True)
@@ -272,8 +274,8 @@ class Store:
         """Update size, mtime and caption of files whose content is unchanged (no re-encode)."""
         with Session(self.engine) as s, s.begin():
             for r in records:
-                s.execute(update(File).where(File.path == r.path)
-                          .values(size=r.size, mtime=r.mtime, caption=r.caption))
+                s.execute(update(File).where(File.path == r.path).values(
+                    size=r.size, mtime=r.mtime, caption=r.caption, taken_at=r.taken_at))
 
     # --- runs and failures ------------------------------------------------------------------
 
@@ -329,7 +331,7 @@ class Store:
             if file is None:
                 return None
             record = FileRecord(file.path, file.kind, file.content_hash, file.size, file.mtime,
-                                file.width, file.height, file.caption)
+                                file.width, file.height, file.caption, file.taken_at)
             items = [ItemRecord(i.kind, i.position, i.passage, _decode(i.vector.data))
                      for i in sorted(file.items, key=lambda i: i.position)]
             return record, items
@@ -359,14 +361,30 @@ class Store:
             )
             return {r[0]: ItemView(*r) for r in rows}
 
-    def item_ids_under(self, prefix: str, kind: str) -> np.ndarray:
-        """Ids of `kind` items whose file path starts with `prefix` (SQL, not a Python scan)."""
+    def item_ids_where(
+        self,
+        kind: str,
+        prefix: str | None = None,
+        after: float | None = None,
+        before: float | None = None,
+    ) -> np.ndarray:
+        """Ids of `kind` items under path `prefix`, taken in [after, before) (SQL, indexed)."""
+        query = select(Item.id).join(File).where(Item.kind == kind)
+        if prefix is not None:
+            query = query.where(File.path.startswith(prefix, autoescape=True))
+        if after is not None:
+            query = query.where(File.taken_at >= after)
+        if before is not None:
+            query = query.where(File.taken_at < before)
         with Session(self.engine) as s:
-            ids = s.scalars(
-                select(Item.id).join(File)
-                .where(Item.kind == kind, File.path.startswith(prefix, autoescape=True))
-            )
-            return np.fromiter(ids, dtype=np.int64)
+            return np.fromiter(s.scalars(query), dtype=np.int64)
+
+    def item_vector(self, item_id: int) -> tuple[str, np.ndarray] | None:
+        """(kind, vector) of one stored item, or None."""
+        with Session(self.engine) as s:
+            row = s.execute(select(Item.kind, Vector.data).join(Vector)
+                            .where(Item.id == item_id)).first()
+            return (row[0], _decode(row[1])) if row else None
 
     def count_items(self, kind: str) -> int:
         with Session(self.engine) as s:

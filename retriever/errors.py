@@ -42,6 +42,10 @@ class IndexNotFound(RetrieverError):
     """No index where one was expected (`search`/`info` outside an indexed folder)."""
 
 
+class ItemNotFound(UsageError):
+    """An item id that is not in the index (a stale link, a typo)."""
+
+
 class IndexBusy(RetrieverError):
     """Another process holds the index's write lock."""
 

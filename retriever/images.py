@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import warnings
+from datetime import datetime
 from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -12,6 +14,9 @@ from retriever.errors import ImageError
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 # Pixel cap against decompression bombs; a 100-megapixel photo still opens.
 DEFAULT_MAX_PIXELS = 100_000_000
+EXIF_IFD = 0x8769  # the Exif sub-IFD, where DateTimeOriginal lives
+DATE_TIME_ORIGINAL = 36867
+DATE_TIME = 306  # IFD0: when the file was last changed by the camera or an editor
 
 
 def open_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
@@ -36,6 +41,27 @@ def open_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning,
             OSError, ValueError, SyntaxError) as err:
         raise ImageError(f"{path}: not a readable image ({_reason(err)})") from err
+
+
+def thumbnail_bytes(path: Path, size: int, format: str = "JPEG") -> bytes:
+    """The image at `path`, upright, shrunk to fit `size` x `size`, encoded as `format`."""
+    im = open_image(path)
+    im.thumbnail((size, size))
+    buffer = io.BytesIO()
+    im.save(buffer, format, **({"quality": 85} if format == "JPEG" else {}))
+    return buffer.getvalue()
+
+
+def taken_at(path: Path) -> float | None:
+    """When the photo was taken (EXIF DateTimeOriginal, else DateTime) as unix time, read from
+    the header alone; None without a usable date. Camera clocks have no zone: local time."""
+    try:
+        with Image.open(path) as im:
+            exif = im.getexif()
+            raw = exif.get_ifd(EXIF_IFD).get(DATE_TIME_ORIGINAL) or exif.get(DATE_TIME)
+        return datetime.strptime(str(raw).strip("\x00 "), "%Y:%m:%d %H:%M:%S").timestamp()
+    except (OSError, ValueError, SyntaxError, TypeError, UnidentifiedImageError):
+        return None
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:

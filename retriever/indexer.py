@@ -27,7 +27,7 @@ from index.store import FailureRecord, FileRecord, FileState, ItemRecord, ModelR
 from retriever.collection import Collection
 from retriever.encoders import Encoder
 from retriever.errors import ImageError
-from retriever.images import DEFAULT_MAX_PIXELS, open_image
+from retriever.images import DEFAULT_MAX_PIXELS, open_image, taken_at
 from retriever.media import IMAGE, TEXT, MediaFile, check_roots, path_key, scan
 from retriever.passages import DEFAULT_MAX_TEXT_BYTES, read_text, split_passages
 from retriever.progress import NullProgress, Progress
@@ -156,8 +156,10 @@ def _index_chunk(
 
 
 def _file_record(media: MediaFile, options: IndexOptions) -> FileRecord:
+    taken = taken_at(media.path) if media.kind == IMAGE else None
     return FileRecord(path_key(media.path), media.kind, _sha256(media.path), media.size,
-                      media.mtime, caption=_caption(media, options))
+                      media.mtime, caption=_caption(media, options),
+                      taken_at=taken or media.mtime)
 
 
 def _stored_copy(store: Store, record: FileRecord, pending: Batch) -> Entry | None:

@@ -1,9 +1,13 @@
-"""The query layer: one `search` the CLI and tests share.
+"""The query layer: one `search` the CLI, the web server and the tests share.
 
-A query is a text or an image; it is encoded with the model the collection was built with and
-searched in the images index, the texts index, or both (`all`: merged by score). A path prefix
-restricts results to files under it; the restriction runs inside FAISS (an id selector built from
-a SQL prefix query), not by filtering rows in Python.
+A query is one or more weighted parts: words, an image file, or an item already in the index.
+Its vector is the weighted sum of the parts' unit vectors (`sub` parts with negative weight),
+renormalised:  q = normalize(w0 * e(main) + sum_i w_i * e(add_i) - sum_j w_j * e(sub_j)).
+It is searched in the images index, the texts index, or both (`all`: merged by score).
+
+Filters run where they are cheap: the folder prefix and the date range are one SQL query whose
+ids become a FAISS id selector (evaluated inside the index, not by scanning rows in Python);
+`min_score` cuts the ranked list.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import numpy as np
 from index.store import IMAGE, TEXT
 from retriever.collection import Collection
 from retriever.encoders import ClipEncoder, Encoder
-from retriever.errors import IndexNotFound, ModelMismatch, UsageError
+from retriever.errors import IndexNotFound, ItemNotFound, ModelMismatch, UsageError
 from retriever.images import open_image
 from retriever.models import ModelSpec, load_model
 
@@ -25,12 +29,44 @@ TARGETS = {"images": (IMAGE,), "texts": (TEXT,), "all": (IMAGE, TEXT)}
 
 
 @dataclass(frozen=True)
+class Term:
+    """One weighted part of a query: exactly one of text, image, item."""
+
+    weight: float = 1.0
+    text: str | None = None
+    image: Path | None = None
+    item: int | None = None  # an indexed item id: its stored vector
+
+    def check(self) -> None:
+        given = [v for v in (self.text, self.image, self.item) if v is not None]
+        if len(given) != 1:
+            raise UsageError("give either a text query, --image FILE or an item, not "
+                             "both or neither")
+        if self.image is not None and not self.image.is_file():
+            raise UsageError(f"query image {self.image} does not exist: pass an image file")
+        if self.text is not None and not self.text.strip():
+            raise UsageError("the query text is empty: say what to look for")
+        if self.weight <= 0:
+            raise UsageError(f"weight {self.weight} must be positive (use --sub to subtract)")
+
+
+@dataclass(frozen=True)
 class Query:
     text: str | None = None  # what to look for, in words
     image: Path | None = None  # or: an image to look for things like
+    item: int | None = None  # or: an item already indexed ("more like this")
     target: str = "all"  # "images", "texts" or "all"
     k: int = 10  # results wanted
     path_prefix: str | None = None  # only files whose absolute path starts with this
+    add: tuple[Term, ...] = ()  # more of this
+    sub: tuple[Term, ...] = ()  # less of this
+    after: float | None = None  # unix time: only files taken (EXIF) or modified at/after this
+    before: float | None = None  # ... and before this
+    min_score: float | None = None  # drop results with a lower cosine score
+
+    @property
+    def main(self) -> Term:
+        return Term(1.0, self.text, self.image, self.item)
 
     def check(self) -> None:
         """Raise `UsageError` for a query that cannot run (before any model is loaded)."""
@@ -38,12 +74,10 @@ class Query:
             raise UsageError(f"unknown target {self.target!r}: use images, texts or all")
         if self.k < 1:
             raise UsageError(f"-k must be at least 1, not {self.k}")
-        if (self.text is None) == (self.image is None):
-            raise UsageError("give either a text query or --image FILE, not both or neither")
-        if self.image is not None and not self.image.is_file():
-            raise UsageError(f"query image {self.image} does not exist: pass an image file")
-        if self.text is not None and not self.text.strip():
-            raise UsageError("the query text is empty: say what to look for")
+        for term in (self.main, *self.add, *self.sub):
+            term.check()
+        if self.after is not None and self.before is not None and self.after >= self.before:
+            raise UsageError("--after must be earlier than --before")
 
 
 @dataclass(frozen=True)
@@ -80,16 +114,15 @@ def open_encoder(
 
 def search(collection: Collection, encoder: Encoder, query: Query) -> list[Result]:
     query.check()
-    vector = _embed(encoder, query)  # (1, dim)
+    vector = query_vector(collection, encoder, query)  # (1, dim)
     hits: list[tuple[float, int]] = []
     for kind in TARGETS[query.target]:
-        allowed = None
-        if query.path_prefix:
-            allowed = collection.store.item_ids_under(os.path.abspath(query.path_prefix), kind)
+        allowed = _allowed(collection, kind, query)
         scores, ids = collection.vectors(kind).search(vector, query.k, allowed)
-        hits += [(float(s), int(i)) for s, i in zip(scores[0], ids[0], strict=True)
-                 if i >= 0]
+        hits += [(float(s), int(i)) for s, i in zip(scores[0], ids[0], strict=True) if i >= 0]
     hits = sorted(hits, reverse=True)[: query.k]
+    if query.min_score is not None:
+        hits = [(s, i) for s, i in hits if s >= query.min_score]
     views = collection.store.items([i for _, i in hits])
     return [
         Result(i, v.path, score, v.kind, v.position, v.passage, v.caption)
@@ -98,11 +131,71 @@ def search(collection: Collection, encoder: Encoder, query: Query) -> list[Resul
     ]
 
 
-def _embed(encoder: Encoder, query: Query) -> np.ndarray:
-    if query.image is not None:
-        return encoder.encode_images([open_image(query.image)])
-    return encoder.encode_texts([query.text or ""])
+def query_vector(collection: Collection, encoder: Encoder, query: Query) -> np.ndarray:
+    """(1, dim) unit vector: the weighted sum of the parts' vectors, renormalised."""
+    total = np.zeros(encoder.dim, dtype=np.float64)
+    parts = [(query.main, 1.0), *((t, 1.0) for t in query.add), *((t, -1.0) for t in query.sub)]
+    for term, sign in parts:
+        total += sign * term.weight * _embed(collection, encoder, term)
+    norm = np.linalg.norm(total)
+    if norm < 1e-6:
+        raise UsageError("the positive and negative parts cancel out: change a weight")
+    return (total / norm).astype(np.float32)[None, :]
+
+
+def _embed(collection: Collection, encoder: Encoder, term: Term) -> np.ndarray:
+    if term.item is not None:
+        stored = collection.store.item_vector(term.item)
+        if stored is None:
+            raise ItemNotFound(f"no item {term.item} in {collection.directory}: pass an id "
+                               f"from a search result")
+        return stored[1]
+    if term.image is not None:
+        return encoder.encode_images([open_image(term.image)])[0]
+    return encoder.encode_texts([term.text or ""])[0]
+
+
+def _allowed(collection: Collection, kind: str, query: Query) -> np.ndarray | None:
+    if query.path_prefix is None and query.after is None and query.before is None:
+        return None
+    prefix = os.path.abspath(query.path_prefix) if query.path_prefix else None
+    return collection.store.item_ids_where(kind, prefix, query.after, query.before)
 
 
 def _same(asked: str, recorded: str) -> bool:
     return asked == recorded or os.path.abspath(os.path.expanduser(asked)) == recorded
+
+
+def parse_term(spec: str) -> Term:
+    """`--add`/`--sub` values: "TEXT", "W:TEXT", "FILE", "W:FILE" or "item:ID" / "W:item:ID".
+
+    A value naming an existing file is an image; anything else is words. W is a positive
+    weight (default 1).
+    """
+    weight, rest = 1.0, spec
+    head, sep, tail = spec.partition(":")
+    if sep and _is_number(head):
+        weight, rest = float(head), tail
+    if rest.startswith("item:") and rest[5:].isdigit():
+        return Term(weight, item=int(rest[5:]))
+    if Path(rest).expanduser().is_file():
+        return Term(weight, image=Path(rest).expanduser())
+    return Term(weight, text=rest)
+
+
+def parse_date(value: str, flag: str) -> float:
+    """YYYY-MM-DD or an ISO date-time (local time, like camera clocks) -> unix time."""
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        raise UsageError(f"{flag} {value!r} is not a date: use YYYY-MM-DD") from None
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

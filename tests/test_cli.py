@@ -130,7 +130,7 @@ def test_search_with_another_model_is_refused(indexed, cli):
         (("search", "--to", "videos", "x"), "unknown target 'videos'"),
         (("search", "-k", "0", "x"), "-k must be at least 1"),
         (("search", "   "), "the query text is empty"),
-        (("search",), "give either a text query or --image FILE"),
+        (("search",), "give either a text query, --image FILE or an item"),
         (("search", "--image", "nope.jpg"), "query image nope.jpg does not exist"),
     ],
 )

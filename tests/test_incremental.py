@@ -113,7 +113,7 @@ def test_changed_sidecar_updates_the_caption_without_encoding_the_image(run, lib
     report = run()
     assert report.images == 0 and report.texts == 1 and report.touched == 1
     collection = Collection.open(tmp_path / "index")
-    ids = collection.store.item_ids_under(str(library / "p03.jpg"), "image")
+    ids = collection.store.item_ids_where("image", str(library / "p03.jpg"))
     assert collection.store.items(ids)[int(ids[0])].caption == "second caption, longer"
 
 

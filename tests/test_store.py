@@ -103,7 +103,7 @@ def test_prefix_filter_is_literal(store):
         (image_file("/m/100%_sure/a.jpg"), [ItemRecord(IMAGE, 0, None, vec(1))]),
         (image_file("/m/100xxsure/b.jpg"), [ItemRecord(IMAGE, 0, None, vec(2))]),
     ])
-    ids = store.item_ids_under("/m/100%_sure/", IMAGE)
+    ids = store.item_ids_where(IMAGE, "/m/100%_sure/")
     assert [store.items(ids)[int(i)].path for i in ids] == ["/m/100%_sure/a.jpg"]
 
 
@@ -149,3 +149,22 @@ def test_every_write_bumps_the_generation(store):
     store.write_files([(image_file("/m/a.jpg"), [ItemRecord(IMAGE, 0, None, vec(1))])])
     store.remove_files(["/m/a.jpg"])
     assert store.generation() == before + 2
+
+
+def test_upgrade_to_version_3_backfills_taken_at_from_mtime(tmp_path):
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, "
+                          "name TEXT NOT NULL, applied_at FLOAT NOT NULL)"))
+        for version, name, apply in MIGRATIONS[:2]:
+            apply(conn)
+            conn.execute(text("INSERT INTO schema_migrations VALUES (:v, :n, 0)"),
+                         {"v": version, "n": name})
+        conn.execute(text("INSERT INTO files VALUES (1, '/m/a.jpg', 'image', 'h', 1, 1234.5, "
+                          "2, 2, NULL, 0)"))
+        conn.execute(text("INSERT INTO items VALUES (1, 1, 'image', 0, NULL)"))
+    engine.dispose()
+    store = Store(url)
+    assert store.item_ids_where(IMAGE, after=1234.0, before=1235.0).tolist() == [1]
+    assert store.item_ids_where(IMAGE, after=1235.0).tolist() == []

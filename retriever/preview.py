@@ -1,0 +1,36 @@
+"""Pictures in the terminal: inline thumbnails for kitty's graphics protocol and iTerm2's.
+
+Detection reads the environment the terminal sets; anything else gets a message and no images.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import Mapping
+
+KITTY_CHUNK = 4096  # the kitty protocol carries at most 4096 base64 bytes per escape code
+
+
+def terminal_protocol(env: Mapping[str, str] | None = None) -> str | None:
+    """"kitty", "iterm2", or None when the terminal shows no inline images."""
+    env = os.environ if env is None else env
+    if env.get("TERM") == "xterm-kitty" or "KITTY_WINDOW_ID" in env:
+        return "kitty"
+    if env.get("TERM_PROGRAM") in ("iTerm.app", "WezTerm") or "ITERM_SESSION_ID" in env:
+        return "iterm2"
+    return None
+
+
+def inline_image(png: bytes, protocol: str) -> str:
+    """The escape sequence that draws `png` at the cursor."""
+    data = base64.standard_b64encode(png).decode("ascii")
+    if protocol == "iterm2":
+        return f"\x1b]1337;File=inline=1;size={len(png)};preserveAspectRatio=1:{data}\x07"
+    chunks = [data[i : i + KITTY_CHUNK] for i in range(0, len(data), KITTY_CHUNK)] or [""]
+    out = []
+    for n, chunk in enumerate(chunks):
+        more = 1 if n < len(chunks) - 1 else 0
+        control = f"a=T,f=100,m={more}" if n == 0 else f"m={more}"  # f=100: PNG payload
+        out.append(f"\x1b_G{control};{chunk}\x1b\\")
+    return "".join(out)
