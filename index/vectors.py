@@ -1,8 +1,9 @@
 """The vector index: FAISS inner product over unit vectors, ids = store item ids.
 
-One `VectorIndex` per modality. The canonical copy is a CPU `IndexIDMap2(IndexFlatIP)`: exact
-cosine search, ids mapped to the store's item ids, removable by id. When FAISS sees a GPU,
-searches run on a GPU clone of it. Files are written atomically (temp file, then rename).
+One `VectorIndex` per modality. Small corpora get `IndexIDMap2(IndexFlatIP)` (exact cosine);
+large ones IVF or IVF-PQ (see `index.ann`), whose tuned `nprobe` is stored in the FAISS file.
+All map ids to the store's item ids and remove by id. When FAISS sees a GPU, searches run on
+a GPU clone. Files are written atomically (temp file, then rename).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from index.ann import AnnConfig, build, choose, tune_nprobe
 from index.atomic import replacing
 
 
@@ -22,10 +24,23 @@ class VectorIndex:
         self._gpu: faiss.Index | None = None  # search-side clone, dropped on every change
 
     @classmethod
-    def from_vectors(cls, dim: int, ids: np.ndarray, vectors: np.ndarray) -> VectorIndex:
-        built = cls(dim)
+    def from_vectors(
+        cls, dim: int, ids: np.ndarray, vectors: np.ndarray, ann: AnnConfig | None = None
+    ) -> VectorIndex:
+        """An index over `vectors` (n, dim) under `ids` (n,); exact unless `ann` says otherwise."""
+        ann = ann or AnnConfig(kind="flat")
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, dim)
+        built = cls(dim, build(choose(len(ids), dim, ann), dim, vectors))
         built.add(ids, vectors)
+        if isinstance(built.index, faiss.IndexIVF):
+            built.index.nprobe = tune_nprobe(built.index, ids, vectors, ann.recall_target)
         return built
+
+    @property
+    def kind(self) -> str:
+        if isinstance(self.index, faiss.IndexIVFPQ):
+            return "ivfpq"
+        return "ivf" if isinstance(self.index, faiss.IndexIVF) else "flat"
 
     @classmethod
     def load(cls, path: Path) -> VectorIndex:
@@ -52,6 +67,7 @@ class VectorIndex:
     def remove(self, ids: np.ndarray | list[int]) -> int:
         if len(ids) == 0:
             return 0
+        # faiss's stubs say IDSelector; its Python wrapper takes an id array too
         removed = self.index.remove_ids(np.asarray(ids, dtype=np.int64))  # type: ignore[arg-type]
         self._gpu = None
         return int(removed)
@@ -71,7 +87,13 @@ class VectorIndex:
             return np.empty((len(queries), 0), np.float32), np.empty((len(queries), 0), np.int64)
         if allowed is not None:
             selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed, dtype=np.int64))
-            params = faiss.SearchParameters(sel=selector)  # type: ignore[call-arg]
+            params: faiss.SearchParameters
+            # faiss's stubs omit the keyword constructors its wrapper provides
+            if isinstance(self.index, faiss.IndexIVF):
+                params = faiss.SearchParametersIVF(  # type: ignore[call-arg]
+                    sel=selector, nprobe=self.index.nprobe)
+            else:
+                params = faiss.SearchParameters(sel=selector)  # type: ignore[call-arg]
             scores, ids = self.index.search(queries, k, params=params)
         else:
             scores, ids = self._search_index().search(queries, k)

@@ -23,6 +23,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from index.ann import AnnConfig, choose, nlist_for
 from index.atomic import replacing
 from index.store import IMAGE, KINDS, TEXT, FileRecord, ItemRecord, ModelRecord, Store
 from index.vectors import VectorIndex
@@ -63,17 +64,18 @@ def find_index_dir(db: Path | None = None, start: Path | None = None) -> Path:
 
 
 class Collection:
-    def __init__(self, directory: Path, store: Store) -> None:
+    def __init__(self, directory: Path, store: Store, ann: AnnConfig | None = None) -> None:
         self.directory = directory
         self.store = store
+        self.ann = ann or AnnConfig()  # index type policy applied when the writer saves
         self._vectors: dict[str, VectorIndex] = {}
         self.rebuilt: list[str] = []  # kinds whose FAISS file was stale and rebuilt from store
 
     @classmethod
-    def open(cls, directory: Path) -> Collection:
+    def open(cls, directory: Path, ann: AnnConfig | None = None) -> Collection:
         directory.mkdir(parents=True, exist_ok=True)
         url = os.environ.get(ENV_STORE_URL) or f"sqlite:///{directory / STORE_FILE}"
-        return cls(directory, Store(url))
+        return cls(directory, Store(url), ann)
 
     def close(self) -> None:
         self.store.close()
@@ -151,12 +153,26 @@ class Collection:
         Only the writer (holding `writing()`) calls this, after its last store write.
         """
         generation = self.store.generation()
-        for kind, vectors in self._vectors.items():
+        for kind in list(self._vectors):
+            vectors = self._fit(kind)
             path = self.directory / VECTOR_FILES[kind]
             vectors.save(path)
             with replacing(path.with_name(f"{path.name}.json")) as tmp:
                 Path(tmp).write_text(json.dumps({"generation": generation,
                                                  "count": len(vectors)}))
+
+    def _fit(self, kind: str) -> VectorIndex:
+        """The index rebuilt as the type its size calls for (flat -> IVF as a corpus grows;
+        IVF retrained once it holds 4x what its centroids were trained for)."""
+        current = self._vectors[kind]
+        n = len(current)
+        wanted = choose(n, current.dim, self.ann)
+        grown = current.kind != "flat" and nlist_for(n) >= 4 * getattr(current.index, "nlist", 1)
+        if wanted == current.kind and not grown:
+            return current
+        ids, vecs = self.store.vectors(kind)
+        self._vectors[kind] = VectorIndex.from_vectors(current.dim, ids, vecs, self.ann)
+        return self._vectors[kind]
 
     def _load_or_rebuild(self, kind: str) -> VectorIndex:
         path = self.directory / VECTOR_FILES[kind]
