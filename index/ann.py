@@ -21,7 +21,7 @@ TYPES = ("auto", "flat", "ivf", "ivfpq")
 # Below this many vectors exact search answers in about a millisecond on one core (512-d):
 # nothing to win from approximation.
 FLAT_UP_TO = 50_000
-TRAIN_PER_LIST = 64  # training points per centroid (FAISS warns under 39)
+TRAIN_PER_LIST = 40  # training points per centroid (FAISS warns under 39)
 TUNE_QUERIES = 200
 TUNE_K = 10
 PLATEAU = 0.002  # recall gained by doubling nprobe below which tuning stops
@@ -43,9 +43,9 @@ def choose(n: int, dim: int, cfg: AnnConfig) -> str:
 
 
 def nlist_for(n: int) -> int:
-    """8 x sqrt(N) (middle of FAISS's 4..16 x sqrt(N)) as a power of two, capped so that every
-    centroid trains on TRAIN_PER_LIST points."""
-    wanted = 2 ** round(math.log2(max(1.0, 8 * math.sqrt(n))))
+    """4 x sqrt(N) (the low end of FAISS's 4..16 x sqrt(N): k-means training is the cost that
+    grows with nlist) as a power of two, capped so every centroid trains on TRAIN_PER_LIST."""
+    wanted = 2 ** round(math.log2(max(1.0, 4 * math.sqrt(n))))
     return max(1, min(wanted, n // TRAIN_PER_LIST))
 
 
@@ -72,27 +72,38 @@ def build(kind: str, dim: int, vectors: np.ndarray, seed: int = 0) -> faiss.Inde
 def tune_nprobe(
     index: faiss.Index, ids: np.ndarray, vectors: np.ndarray, target: float, seed: int = 0
 ) -> int:
-    """Smallest power-of-two nprobe whose recall@10 on noisy corpus queries reaches `target`.
-
-    `index` holds `vectors` (n, dim) under `ids` (n,).
+    """Smallest power-of-two nprobe whose recall@10 reaches `target` (with a margin),
+    measured leave-one-out: sampled
+    corpus vectors are the queries and each one's own hit is dropped, so the neighbours sought
+    are those a new query from the same distribution would have. `index` holds `vectors`
+    (n, dim) under `ids` (n,).
     """
     if not isinstance(index, faiss.IndexIVF) or index.ntotal == 0:
         return 1
-    queries = sample_queries(vectors, TUNE_QUERIES, seed)  # (q, dim)
+    rng = np.random.default_rng(seed)
+    picked = rng.choice(len(vectors), min(TUNE_QUERIES, len(vectors)), replace=False)
+    queries = np.ascontiguousarray(vectors[picked])  # (q, dim)
     exact = faiss.IndexFlatIP(index.d)
     exact.add(vectors)
-    _, positions = exact.search(queries, TUNE_K)  # (q, k) rows of `vectors`
-    truth = ids[positions]  # (q, k) store ids
+    _, positions = exact.search(queries, TUNE_K + 1)  # (q, k+1) rows of `vectors`
+    truth = _drop_self(ids[positions], ids[picked])
+    aim = target + (1 - target) / 2  # a margin: new queries scatter around the sample's recall
     nprobe, best = 1, -1.0
     while nprobe < index.nlist:
         params = faiss.SearchParametersIVF(nprobe=nprobe)  # type: ignore[call-arg]
-        _, found = index.search(queries, TUNE_K, params=params)
-        recall = recall_at(truth, found)
+        _, found = index.search(queries, TUNE_K + 1, params=params)
+        recall = recall_at(truth, _drop_self(found, ids[picked]))
         # PQ codes cap recall below what any nprobe reaches: stop once probing more stops paying
-        if recall >= target or recall - best < PLATEAU:
+        if recall >= aim or recall - best < PLATEAU:
             return nprobe
         nprobe, best = nprobe * 2, recall
     return int(index.nlist)
+
+
+def _drop_self(found: np.ndarray, own: np.ndarray) -> np.ndarray:
+    """(q, k+1) ids -> (q, k): each row without its query's own id (or without its last)."""
+    rows = [[i for i in row if i != me][:TUNE_K] for row, me in zip(found, own, strict=True)]
+    return np.array(rows, dtype=np.int64)
 
 
 def sample_queries(vectors: np.ndarray, n: int, seed: int = 0) -> np.ndarray:

@@ -82,7 +82,7 @@ def test_auto_follows_size_and_budget():
     assert choose(1_000_000, 512, AnnConfig()) == "ivf"
     assert choose(1_000_000, 512, AnnConfig(memory_budget=512 * 2**20)) == "ivfpq"
     assert choose(10, 512, AnnConfig("ivf")) == "ivf"
-    assert ann.nlist_for(1_000_000) == 8192  # 8 x sqrt(N) = 8000 -> 2^13
+    assert ann.nlist_for(1_000_000) == 4096  # 4 x sqrt(N) = 4000 -> 2^12
 
 
 def test_a_collection_switches_to_ivf_when_it_grows(tmp_path, monkeypatch):
