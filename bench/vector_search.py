@@ -1,6 +1,6 @@
 """Vector search at scale: QPS and recall@10 of the auto-chosen index against exact search.
 
-    python bench/vector_search.py [--sizes 10000 100000 1000000] [--dim 512]
+    python -m bench.vector_search [--sizes 10000 100000 1000000] [--dim 512]
 
 Vectors are unit-normalised draws around 2,000 random centres with per-coordinate noise 1.35x
 the centres' scale: clustered like real embeddings but overlapping (a top-10 neighbour is at
@@ -87,7 +87,7 @@ def main() -> None:
         rows.append(measure(n, args.dim))
         print(rows[-1], flush=True)
     body = table(rows, args.dim)
-    command = "python bench/vector_search.py " + " ".join(
+    command = "python -m bench.vector_search " + " ".join(
         ["--sizes", *map(str, args.sizes), "--dim", str(args.dim)])
     load = os.getloadavg()[0]
     write_section("vector-search", "Vector search (CPU)", body, command,
