@@ -107,7 +107,7 @@ def _to_read(
     def same(a: FileState | FailureRecord | None, f: MediaFile) -> bool:
         return a is not None and a.size == f.size and a.mtime == f.mtime
 
-    todo, sidecars = [], set()
+    todo, reading = [], set()
     for f in files:
         key = path_key(f.path)
         if same(stored.get(key), f):
@@ -116,8 +116,8 @@ def _to_read(
             report.known_failures += 1
         else:
             todo.append(f)
-            sidecars.add(f.path)
-    recaption = [f for f in files if f.sidecar in sidecars and f.path not in sidecars]
+            reading.add(f.path)
+    recaption = [f for f in files if f.sidecar in reading and f.path not in reading]
     report.unchanged -= len(recaption)
     return todo + recaption
 
