@@ -99,24 +99,36 @@ def index(
         help="Drop everything indexed and re-encode with --model/--pretrained.")] = False,
     wait: Annotated[bool, typer.Option(
         help="If another run is writing this index, wait for it instead of exiting.")] = False,
+    index_type: Annotated[str, typer.Option(
+        help="auto (exact up to 50k vectors, then IVF), flat, ivf or ivfpq.")] = "auto",
+    recall_target: Annotated[float, typer.Option(
+        help="Recall@10 against exact search that IVF's nprobe is tuned to.")] = 0.95,
+    memory_budget_mb: Annotated[int | None, typer.Option(
+        "--memory-budget-mb", help="auto: use compressed IVF-PQ when vectors exceed this.")] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Embed every image and text passage under FOLDERS; again, only what changed.
 
     Example: retriever index ~/Pictures ~/Notes --exclude 'tmp/*'
     """
+    from index.ann import TYPES, AnnConfig
     from retriever.collection import Collection, index_dir_for
     from retriever.encoders import ClipEncoder, Encoder
+    from retriever.errors import UsageError
     from retriever.indexer import IndexOptions, index_media
     from retriever.media import check_roots
     from retriever.models import ModelSpec, load_model
     from retriever.progress import RichProgress
-    from retriever.query import open_encoder
+    from retriever.query import INDEX_FIX, open_encoder
 
     roots = check_roots(folders)
     options = IndexOptions(tuple(roots), tuple(exclude or ()), batch_size, max_pixels,
                            max_text_bytes)
-    collection = Collection.open(index_dir_for(roots, db))
+    if index_type not in TYPES:
+        raise UsageError(f"--index-type {index_type!r}: use one of {', '.join(TYPES)}")
+    budget = memory_budget_mb * 2**20 if memory_budget_mb else None
+    collection = Collection.open(index_dir_for(roots, db),
+                                 AnnConfig(index_type, recall_target, budget))
     asked = ModelSpec(model, pretrained)
     with collection.writing(wait):
         if reindex:
@@ -125,7 +137,7 @@ def index(
         if collection.model() is None:
             encoder = ClipEncoder(load_model(asked), batch_size=batch_size)
         else:  # an existing index keeps its model; a different --model is refused before loading
-            encoder = open_encoder(collection, asked, batch_size=batch_size)
+            encoder = open_encoder(collection, asked, batch_size, INDEX_FIX)
         report = index_media(collection, encoder, options, RichProgress())
     for failure in report.failures:
         stderr.print(f"skipped {failure.reason}", markup=False)
@@ -277,9 +289,10 @@ def info(db: DbOpt = None, json_out: JsonOpt = False) -> None:
 @app.command()
 @reports_errors
 def train(
-    data: Annotated[Path, typer.Argument(
+    data: Annotated[str, typer.Argument(
         help="Folder of images with sidecar captions (photo.jpg + photo.txt, one caption per "
-        "line), or a .csv/.tsv/.jsonl with filepath and caption columns.")],
+        "line), a .csv/.tsv/.jsonl with filepath and caption columns, a COCO captions .json, "
+        "or WebDataset tar shards (a .tar, a folder of them, shard-{000..099}.tar, a URL).")],
     out: Annotated[Path, typer.Option("--out", help="Checkpoint to write.")],
     model: ModelOpt = None,
     pretrained: PretrainedOpt = None,
@@ -287,21 +300,64 @@ def train(
         "infonce"),
     distance_weight: Annotated[float, typer.Option(
         help="infonce: add this x the squared distance of matching pairs.")] = 0.0,
-    margin: Annotated[float, typer.Option(help="distance: push negatives this far.")] = 1.0,
+    margin: Annotated[float, typer.Option(help="distance: push negatives this far.")] = 1.2,
     epochs: Annotated[int, typer.Option(help="Passes over the training images.")] = 10,
-    batch_size: Annotated[int, typer.Option(help="Pairs per step.")] = 64,
+    batch_size: Annotated[int, typer.Option(
+        help="Pairs per process per micro-batch; a step sees batch-size x grad-accum x "
+        "nproc pairs.")] = 32,
     lr: Annotated[float | None, typer.Option(
         help="Peak learning rate (default 1e-3 from scratch, 1e-5 fine-tuning).")] = None,
+    warmup: Annotated[float, typer.Option(
+        help="Fraction of all steps spent ramping the learning rate up.")] = 0.1,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.1,
     val_fraction: Annotated[float, typer.Option(help="Images held out for recall.")] = 0.1,
+    val_data: Annotated[Path | None, typer.Option(
+        help="Held-out captioned images (any format above but shards) instead of a split.")
+    ] = None,
+    val_every: Annotated[int, typer.Option(
+        help="Also measure held-out recall every N steps (0: before training and after "
+        "each epoch only).")] = 0,
     seed: Annotated[int, typer.Option(help="Seed for split, order and weights.")] = 0,
     image_col: Annotated[str, typer.Option(help="Table column of image paths.")] = "filepath",
     caption_col: Annotated[str, typer.Option(help="Table column of captions.")] = "caption",
+    image_root: Annotated[Path | None, typer.Option(
+        help="COCO .json: folder its file_names are in (default: the JSON's folder).")] = None,
+    samples_per_epoch: Annotated[int | None, typer.Option(
+        help="Shards: pairs per epoch (default: sizes.json beside them, or counted).")] = None,
+    augment: Annotated[bool, typer.Option(
+        "--augment", help="Train through open_clip's random-crop preprocessing.")] = False,
+    num_workers: Annotated[int, typer.Option(
+        help="DataLoader workers decoding images, per process.")] = 0,
+    nproc: Annotated[int, typer.Option(
+        help="Train in N processes on this machine as one (DDP: one per GPU, or gloo on "
+        "CPU). torchrun --nproc_per_node N -m cli train ... does the same.")] = 1,
+    grad_accum: Annotated[int, typer.Option(
+        help="Micro-batches per step: a batch N x larger in the same memory.")] = 1,
+    lock_image: Annotated[bool, typer.Option(
+        "--lock-image", help="LiT: freeze the image tower, train the text tower.")] = False,
+    lock_text: Annotated[bool, typer.Option(
+        "--lock-text", help="Freeze the text tower, train the image tower.")] = False,
+    grad_checkpointing: Annotated[bool, typer.Option(
+        "--grad-checkpointing", help="Recompute activations in backward: less memory.")
+    ] = False,
+    precision: Annotated[str, typer.Option(
+        help="fp32, bf16 or fp16 autocast (default: fp32 on CPU, bf16 or fp16 on GPU).")
+    ] = "auto",
+    save_every: Annotated[int, typer.Option(
+        help="Also save the resumable state (OUT stem + .resume.pt) every N steps; it is "
+        "always saved after each epoch.")] = 0,
+    resume: Annotated[Path | None, typer.Option(
+        help="Continue an interrupted run from its .resume.pt (same settings).")] = None,
 ) -> None:
     """Train or fine-tune the shared image-text space on captioned images.
+
+    Writes the checkpoint, and beside it OUT-stem.curve.csv and .curve.png (loss, temperature,
+    learning rate, held-out recall per step).
 
     Example: retriever train photos/ --out tuned.pt --model ViT-B-32 --pretrained my.bin;
     then: retriever index photos/ --pretrained tuned.pt
     """
+    from retriever.distributed import env_rank
     from retriever.models import ModelSpec
     from retriever.progress import RichProgress
     from retriever.training import TrainConfig
@@ -310,23 +366,35 @@ def train(
     cfg = TrainConfig(data=data, out=out, model=ModelSpec(model, pretrained),
                       objective=objective, distance_weight=distance_weight,  # type: ignore[arg-type]
                       margin=margin, epochs=epochs, batch_size=batch_size, lr=lr,
-                      val_fraction=val_fraction, seed=seed, image_col=image_col,
-                      caption_col=caption_col)
+                      warmup=warmup, weight_decay=weight_decay, val_fraction=val_fraction,
+                      seed=seed, image_col=image_col, caption_col=caption_col,
+                      augment=augment, num_workers=num_workers, grad_accum=grad_accum,
+                      lock_image=lock_image, lock_text=lock_text,
+                      grad_checkpointing=grad_checkpointing,
+                      precision=precision,  # type: ignore[arg-type]
+                      val_data=val_data, image_root=image_root,
+                      samples_per_epoch=samples_per_epoch, val_every=val_every,
+                      save_every=save_every, resume=resume, nproc=nproc)
     result = run_training(cfg, RichProgress(), lambda line: stderr.print(line, markup=False))
+    if env_rank() != 0:  # under torchrun every process runs this command; rank 0 reports
+        return
     if result.before:
         stdout.print(_metrics_table(result.before, result.after, "untrained", "trained"))
     stdout.print(f"checkpoint: {result.checkpoint} ({result.samples_per_s:.0f} samples/s); "
               f"use it with --pretrained {result.checkpoint}", markup=False)
+    stdout.print(f"curves: {result.curve_csv} and {result.curve_png}", markup=False)
 
 
 @app.command("eval")
 @reports_errors
 def evaluate(
-    data: Annotated[Path, typer.Argument(help="Captioned images, as for `train`.")],
+    data: Annotated[Path, typer.Argument(help="Captioned images, as for `train` (not shards).")],
     model: ModelOpt = None,
     pretrained: PretrainedOpt = None,
     image_col: Annotated[str, typer.Option(help="Table column of image paths.")] = "filepath",
     caption_col: Annotated[str, typer.Option(help="Table column of captions.")] = "caption",
+    image_root: Annotated[Path | None, typer.Option(
+        help="COCO .json: folder its file_names are in (default: the JSON's folder).")] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Measure text->image and image->text recall (R@1/5/10, median rank) on captioned images.
@@ -339,7 +407,7 @@ def evaluate(
     from retriever.pairs import load_pairs
     from retriever.progress import RichProgress
 
-    pairs = load_pairs(data, image_col, caption_col)
+    pairs = load_pairs(data, image_col, caption_col, image_root)
     encoder = ClipEncoder(load_model(ModelSpec(model, pretrained)))
     metrics = evaluate_pairs(encoder, pairs, RichProgress())
     if json_out:
@@ -376,6 +444,35 @@ def demo(
                              "trained", title="held-out recall"))
     stdout.print(f"try: cd {result.media} && retriever search 'a green square on the right'",
               markup=False)
+
+
+@app.command()
+@reports_errors
+def serve(
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8765,
+    host: Annotated[str, typer.Option(
+        help="Address to listen on. The default keeps it to this machine; another address "
+        "(0.0.0.0) shows your indexed files to anyone who can reach it.")] = "127.0.0.1",
+    db: DbOpt = None,
+) -> None:
+    """Search in a browser: a local web page and JSON API over the index (see README, Web UI).
+
+    Example: retriever serve --port 8765, then open http://127.0.0.1:8765
+    """
+    from retriever.collection import Collection, find_index_dir
+    from retriever.query import open_encoder
+    from retriever.server import LOOPBACK_HOSTS, ServerSettings, create_app, listen, serve_forever
+
+    collection = Collection.open(find_index_dir(db))
+    sock = listen(host, port)  # a port in use fails before the model loads
+    app_ = create_app(collection, open_encoder(collection), ServerSettings.for_host(host))
+    if host not in LOOPBACK_HOSTS:
+        stderr.print(f"warning: --host {host} serves your indexed files to the network",
+                     markup=False)
+    shown = f"[{host}]" if ":" in host else host  # an IPv6 address needs brackets in a URL
+    stderr.print(f"serving {collection.directory} at http://{shown}:{port} (Ctrl-C stops)",
+                 markup=False)
+    serve_forever(app_, sock)
 
 
 def _metrics_table(first: dict, second: dict | None = None, *names: str, title: str = "") -> Table:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -35,6 +36,7 @@ ENV_DB = "RETRIEVER_DB"  # index folder, instead of <first folder>/.retriever
 ENV_STORE_URL = "RETRIEVER_STORE_URL"  # any SQLAlchemy URL, instead of <index folder>/store.db
 VECTOR_FILES = {IMAGE: "images.faiss", TEXT: "texts.faiss"}
 LOCK_FILE = "write.lock"
+THUMBS_DIRNAME = "thumbs"  # retriever.thumbnails' cache
 
 
 def index_dir_for(roots: Sequence[Path], db: Path | None = None) -> Path:
@@ -115,9 +117,10 @@ class Collection:
             yield
 
     def reset(self) -> None:
-        """Forget every file, vector and the model (for --reindex with another model)."""
+        """Forget every file, vector, thumbnail and the model (--reindex with another model)."""
         self.store.clear()
         self._vectors.clear()
+        shutil.rmtree(self.directory / THUMBS_DIRNAME, ignore_errors=True)
         for name in VECTOR_FILES.values():
             for path in (self.directory / name, self.directory / f"{name}.json"):
                 path.unlink(missing_ok=True)

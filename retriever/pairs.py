@@ -5,10 +5,13 @@ Sources:
                      searched recursively; hidden files and images without a sidecar are skipped
   .csv / .tsv        a header row naming an image column and a caption column
   .jsonl             one object per line with those two keys (a caption may also be a list)
+  .json              COCO-style captions: {"images": [{"id", "file_name"}],
+                     "annotations": [{"image_id", "caption"}]}
 
-Relative image paths in a table resolve against the table's folder. Rows naming the same image
-merge into one `Pair` with several captions. Images a table names but that do not exist are
-skipped and counted in `PairList.missing`.
+Relative image paths in a table resolve against the table's folder; COCO file names against
+`image_root` (default: the JSON's folder), as COCO keeps annotations and images apart. Rows
+naming the same image merge into one `Pair` with several captions. Images a source names but
+that do not exist are skipped and counted in `PairList.missing`.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from retriever.errors import DatasetError
 from retriever.images import IMAGE_SUFFIXES
 
 TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t", ".jsonl": None}
+COCO_SUFFIX = ".json"
+FORMATS = "a folder of captioned images, a .csv, .tsv or .jsonl table, or a COCO captions .json"
 
 
 @dataclass(frozen=True)
@@ -41,22 +46,25 @@ class PairList(list[Pair]):
 
 
 def load_pairs(
-    source: Path, image_col: str = "filepath", caption_col: str = "caption"
+    source: Path,
+    image_col: str = "filepath",
+    caption_col: str = "caption",
+    image_root: Path | None = None,
 ) -> PairList:
-    """Read the pairs in `source` (folder, .csv, .tsv or .jsonl); see the module docstring."""
+    """Read the pairs in `source` (folder, table or COCO JSON); see the module docstring."""
     source = Path(source).expanduser()
     if not source.exists():
-        raise DatasetError(f"{source} does not exist: pass a folder of captioned images or a "
-                           f".csv, .tsv or .jsonl file")
+        raise DatasetError(f"{source} does not exist: pass {FORMATS}")
     if source.is_dir():
         pairs = PairList(_folder_pairs(source))
         if not pairs:
             raise DatasetError(f"no captioned images in {source}: put each caption file beside "
                                f"its image (photo.jpg + photo.txt, one caption per line)")
         return pairs
+    if source.suffix.lower() == COCO_SUFFIX:
+        return _coco_pairs(source, Path(image_root).expanduser() if image_root else source.parent)
     if source.suffix.lower() not in TABLE_SUFFIXES:
-        raise DatasetError(f"{source}: unknown data format {source.suffix!r}: pass a folder of "
-                           f"captioned images or a .csv, .tsv or .jsonl file")
+        raise DatasetError(f"{source}: unknown data format {source.suffix!r}: pass {FORMATS}")
     try:
         return _table_pairs(source, image_col, caption_col)
     except (UnicodeDecodeError, csv.Error) as err:
@@ -114,13 +122,18 @@ def _table_pairs(path: Path, image_col: str, caption_col: str) -> PairList:
     for row_image, row_captions in _rows(path, image_col, caption_col):
         image = (path.parent / row_image).resolve()
         captions.setdefault(image, []).extend(row_captions)
+    return _existing(path, path.parent, captions)
+
+
+def _existing(source: Path, root: Path, captions: dict[Path, list[str]]) -> PairList:
+    """Pairs whose image exists, in `captions` order; the others listed as missing."""
     pairs = [Pair(image, _unique(texts)) for image, texts in captions.items()]
     found = PairList((p for p in pairs if p.captions and p.image.is_file()),
                      missing=[p.image for p in pairs if not p.image.is_file()])
     if not found:
         reason = (f"none of its {len(found.missing)} images exist (paths are relative to "
-                  f"{path.parent})" if found.missing else "it has no rows with a caption")
-        raise DatasetError(f"no pairs in {path}: {reason}")
+                  f"{root})" if found.missing else "it has no image with a caption")
+        raise DatasetError(f"no pairs in {source}: {reason}")
     return found
 
 
@@ -169,6 +182,30 @@ def _require_columns(path: Path, record: dict, image_col: str, caption_col: str)
             known = ", ".join(repr(k) for k in record if k is not None) or "none"
             raise DatasetError(f"{path} has no column {column!r} (columns: {known}): "
                                f"name the right one with {flag}")
+
+
+# --- COCO captions ---------------------------------------------------------------------------
+
+
+def _coco_pairs(path: Path, image_root: Path) -> PairList:
+    """COCO's captions_*.json: images in file order, each with all its annotations' captions."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        files = {image["id"]: image["file_name"] for image in doc["images"]}
+        notes = [(note["image_id"], str(note["caption"]).strip()) for note in doc["annotations"]]
+    except (ValueError, UnicodeDecodeError) as err:
+        raise DatasetError(f"{path} is not JSON ({err}): pass a COCO captions file") from err
+    except (KeyError, TypeError) as err:
+        raise DatasetError(f"{path} is not COCO captions (no {err}): it needs \"images\" with "
+                           f"id and file_name and \"annotations\" with image_id and caption"
+                           ) from err
+    captions: dict[Path, list[str]] = {(image_root / name).resolve(): [] for name in files.values()}
+    for image_id, caption in notes:
+        if image_id not in files:
+            raise DatasetError(f"{path}: a caption names image_id {image_id!r}, which is not "
+                               f"in \"images\": fix or drop that annotation")
+        captions[(image_root / files[image_id]).resolve()].append(caption)
+    return _existing(path, image_root, captions)
 
 
 def _unique(texts: Iterable[str]) -> tuple[str, ...]:

@@ -94,10 +94,18 @@ class Result:
         return asdict(self)
 
 
+SEARCH_FIX = "drop {flag} to use the index's model, or pass another --db"
+INDEX_FIX = "pass --reindex to re-encode everything with it, or drop {flag}"
+
+
 def open_encoder(
-    collection: Collection, asked: ModelSpec | None = None, batch_size: int = 64
+    collection: Collection,
+    asked: ModelSpec | None = None,
+    batch_size: int = 64,
+    fix: str = SEARCH_FIX,
 ) -> Encoder:
-    """The encoder the collection was built with; `asked` (from --model/--pretrained) must agree."""
+    """The encoder the collection was built with; `asked` (from --model/--pretrained) must
+    agree, else `ModelMismatch` ending with `fix`."""
     record = collection.model()
     if record is None:
         raise IndexNotFound(f"{collection.directory} holds no index yet: run `retriever index`")
@@ -107,7 +115,7 @@ def open_encoder(
             if value is not None and not _same(value, recorded):
                 raise ModelMismatch(
                     f"{flag} {value} differs from {recorded}, which {collection.directory} was "
-                    f"built with: drop {flag} to use the index's model, or pass another --db"
+                    f"built with: " + fix.format(flag=flag)
                 )
     return ClipEncoder(load_model(ModelSpec(record.name, record.pretrained)), batch_size)
 

@@ -1,44 +1,76 @@
 """Contrastive training (or fine-tuning) of an open_clip model on image-caption pairs.
 
-`train` reads the pairs, holds out a validation split, trains with AdamW under a warmup + cosine
-schedule, measures held-out retrieval before training and after every epoch, and writes a
-checkpoint that `load_model(ModelSpec(pretrained=str(cfg.out)))` loads again.
+`train` reads the pairs (or streams tar shards), holds out a validation split, trains with AdamW
+under a warmup + cosine schedule, measures held-out retrieval before training, after every
+epoch and every `val_every` steps, and writes a checkpoint that
+`load_model(ModelSpec(pretrained=str(cfg.out)))` loads again. Beside the checkpoint it keeps
+the training curves (`<out>.curve.csv`, `<out>.curve.png`) and, until the run completes, the
+resumable state (`<out>.resume.pt`).
+
+With `nproc` > 1, or when started by torchrun, the processes train as one (DDP): see
+retriever.distributed and retriever.train_step. Only rank 0 logs and writes files.
 """
 
 from __future__ import annotations
 
-import math
 import random
+import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
 
+from retriever.curves import Curve
+from retriever.datasets import (
+    Batch,
+    Feed,
+    PairData,
+    ShardData,
+    TrainData,
+    count_samples,
+    shard_urls,
+)
+from retriever.distributed import Group, all_sum, barrier, join, launch, launched, leave
 from retriever.encoders import ClipEncoder
-from retriever.errors import DatasetError, ImageError, UsageError
+from retriever.errors import DatasetError, RetrieverError, UsageError
 from retriever.evaluation import SILENT, evaluate_pairs
-from retriever.images import open_image
-from retriever.losses import distance_loss, infonce_loss, positive_distance
-from retriever.models import RANDOM, LoadedModel, ModelSpec, load_model, save_checkpoint
+from retriever.losses import Objective
+from retriever.models import RANDOM, LoadedModel, ModelSpec, default_device, load_model
+from retriever.models import save_checkpoint as save_model
+from retriever.optimizer import build_optimizer, lr_at
 from retriever.pairs import Pair, load_pairs, split_pairs
-from retriever.progress import Progress
+from retriever.progress import Progress, Task
+from retriever.resume import (
+    TrainState,
+    capture_rng,
+    check_settings,
+    load_state,
+    restore_rng,
+    save_state,
+)
+from retriever.train_step import MAX_LOGIT_SCALE, Precision, Stepper
 
-# CLIP clamps its learned temperature so logits never exceed 100x the cosine similarity.
-MAX_LOGIT_SCALE = math.log(100)
+__all__ = ["MAX_LOGIT_SCALE", "EpochStats", "TrainConfig", "TrainResult", "train"]
+
 # Learning rates when `TrainConfig.lr` is None. From scratch a small model needs a large step;
 # pretrained weights are destroyed by one, so fine-tuning uses the usual CLIP fine-tuning rate.
 LR_FROM_SCRATCH = 1e-3
 LR_FINE_TUNE = 1e-5
+# The resumable state holds the weights and AdamW's two moments (3x the model); an epoch's end
+# saves it only when the last save is older than this, so runs of short epochs do not spend
+# their time writing. `save_every` steps always save.
+EPOCH_SAVE_MIN_S = 60.0
 
 
 @dataclass
 class TrainConfig:
-    data: Path  # folder of images with .txt sidecar captions, or a .csv / .tsv / .jsonl table
+    # images with .txt sidecar captions, a .csv / .tsv / .jsonl table, a COCO captions .json,
+    # or WebDataset tar shards (a .tar, a folder of them, a {000..099} pattern, a URL)
+    data: Path | str
     out: Path  # checkpoint file to write; loads again with --pretrained OUT
     model: ModelSpec = ModelSpec()  # start point: pretrained weights, or a config + "none"
     objective: Literal["infonce", "distance"] = "infonce"  # CLIP loss, or Hadsell 2006 margin
@@ -50,16 +82,30 @@ class TrainConfig:
     # on the synthetic scenes (5 seeds).
     margin: float = 1.2
     epochs: int = 10  # passes over the training images
-    batch_size: int = 32  # pairs per step, so each pair meets batch_size - 1 negatives
+    # pairs per process per micro-batch; a step sees batch_size x grad_accum x processes pairs,
+    # each meeting all the others as negatives
+    batch_size: int = 32
     lr: float | None = None  # peak learning rate; None: LR_FROM_SCRATCH or LR_FINE_TUNE
     weight_decay: float = 0.1  # AdamW decay; never applied to biases, norms or logit_scale
     warmup: float = 0.1  # fraction of all steps spent ramping the learning rate up from 0
     val_fraction: float = 0.1  # images held out to measure retrieval before and after
-    seed: int = 0  # split, caption choice, batch order and torch RNG
+    seed: int = 0  # split, caption choice, batch order, augmentation and torch RNG
     image_col: str = "filepath"  # table column with the image path
     caption_col: str = "caption"  # table column with the caption
     augment: bool = False  # train through open_clip's random-crop preprocessing
-    num_workers: int = 0  # DataLoader worker processes; 0 decodes in the training process
+    num_workers: int = 0  # DataLoader worker processes per training process; 0: decode inline
+    grad_accum: int = 1  # micro-batches per step: a batch grad_accum x larger, same memory
+    lock_image: bool = False  # LiT: freeze the image tower, train the text tower (and scale)
+    lock_text: bool = False  # freeze the text tower, train the image tower
+    grad_checkpointing: bool = False  # recompute activations in backward: less memory, slower
+    precision: Precision = "auto"  # autocast dtype; auto: fp32 on CPU, bf16 (or fp16) on GPU
+    val_data: Path | None = None  # held-out pairs (any pairs source) instead of a split
+    image_root: Path | None = None  # COCO .json: folder its file_names are in (default: its own)
+    samples_per_epoch: int | None = None  # shards: pairs per epoch (default: counted)
+    val_every: int = 0  # also validate every this many steps; 0: before training + epoch ends
+    save_every: int = 0  # also save the resumable state every this many steps; 0: epoch ends
+    resume: Path | None = None  # a <out>.resume.pt to continue from, with the same settings
+    nproc: int = 1  # training processes to launch on this machine (DDP); 1 under torchrun
 
 
 @dataclass
@@ -67,16 +113,19 @@ class EpochStats:
     epoch: int  # 0 = before training
     train_loss: float | None  # mean over the epoch's steps; None for epoch 0
     val: dict[str, Any]  # evaluation.evaluate_pairs on the held-out split ({} when none)
-    seconds: float  # training time of the epoch, validation excluded
+    seconds: float  # training time of the epoch, validation and saving excluded
     unreadable: int = 0  # training images skipped this epoch because they could not be decoded
 
 
 @dataclass
 class TrainResult:
-    checkpoint: Path
+    checkpoint: Path  # the trained model, written by rank 0
     history: list[EpochStats]  # epoch 0 (untrained) first, then one per epoch
-    samples_per_s: float  # training pairs per second of training steps
+    samples_per_s: float  # training pairs per second of training steps, all processes
     loaded: LoadedModel = field(repr=False)  # the trained model, in eval mode
+    curve_csv: Path | None = None  # per-step loss, temperature, lr and validation recall
+    curve_png: Path | None = None  # the same, plotted
+    train_images: int = 0  # pairs in one epoch of training data, all processes
 
     @property
     def before(self) -> dict[str, Any]:
@@ -87,42 +136,24 @@ class TrainResult:
         return self.history[-1].val
 
 
+def run_file(out: Path, kind: Literal["curve.csv", "curve.png", "resume.pt"]) -> Path:
+    """The files a run keeps beside its checkpoint: tuned.pt -> tuned.curve.csv, ..."""
+    return out.with_name(f"{out.stem}.{kind}")
+
+
 def train(
     cfg: TrainConfig, progress: Progress = SILENT, log: Callable[[str], None] = lambda s: None
 ) -> TrainResult:
     _check(cfg)
-    loaded = load_model(cfg.model)
-    _seed_everything(cfg.seed)  # after load_model, which seeds random weights its own way
-    train_pairs, val_pairs = _read_split(cfg, log)
-    lr = cfg.lr if cfg.lr is not None else _default_lr(loaded)
-    optimizer = _optimizer(loaded.model, lr, cfg.weight_decay)
-    total_steps = cfg.epochs * math.ceil(len(train_pairs) / cfg.batch_size)
-    warmup_steps = round(cfg.warmup * total_steps)
-    scaler = torch.amp.GradScaler("cuda", enabled=loaded.device.type == "cuda")
-
-    history = [EpochStats(0, None, _validate(loaded, val_pairs), 0.0)]
-    log(_describe(history[0], cfg.epochs))
-    step = 0
-    with progress.task("training", total=total_steps) as task:
-        for epoch in range(1, cfg.epochs + 1):
-            start, losses, unreadable = time.perf_counter(), [], 0
-            for pixels, tokens, skipped in _batches(loaded, train_pairs, cfg, epoch):
-                unreadable += skipped
-                if len(pixels) >= 2:  # a contrastive step needs at least one negative
-                    _set_lr(optimizer, _lr_at(step, lr, warmup_steps, total_steps))
-                    losses.append(_step(loaded, pixels, tokens, cfg, optimizer, scaler))
-                step += 1
-                task.advance()
-            seconds = time.perf_counter() - start
-            val = _validate(loaded, val_pairs)
-            history.append(EpochStats(epoch, _mean(losses), val, seconds, unreadable))
-            log(_describe(history[-1], cfg.epochs))
-
-    loaded.model.eval()
-    samples_per_s = cfg.epochs * len(train_pairs) / sum(h.seconds for h in history)
-    result = TrainResult(cfg.out, history, samples_per_s, loaded)
-    save_checkpoint(cfg.out, loaded, extra=_record(cfg, lr, len(train_pairs), result))
-    return result
+    if cfg.nproc > 1 and not launched():
+        return _train_in_processes(cfg, log)
+    group = join(default_device())
+    try:
+        quiet = not group.is_main
+        return _Run(cfg, group, SILENT if quiet else progress,
+                    (lambda s: None) if quiet else log).train()
+    finally:
+        leave(group)
 
 
 # --- setup ------------------------------------------------------------------------------------
@@ -139,6 +170,231 @@ def _check(cfg: TrainConfig) -> None:
         raise UsageError(f"warmup {cfg.warmup} is a fraction of all steps: pass e.g. 0.1")
     if cfg.epochs < 1 or cfg.batch_size < 2:
         raise UsageError("training needs --epochs 1 or more and --batch-size 2 or more")
+    if cfg.grad_accum < 1 or cfg.nproc < 1:
+        raise UsageError("--grad-accum and --nproc count micro-batches and processes: pass 1 "
+                         "or more")
+    if cfg.lock_image and cfg.lock_text:
+        raise UsageError("--lock-image and --lock-text together leave nothing to train: "
+                         "drop one")
+    if cfg.precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise UsageError(f"unknown precision {cfg.precision!r}: pass --precision fp32, bf16 "
+                         f"or fp16")
+    if cfg.nproc > 1 and torch.cuda.is_available() and cfg.nproc > torch.cuda.device_count():
+        raise UsageError(f"--nproc {cfg.nproc} but this machine has "
+                         f"{torch.cuda.device_count()} GPUs: pass at most that many")
+
+
+def _prepare(loaded: LoadedModel, cfg: TrainConfig, objective: Objective) -> None:
+    """Freeze what this run does not train and switch on gradient checkpointing."""
+    model: Any = loaded.model
+    if cfg.lock_image:
+        model.lock_image_tower()
+    if cfg.lock_text:
+        model.lock_text_tower()
+    if not objective.learns_temperature:  # no gradient reaches it; DDP wants none expected
+        model.logit_scale.requires_grad_(False)
+    if cfg.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+
+
+def _open_data(
+    cfg: TrainConfig, loaded: LoadedModel, feed: Feed, log: Callable[[str], None]
+) -> tuple[TrainData, list[Pair]]:
+    """The training stream and the held-out pairs."""
+    val = _read_pairs(cfg.val_data, cfg, log) if cfg.val_data else []
+    urls = shard_urls(cfg.data)
+    if urls is not None:
+        if not cfg.val_data:
+            log("streamed shards have no held-out split: pass --val-data to measure recall")
+        size = cfg.samples_per_epoch or count_samples(urls)
+        shards = ShardData(urls, size, loaded, feed)
+        log(f"{len(urls)} shards, {shards.pairs_per_epoch} pairs per epoch, "
+            f"{len(val)} held-out images")
+        return shards, val
+    pairs = _read_pairs(Path(cfg.data), cfg, log)
+    train_pairs, val = (pairs, val) if cfg.val_data else split_pairs(pairs, cfg.val_fraction,
+                                                                     cfg.seed)
+    if len(train_pairs) < max(2, feed.world_size):
+        raise DatasetError(f"{cfg.data} gives {len(train_pairs)} training images: "
+                           f"contrastive training needs at least 2, and one per process")
+    log(f"{len(train_pairs)} training images, {len(val)} held out for validation")
+    return PairData(train_pairs, loaded, feed), val
+
+
+def _read_pairs(source: Path, cfg: TrainConfig, log: Callable[[str], None]) -> list[Pair]:
+    pairs = load_pairs(source, cfg.image_col, cfg.caption_col, cfg.image_root)
+    if pairs.missing:
+        log(f"skipped {len(pairs.missing)} images named in {source} that do not exist")
+    return list(pairs)
+
+
+def _settings(cfg: TrainConfig, lr: float, world_size: int) -> dict[str, Any]:
+    """The settings that shape the curve, by flag: a resumed run must match every one."""
+    return {
+        "DATA": str(cfg.data), "--model": cfg.model.model, "--pretrained": cfg.model.pretrained,
+        "--objective": cfg.objective, "--distance-weight": cfg.distance_weight,
+        "--margin": cfg.margin, "--epochs": cfg.epochs, "--batch-size": cfg.batch_size,
+        "--grad-accum": cfg.grad_accum, "--nproc": world_size, "--lr": lr,
+        "--weight-decay": cfg.weight_decay, "--warmup": cfg.warmup,
+        "--val-fraction": cfg.val_fraction, "--seed": cfg.seed, "--augment": cfg.augment,
+        "--lock-image": cfg.lock_image, "--lock-text": cfg.lock_text,
+        "--precision": cfg.precision, "--samples-per-epoch": cfg.samples_per_epoch,
+    }
+
+
+# --- the run ----------------------------------------------------------------------------------
+
+
+@dataclass
+class _Record:
+    """Everything the loop has measured so far; plain values, so the resume state holds it."""
+
+    step: int = 0  # optimizer steps done
+    pairs: int = 0  # pairs trained on, all processes
+    seconds: float = 0.0  # time in training steps (data loading included), all epochs
+    history: list[dict[str, Any]] = field(default_factory=list)  # EpochStats, as dicts
+    curve: list[dict[str, Any]] = field(default_factory=list)  # Curve rows
+    epoch_losses: list[float] = field(default_factory=list)  # the current epoch's steps
+    epoch_unreadable: int = 0  # images this process skipped in the current epoch
+    epoch_seconds: float = 0.0  # training time of the current epoch so far
+
+
+class _Run:
+    """One training run, start to checkpoint; `train()` is the whole of it."""
+
+    def __init__(self, cfg: TrainConfig, group: Group, progress: Progress,
+                 log: Callable[[str], None]) -> None:
+        self.cfg, self.group, self.progress, self.log = cfg, group, progress, log
+        self.loaded = load_model(cfg.model, group.device)
+        self.objective = Objective(cfg.objective, cfg.margin, cfg.distance_weight)
+        _prepare(self.loaded, cfg, self.objective)
+        _seed_everything(cfg.seed)  # after load_model, which seeds random weights its own way
+        feed = Feed(cfg.batch_size, cfg.grad_accum, group.rank, group.world_size, cfg.seed,
+                    cfg.num_workers, cfg.augment)
+        self.data, self.val_pairs = _open_data(cfg, self.loaded, feed, log)
+        self.lr = cfg.lr if cfg.lr is not None else _default_lr(self.loaded)
+        self.total_steps = cfg.epochs * self.data.steps_per_epoch
+        self.warmup_steps = round(cfg.warmup * self.total_steps)
+        optimizer = build_optimizer(self.loaded.model, self.lr, cfg.weight_decay)
+        self.stepper = Stepper(self.loaded.model, optimizer, self.objective, group,
+                               cfg.precision, cfg.grad_accum)
+        self.settings = _settings(cfg, self.lr, group.world_size)
+        self.record = _Record()
+        self.saved_at = time.monotonic()
+        self.curve = Curve(run_file(cfg.out, "curve.csv"), run_file(cfg.out, "curve.png"),
+                           self.objective.term_names)
+
+    def train(self) -> TrainResult:
+        if self.cfg.resume:
+            self._restore(self.cfg.resume)
+        else:
+            self._end_epoch(0, self._validate())
+        first_epoch = self.record.step // self.data.steps_per_epoch + 1
+        with self.progress.task("training", total=self.total_steps) as task:
+            task.advance(self.record.step)
+            for epoch in range(first_epoch, self.cfg.epochs + 1):
+                self._epoch(epoch, task)
+        return self._finish()
+
+    def _epoch(self, epoch: int, task: Task) -> None:
+        record, cfg = self.record, self.cfg
+        skip = record.step - (epoch - 1) * self.data.steps_per_epoch  # > 0 when resuming
+        clock = time.perf_counter()
+        for batch in self.data.epoch(epoch, skip):
+            record.epoch_unreadable += batch.skipped
+            self._step(epoch, batch)
+            record.epoch_seconds += time.perf_counter() - clock
+            end_of_epoch = record.step == epoch * self.data.steps_per_epoch
+            if cfg.val_every and record.step % cfg.val_every == 0 and not end_of_epoch:
+                self.curve.add_validation(record.step, epoch, self._validate())
+                self.log(f"step {record.step}/{self.total_steps}: "
+                         f"{_recall(self.curve.rows[-1])}")
+            if self._save_due() and not end_of_epoch:
+                self._save_state()
+            task.advance()
+            clock = time.perf_counter()
+        self._end_epoch(epoch, self._validate())
+
+    def _step(self, epoch: int, batch: Batch) -> None:
+        record = self.record
+        lr = lr_at(record.step, self.lr, self.warmup_steps, self.total_steps)
+        result = self.stepper.step(batch, lr)
+        record.step += 1
+        if result is None:  # too few readable pairs for a contrastive step
+            return
+        record.pairs += result.pairs
+        record.epoch_losses.append(result.loss)
+        temperature = float(torch.exp(-self.stepper.module.logit_scale.detach()).item())
+        self.curve.add_step(record.step, epoch, record.pairs, result.loss, result.terms,
+                            temperature, lr)
+
+    def _end_epoch(self, epoch: int, val: dict[str, Any]) -> None:
+        record = self.record
+        unreadable = int(all_sum([record.epoch_unreadable], self.group)[0])
+        stats = EpochStats(epoch, _mean(record.epoch_losses) if epoch else None, val,
+                           record.epoch_seconds, unreadable)
+        record.history.append(asdict(stats))
+        record.seconds += record.epoch_seconds
+        record.epoch_losses, record.epoch_unreadable, record.epoch_seconds = [], 0, 0.0
+        self.curve.add_validation(record.step, epoch, val)
+        self.log(_describe(stats, self.cfg.epochs))
+        if epoch and (self._save_due() or time.monotonic() - self.saved_at >= EPOCH_SAVE_MIN_S):
+            self._save_state()
+        elif self.group.is_main:
+            self.curve.write()
+
+    def _validate(self) -> dict[str, Any]:
+        """Held-out recall, measured by rank 0 while the others wait."""
+        metrics: dict[str, Any] = {}
+        if self.val_pairs and self.group.is_main:
+            self.loaded.model.eval()
+            metrics = evaluate_pairs(ClipEncoder(self.loaded), self.val_pairs)
+        barrier(self.group)
+        return metrics
+
+    # --- files ---------------------------------------------------------------------------------
+
+    def _save_due(self) -> bool:
+        return bool(self.cfg.save_every) and self.record.step % self.cfg.save_every == 0
+
+    def _save_state(self) -> None:
+        """Rank 0 writes; the others go on (and wait for it at the next collective)."""
+        self.saved_at = time.monotonic()
+        if self.group.is_main:
+            self.record.curve = self.curve.rows
+            save_state(run_file(self.cfg.out, "resume.pt"), TrainState(
+                step=self.record.step, model=self.stepper.module.state_dict(),
+                optimizer=self.stepper.optimizer.state_dict(),
+                scaler=self.stepper.scaler.state_dict(), rng=capture_rng(),
+                settings=self.settings, progress=asdict(self.record)))
+            self.curve.write()
+
+    def _restore(self, path: Path) -> None:
+        state = load_state(path)
+        check_settings(path, state.settings, self.settings)
+        self.stepper.module.load_state_dict(state.model)
+        self.stepper.optimizer.load_state_dict(state.optimizer)
+        if state.scaler:
+            self.stepper.scaler.load_state_dict(state.scaler)
+        restore_rng(state.rng)
+        self.record = _Record(**state.progress)
+        self.curve.rows = list(self.record.curve)
+        self.log(f"resumed from {path} at step {state.step}/{self.total_steps}")
+
+    def _finish(self) -> TrainResult:
+        self.loaded.model.eval()
+        record, cfg = self.record, self.cfg
+        history = [EpochStats(**h) for h in record.history]
+        result = TrainResult(cfg.out, history, record.pairs / max(record.seconds, 1e-9),
+                             self.loaded, self.curve.csv_path, self.curve.png_path,
+                             self.data.pairs_per_epoch)
+        if self.group.is_main:
+            save_model(cfg.out, self.loaded, extra=_checkpoint_record(cfg, self.lr, result))
+            self.curve.write(final=True)
+            run_file(cfg.out, "resume.pt").unlink(missing_ok=True)
+            self.log(f"curves: {result.curve_csv} and {result.curve_png}")
+        barrier(self.group)
+        return result
 
 
 def _default_lr(loaded: LoadedModel) -> float:
@@ -151,155 +407,44 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _read_split(cfg: TrainConfig, log: Callable[[str], None]) -> tuple[list[Pair], list[Pair]]:
-    pairs = load_pairs(cfg.data, cfg.image_col, cfg.caption_col)
-    if pairs.missing:
-        log(f"skipped {len(pairs.missing)} images named in {cfg.data} that do not exist")
-    train_pairs, val_pairs = split_pairs(pairs, cfg.val_fraction, cfg.seed)
-    if len(train_pairs) < 2:
-        raise DatasetError(f"{cfg.data} gives {len(train_pairs)} training images: "
-                           f"contrastive training needs at least 2")
-    log(f"{len(train_pairs)} training images, {len(val_pairs)} held out for validation")
-    return train_pairs, val_pairs
+# --- several processes from one call ----------------------------------------------------------
 
 
-def _optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW with open_clip's grouping: no decay on biases, norm gains or the temperature."""
-    decay: list[torch.nn.Parameter] = []
-    no_decay: list[torch.nn.Parameter] = []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        exempt = p.ndim < 2 or "bn" in name or "ln" in name or "bias" in name
-        (no_decay if exempt or "logit_scale" in name else decay).append(p)
-    groups = [{"params": no_decay, "weight_decay": 0.0},
-              {"params": decay, "weight_decay": weight_decay}]
-    device = next(model.parameters()).device
-    # the fused kernel makes a CPU step ~6x faster (most of a tiny model's step is the update
-    # of its 49408-row token embedding)
-    fused = device.type in ("cpu", "cuda")
-    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-6,  # CLIP's betas, eps
-                             fused=fused)
+def _train_in_processes(cfg: TrainConfig, log: Callable[[str], None]) -> TrainResult:
+    """Launch cfg.nproc processes that train as one, then load what rank 0 wrote."""
+    backend = "NCCL" if torch.cuda.is_available() else "gloo"
+    log(f"training in {cfg.nproc} processes ({backend})")
+    error = launch(cfg.nproc, _process_main, cfg)
+    if error is not None:
+        raise error
+    loaded = load_model(ModelSpec(pretrained=str(cfg.out)))
+    record = loaded.extra
+    return TrainResult(cfg.out, [EpochStats(**h) for h in record["history"]],
+                       record["samples_per_s"], loaded, run_file(cfg.out, "curve.csv"),
+                       run_file(cfg.out, "curve.png"), record["train_images"])
 
 
-def _lr_at(step: int, peak: float, warmup_steps: int, total_steps: int) -> float:
-    """Linear warmup from 0 to `peak`, then cosine decay to 0 at `total_steps`."""
-    if step < warmup_steps:
-        return peak * (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
-    return peak * 0.5 * (1 + math.cos(math.pi * progress))
+def _process_main(cfg: TrainConfig) -> RetrieverError | None:
+    """One launched process: train, and hand an expected failure back to the launcher."""
+    try:
+        train(cfg, log=lambda line: print(line, file=sys.stderr, flush=True))
+    except RetrieverError as err:
+        return err
+    return None
 
 
-def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-
-
-# --- data -------------------------------------------------------------------------------------
-
-
-class _CaptionedImages(Dataset):
-    """(image path, caption) items -> (pixels (3, H, W), caption), or None if undecodable."""
-
-    def __init__(self, items: list[tuple[Path, str]], preprocess: Callable) -> None:
-        self.items, self.preprocess = items, preprocess
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, str] | None:
-        path, caption = self.items[i]
-        try:
-            return self.preprocess(open_image(path)), caption
-        except ImageError:
-            return None
-
-
-def _batches(
-    loaded: LoadedModel, pairs: Sequence[Pair], cfg: TrainConfig, epoch: int
-) -> DataLoader:
-    """One epoch: every image once, with one of its captions, in seeded random order.
-
-    Batches are (pixels (B, 3, H, W), tokens (B, context), images skipped as undecodable).
-    """
-    rng = random.Random(cfg.seed * 100_003 + epoch)
-    items = [(p.image, rng.choice(p.captions)) for p in pairs]
-    order = list(range(len(items)))
-    rng.shuffle(order)
-    # equal-sized batches, so no last batch of one or two pairs with almost no negatives
-    n_batches = math.ceil(len(order) / cfg.batch_size)
-    batches = [chunk.tolist() for chunk in np.array_split(order, n_batches)]
-    preprocess = loaded.train_preprocess if cfg.augment else loaded.preprocess
-    dataset = _CaptionedImages(items, preprocess)
-    return DataLoader(dataset, batch_sampler=batches, num_workers=cfg.num_workers,
-                      collate_fn=_collate(loaded.tokenizer))
-
-
-class _collate:  # noqa: N801 - a picklable function for DataLoader workers
-    def __init__(self, tokenizer: Any) -> None:
-        self.tokenizer = tokenizer
-
-    def __call__(self, batch: list[tuple[torch.Tensor, str] | None]):
-        readable = [item for item in batch if item is not None]
-        pixels = torch.stack([p for p, _ in readable]) if readable else torch.empty(0)
-        tokens = self.tokenizer([c for _, c in readable]) if readable else torch.empty(0)
-        return pixels, tokens, len(batch) - len(readable)
-
-
-# --- one step ---------------------------------------------------------------------------------
-
-
-def _step(
-    loaded: LoadedModel,
-    pixels: torch.Tensor,
-    tokens: torch.Tensor,
-    cfg: TrainConfig,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-) -> float:
-    model: Any = loaded.model  # open_clip CLIP / CustomTextCLIP
-    model.train()
-    with _autocast(loaded.device):
-        image_emb = model.encode_image(pixels.to(loaded.device), normalize=True)  # (B, D)
-        text_emb = model.encode_text(tokens.to(loaded.device), normalize=True)  # (B, D)
-    loss = _loss(cfg, image_emb.float(), text_emb.float(), model.logit_scale)
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    scaler.step(optimizer)
-    scaler.update()
-    with torch.no_grad():
-        model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
-    return float(loss.item())
-
-
-def _loss(
-    cfg: TrainConfig, image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor
-) -> torch.Tensor:
-    if cfg.objective == "distance":  # no temperature: logit_scale gets no gradient
-        return distance_loss(image_emb, text_emb, cfg.margin)
-    loss = infonce_loss(image_emb, text_emb, logit_scale)
-    if cfg.distance_weight:
-        loss = loss + cfg.distance_weight * positive_distance(image_emb, text_emb)
-    return loss
-
-
-def _autocast(device: torch.device):
-    """fp16 autocast on CUDA (the GradScaler guards its gradients); plain fp32 elsewhere."""
-    return torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda")
-
-
-# --- validation and records -------------------------------------------------------------------
-
-
-def _validate(loaded: LoadedModel, pairs: Sequence[Pair]) -> dict[str, Any]:
-    if not pairs:
-        return {}
-    loaded.model.eval()
-    return evaluate_pairs(ClipEncoder(loaded), pairs)
+# --- records ----------------------------------------------------------------------------------
 
 
 def _mean(values: list[float]) -> float:
     return float(np.mean(values)) if values else float("nan")
+
+
+def _recall(row: dict[str, Any]) -> str:
+    if "val_t2i_R@1" not in row:
+        return "no held-out images"
+    return (f"val text->image R@1 {row['val_t2i_R@1']:.3f} R@5 {row['val_t2i_R@5']:.3f}, "
+            f"image->text R@1 {row['val_i2t_R@1']:.3f} R@5 {row['val_i2t_R@5']:.3f}")
 
 
 def _describe(stats: EpochStats, epochs: int) -> str:
@@ -317,13 +462,13 @@ def _describe(stats: EpochStats, epochs: int) -> str:
     return ", ".join(parts)
 
 
-def _record(cfg: TrainConfig, lr: float, n_train: int, result: TrainResult) -> dict[str, Any]:
+def _checkpoint_record(cfg: TrainConfig, lr: float, result: TrainResult) -> dict[str, Any]:
     """The training record stored in the checkpoint: plain JSON-able values only."""
     config = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}
     config["lr"] = lr
     return {
         "training": config,
-        "train_images": n_train,
+        "train_images": result.train_images,
         "samples_per_s": result.samples_per_s,
         "history": [asdict(h) for h in result.history],
         "final_metrics": result.after,

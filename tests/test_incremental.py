@@ -135,3 +135,27 @@ def test_indexing_with_another_model_names_reindex(run, library, tmp_path):
     collection = Collection.open(tmp_path / "index")
     with pytest.raises(ModelMismatch, match="--reindex"):
         index_media(collection, other, IndexOptions((library,)))
+
+
+def test_reindex_starts_over_with_the_new_model(library, cli, tmp_path):
+    import json
+
+    import open_clip
+
+    cfg = open_clip.get_model_config("retriever-tiny")
+    cfg["embed_dim"] = 48
+    other = tmp_path / "other-arch.json"
+    other.write_text(json.dumps(cfg))
+    db = tmp_path / "cli-index"
+    assert cli("index", library, "--db", db, "--model", "retriever-tiny", "--pretrained",
+               "none").exit_code == 0
+    (db / "thumbs" / "256").mkdir(parents=True)
+    (db / "thumbs" / "256" / "1.jpg").write_bytes(b"stale")
+    refused = cli("index", library, "--db", db, "--model", other)
+    assert refused.exit_code == 1 and "--reindex" in refused.stderr
+    redone = cli("index", library, "--db", db, "--model", other, "--reindex", "--json")
+    report = json.loads(redone.stdout)
+    assert report["run"]["encoded"] == 25 and report["images"] == 20
+    info = json.loads(cli("info", "--db", db, "--json").stdout)
+    assert info["model"]["dim"] == 48 and info["model"]["name"] == str(other)
+    assert not (db / "thumbs").exists()

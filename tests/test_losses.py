@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from retriever.losses import distance_loss, infonce_loss, positive_distance
+from retriever.losses import Objective, distance_loss, infonce_loss, positive_distance
 
 
 def unit(rows: int, dim: int, seed: int) -> torch.Tensor:
@@ -91,3 +91,38 @@ def test_collapse_costs_more_than_a_separated_space():
     margin = 1.2
     assert distance_loss(separated, separated, margin).item() == pytest.approx(0.0, abs=1e-6)
     assert distance_loss(collapsed, collapsed, margin).item() == pytest.approx(margin**2)
+
+
+# --- shares of the loss over slices of the batch (processes, micro-batches) -------------------
+
+
+@pytest.mark.parametrize("objective", [
+    Objective("infonce"), Objective("infonce", distance_weight=0.5),
+    Objective("distance", margin=1.2),
+])
+def test_shares_over_slices_add_up_to_the_whole_batch_loss_and_gradient(objective):
+    images = unit(9, 4, seed=11).requires_grad_()
+    texts = unit(9, 4, seed=12).requires_grad_()
+    scale = torch.tensor(math.log(10.0), requires_grad=True)
+    whole = objective.terms(images, texts, scale)
+    inputs = (images, texts, scale) if objective.learns_temperature else (images, texts)
+    whole_grads = torch.autograd.grad(sum(whole.values()), inputs)
+
+    shares = [objective.terms(images, texts, scale, rows)
+              for rows in (slice(0, 4), slice(4, 5), slice(5, 9))]
+    added = {name: sum(share[name] for share in shares) for name in whole}
+    share_grads = torch.autograd.grad(sum(added.values()), inputs)
+
+    assert set(whole) == set(objective.term_names)
+    for name in whole:
+        assert added[name].item() == pytest.approx(whole[name].item(), rel=1e-6)
+    for got, expected in zip(share_grads, whole_grads, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_a_share_sees_negatives_outside_its_slice():
+    images, texts = unit(6, 8, seed=13), unit(6, 8, seed=14)
+    scale = torch.tensor(math.log(1 / 0.07))
+    share = infonce_loss(images, texts, scale, slice(0, 3))
+    alone = infonce_loss(images[:3], texts[:3], scale) * 3 / 6  # the same rows, own negatives
+    assert share.item() > alone.item()  # three more negatives per query can only add loss

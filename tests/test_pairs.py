@@ -188,3 +188,47 @@ def test_a_table_that_is_not_utf8_is_a_dataset_error(tmp_path):
     table.write_bytes("filepath,caption\na.jpg,caf\xe9\n".encode("latin-1"))
     with pytest.raises(DatasetError, match="UTF-8"):
         load_pairs(table)
+
+
+# --- COCO captions ----------------------------------------------------------------------------
+
+
+def coco(path: Path, images: list[dict], annotations: list[dict]) -> Path:
+    path.write_text(json.dumps({"info": {}, "images": images, "annotations": annotations}))
+    return path
+
+
+def test_coco_json_gathers_each_images_captions_from_the_image_root(tmp_path):
+    a, b = image(tmp_path / "train2017" / "a.jpg"), image(tmp_path / "train2017" / "b.jpg")
+    (tmp_path / "annotations").mkdir()
+    source = coco(tmp_path / "annotations" / "captions.json",
+                  [{"id": 7, "file_name": "a.jpg"}, {"id": 3, "file_name": "b.jpg"},
+                   {"id": 9, "file_name": "gone.jpg"}],
+                  [{"image_id": 3, "id": 1, "caption": "b first "},
+                   {"image_id": 7, "id": 2, "caption": "a only"},
+                   {"image_id": 3, "id": 4, "caption": "b second"},
+                   {"image_id": 9, "id": 5, "caption": "missing"}])
+
+    pairs = load_pairs(source, image_root=tmp_path / "train2017")
+
+    assert pairs == [Pair(a.resolve(), ("a only",)), Pair(b.resolve(), ("b first", "b second"))]
+    assert pairs.missing == [(tmp_path / "train2017" / "gone.jpg").resolve()]
+
+
+def test_coco_file_names_default_to_the_json_folder(tmp_path):
+    a = image(tmp_path / "a.jpg")
+    source = coco(tmp_path / "captions.json", [{"id": 1, "file_name": "a.jpg"}],
+                  [{"image_id": 1, "caption": "red"}])
+    assert load_pairs(source) == [Pair(a.resolve(), ("red",))]
+
+
+@pytest.mark.parametrize(("doc", "match"), [
+    ({"images": []}, "not COCO captions .*'annotations'"),
+    ({"images": [{"id": 1, "file_name": "a.jpg"}],
+      "annotations": [{"image_id": 2, "caption": "x"}]}, "image_id 2, which is not in"),
+])
+def test_malformed_coco_is_a_dataset_error_naming_the_problem(tmp_path, doc, match):
+    source = tmp_path / "captions.json"
+    source.write_text(json.dumps(doc))
+    with pytest.raises(DatasetError, match=match):
+        load_pairs(source)

@@ -1,5 +1,6 @@
 """Training retriever-tiny from random weights on the synthetic scenes (~10 s per objective)."""
 
+import csv
 import json
 import math
 from dataclasses import replace
@@ -165,3 +166,23 @@ def test_bad_settings_fail_before_loading_anything(tmp_path, change, flag):
     cfg = replace(demo_config(tmp_path / "absent", tmp_path / "m.pt"), **change)
     with pytest.raises(UsageError, match=flag):
         train(cfg)
+
+
+def test_val_every_scores_the_held_out_set_between_epochs(few_scenes, tmp_path):
+    cfg = replace(demo_config(few_scenes, tmp_path / "m.pt"), epochs=2, batch_size=8,
+                  val_every=2)  # 32 training images: 4 steps per epoch
+    lines: list[str] = []
+    result = train(cfg, log=lines.append)
+    with result.curve_csv.open() as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows if r["val_t2i_R@1"]] == [0, 2, 4, 6, 8]
+    assert [line.split(":")[0] for line in lines if line.startswith("step")] == [
+        "step 2/8", "step 6/8"]  # epoch ends (4, 8) report in their epoch line
+    assert any(line == f"curves: {result.curve_csv} and {result.curve_png}" for line in lines)
+
+
+def test_the_cli_refuses_conflicting_recipes_in_one_line(cli, tmp_path):
+    result = cli("train", tmp_path, "--out", tmp_path / "m.pt", "--lock-image", "--lock-text")
+    assert result.exit_code == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "--lock-image and --lock-text" in result.stderr

@@ -1,0 +1,362 @@
+"""`retriever serve`: a local web page and a JSON API over one collection.
+
+    GET  /, /app.js, /style.css      the page (retriever/web/)
+    GET  /api/info                   what the index holds and which model made it
+    GET  /api/search?text=..|item=..  search by words or by an indexed item, with filters
+    POST /api/search                 a JSON body (adds `add`/`sub` terms), or multipart with an
+                                     `image` file to search by
+    GET  /api/items/{id}/thumbnail   JPEG thumbnail of an image item
+    GET  /api/items/{id}/file        the indexed file itself
+
+The app keeps the model and the FAISS indexes loaded and answers every search with
+`retriever.query.search`, the function the CLI uses. Files are served by item id, looked up in
+the store: no request value is ever made into a filesystem path. Library errors become
+`{"error": "one line"}` with a 4xx status (`STATUS`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import socket
+import tempfile
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Message
+
+from index.store import IMAGE
+from retriever.collection import Collection
+from retriever.encoders import Encoder
+from retriever.errors import ImageError, IndexNotFound, ItemNotFound, RetrieverError, UsageError
+from retriever.query import Query, Result, Term, parse_date, search
+from retriever.thumbnails import DEFAULT_SIZE, indexed_file, thumbnail
+
+WEB = Path(__file__).parent / "web"
+ASSETS = {"/": ("index.html", "text/html"), "/app.js": ("app.js", "text/javascript"),
+          "/style.css": ("style.css", "text/css")}
+# The page loads nothing from elsewhere (it works offline); blob: shows a dropped image.
+PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' blob:; "
+                "object-src 'none'; base-uri 'none'; frame-ancestors 'none'"}
+# Indexed files are images, .txt and .md: never let a browser sniff one into HTML.
+FILE_HEADERS = {"X-Content-Type-Options": "nosniff"}
+# A thumbnail URL names an item id, and ids are never reused: its bytes never change.
+THUMB_HEADERS = {**FILE_HEADERS, "Cache-Control": "private, max-age=31536000, immutable"}
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+FIELDS = ("text", "item", "target", "k", "in", "after", "before", "min_score")
+JSON_FIELDS = (*FIELDS, "add", "sub")
+UNIX_TIME = re.compile(r"-?[0-9]+(\.[0-9]*)?")  # after/before: else a date, as the CLI takes
+
+
+class UploadTooLarge(UsageError):
+    """An uploaded query image (the whole request) is over `ServerSettings.max_upload_bytes`."""
+
+
+# First match wins: subclasses before their bases.
+STATUS: tuple[tuple[type[RetrieverError], int], ...] = (
+    (UploadTooLarge, 413),
+    (ItemNotFound, 404),
+    (IndexNotFound, 404),
+    (UsageError, 400),
+    (ImageError, 400),  # an upload that is not an image, or one over the pixel cap
+    (RetrieverError, 409),  # the index's state (another model, a writer) refuses the request
+)
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    max_upload_bytes: int = 20 * 1024 * 1024  # a phone photo is 2-10 MB; larger gets 413
+    max_k: int = 1000  # FAISS allocates k slots per query up front: cap what a URL can ask for
+    thumbnail_size: int = DEFAULT_SIZE  # longest side of grid thumbnails, in pixels
+    allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS  # Host headers answered (DNS rebinding)
+
+    @classmethod
+    def for_host(cls, host: str) -> ServerSettings:
+        """Bound to loopback: answer loopback names only. An explicit --host: any name."""
+        return cls() if host in LOOPBACK_HOSTS else cls(allowed_hosts=("*",))
+
+
+class Live:
+    """The collection and encoder requests use; one search at a time.
+
+    A local page has one user, and the model and FAISS indexes are shared state: a lock is
+    simpler than proving them thread-safe. When `retriever index` has written to the store
+    since (its generation moved), the collection is reopened so searches see the new files.
+    """
+
+    def __init__(self, collection: Collection, encoder: Encoder) -> None:
+        self.lock = threading.Lock()
+        self.collection = collection
+        self.encoder = encoder
+        self.generation = collection.store.generation()
+
+    @contextmanager
+    def current(self) -> Iterator[Collection]:
+        with self.lock:
+            now = self.collection.store.generation()
+            if now != self.generation:
+                old = self.collection
+                self.collection, self.generation = Collection.open(old.directory, old.ann), now
+            yield self.collection
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port. Binding here, not in uvicorn, turns a port in use into
+    one line (uvicorn logs it and exits with 3, which the CLI keeps for a busy index)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # restart without a wait
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        raise UsageError(f"cannot listen on {host}:{port} ({error.strerror}): pass another "
+                         f"--port or --host") from None
+    return sock
+
+
+def serve_forever(app: Starlette, sock: socket.socket) -> None:
+    """Answer requests on `sock` until Ctrl-C or SIGTERM."""
+    import uvicorn
+
+    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
+
+
+def create_app(
+    collection: Collection, encoder: Encoder, settings: ServerSettings | None = None
+) -> Starlette:
+    """The ASGI app serving `collection`, searched with `encoder` (the index's model)."""
+    api = Api(Live(collection, encoder), settings or ServerSettings())
+    routes = [Route(url, _asset(name, media)) for url, (name, media) in ASSETS.items()]
+    routes += [
+        Route("/api/info", api.info),
+        Route("/api/search", api.search_get, methods=["GET"]),
+        Route("/api/search", api.search_post, methods=["POST"]),
+        Route("/api/items/{item}/thumbnail", api.thumbnail),
+        Route("/api/items/{item}/file", api.file),
+    ]
+    hosts = Middleware(TrustedHostMiddleware, allowed_hosts=list(api.settings.allowed_hosts),
+                       www_redirect=False)
+    return Starlette(routes=routes, middleware=[hosts], exception_handlers={
+        RetrieverError: _library_error, HTTPException: _http_error})
+
+
+class Api:
+    """The routes. Plain `def` ones run in Starlette's thread pool, off the event loop."""
+
+    def __init__(self, live: Live, settings: ServerSettings) -> None:
+        self.live = live
+        self.settings = settings
+
+    def info(self, request: Request) -> JSONResponse:
+        with self.live.current() as collection:
+            model = collection.store.model()
+            return JSONResponse({"directory": str(collection.directory.resolve()),
+                                 "model": model.__dict__ if model else None,
+                                 **collection.store.counts().__dict__})
+
+    def search_get(self, request: Request) -> JSONResponse:
+        return self._search(self._query(request.query_params, FIELDS))
+
+    async def search_post(self, request: Request) -> JSONResponse:
+        request = _capped(request, self.settings.max_upload_bytes)
+        content_type = request.headers.get("content-type", "")
+        if content_type.startswith("multipart/form-data"):
+            return await self._search_upload(request)
+        if content_type.startswith("application/json"):
+            query = self._query(await _json_object(request), JSON_FIELDS)
+            return await run_in_threadpool(self._search, query)
+        raise UsageError("POST a JSON object (Content-Type: application/json), or "
+                         "multipart/form-data with an image file in the 'image' field")
+
+    def thumbnail(self, request: Request) -> FileResponse:
+        # No lock: reading the store is thread-safe, and a collection being replaced by a
+        # newer one (Live.current) stays usable.
+        item = _whole(request.path_params["item"], "item")
+        path = thumbnail(self.live.collection, item, self.settings.thumbnail_size)
+        return FileResponse(path, media_type="image/jpeg", headers=THUMB_HEADERS)
+
+    def file(self, request: Request) -> FileResponse:
+        _, path = indexed_file(self.live.collection, _whole(request.path_params["item"], "item"))
+        return FileResponse(path, headers=FILE_HEADERS)
+
+    async def _search_upload(self, request: Request) -> JSONResponse:
+        async with request.form(max_files=1, max_fields=len(FIELDS)) as form:
+            upload = form.get("image")
+            if not isinstance(upload, UploadFile):
+                raise UsageError("a multipart search needs an image file in the 'image' field")
+            values = {key: value for key, value in form.items() if key != "image"}
+            with tempfile.TemporaryDirectory(prefix="retriever-upload-") as folder:
+                path = Path(folder) / "upload"
+                path.write_bytes(await upload.read())
+                try:
+                    return await run_in_threadpool(
+                        self._search, self._query(values, FIELDS, path))
+                except ImageError as error:  # name the upload, not the temporary file
+                    reason = str(error).replace(f"{path}: ", "", 1).replace(str(path), "upload")
+                    raise ImageError(f"uploaded file {upload.filename!r}: {reason}") from None
+
+    def _search(self, query: Query) -> JSONResponse:
+        query.check()  # before taking the lock: a bad request never waits for a search
+        with self.live.current() as collection:
+            results = search(collection, self.live.encoder, query)
+        return JSONResponse({"results": [_row(r) for r in results]})
+
+    def _query(self, values: Mapping[str, Any], allowed: tuple[str, ...],
+               image: Path | None = None) -> Query:
+        """A Query from request values (query string, form fields or JSON) and an upload."""
+        unknown = sorted(set(values) - set(allowed))
+        if unknown:
+            raise UsageError(f"unknown parameter {unknown[0]!r}: use {', '.join(allowed)}")
+        k = _whole(values.get("k", 10), "k")
+        if k > self.settings.max_k:
+            raise UsageError(f"k must be at most {self.settings.max_k}, not {k}")
+        return Query(
+            text=_text(values.get("text")), image=image, item=_optional_whole(values, "item"),
+            target=str(values.get("target") or "all"), k=k, path_prefix=_folder(values.get("in")),
+            add=_terms(values.get("add"), "add"), sub=_terms(values.get("sub"), "sub"),
+            after=_time(values, "after"), before=_time(values, "before"),
+            min_score=_optional_number(values, "min_score"))
+
+
+def _row(result: Result) -> dict:
+    urls = {"thumbnail": f"/api/items/{result.id}/thumbnail" if result.kind == IMAGE else None,
+            "file": f"/api/items/{result.id}/file"}
+    return {**result.to_json(), **urls}
+
+
+def _asset(name: str, media_type: str) -> Any:
+    async def endpoint(request: Request) -> Response:
+        return FileResponse(WEB / name, media_type=media_type, headers=PAGE_HEADERS)
+
+    return endpoint
+
+
+def _capped(request: Request, limit: int) -> Request:
+    """The same request, refusing (413) a body over `limit` bytes, declared or streamed."""
+    shown = f"{limit // 2**20} MB" if limit >= 2**20 else f"{limit // 1024} kB"
+    too_large = f"the upload is over the {shown} limit: send a smaller image"
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise UploadTooLarge(too_large)
+    seen = 0
+
+    async def receive() -> Message:
+        nonlocal seen
+        message = await request.receive()
+        seen += len(message.get("body", b""))
+        if seen > limit:  # a chunked body declares no length: count what arrives
+            raise UploadTooLarge(too_large)
+        return message
+
+    return Request(request.scope, receive)
+
+
+async def _json_object(request: Request) -> dict:
+    try:
+        body = json.loads(await request.body())
+    except (ValueError, UnicodeDecodeError) as error:
+        raise UsageError(f"the request body is not valid JSON: {error}") from None
+    if not isinstance(body, dict):
+        raise UsageError("the request body must be a JSON object of search parameters")
+    return body
+
+
+def _text(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise UsageError(f"text must be a string, not {value!r}")
+
+
+def _whole(value: Any, name: str) -> int:
+    """An int from a JSON number or a string of digits; SQLite's 64-bit range."""
+    if isinstance(value, str) and re.fullmatch(r"-?[0-9]{1,18}", value.strip()):
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**63:
+        return value
+    raise UsageError(f"{name} must be a whole number, not {value!r}")
+
+
+def _optional_whole(values: Mapping[str, Any], name: str) -> int | None:
+    return None if values.get(name) in (None, "") else _whole(values[name], name)
+
+
+def _optional_number(values: Mapping[str, Any], name: str) -> float | None:
+    value = values.get(name)
+    if value in (None, ""):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if isinstance(value, bool) or not math.isfinite(number):
+        raise UsageError(f"{name} must be a number, not {value!r}")
+    return number
+
+
+def _time(values: Mapping[str, Any], name: str) -> float | None:
+    """Unix seconds, or a date as the CLI takes it (YYYY-MM-DD, ISO date-time; local time)."""
+    value = values.get(name)
+    if isinstance(value, str) and value.strip() and not UNIX_TIME.fullmatch(value.strip()):
+        return parse_date(value.strip(), name)
+    return _optional_number(values, name)
+
+
+def _folder(value: Any) -> str | None:
+    """The `in` filter: a prefix of indexed paths as results show them. It is compared with
+    stored paths in SQL, never opened; a relative one would mean the server's cwd."""
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str) or not os.path.isabs(value):
+        raise UsageError(f"in must be an absolute folder as result paths show it, not {value!r}")
+    if ".." in PurePosixPath(value).parts:
+        raise UsageError(f"in must not contain '..': pass the folder itself, not {value!r}")
+    return value
+
+
+def _terms(value: Any, name: str) -> tuple[Term, ...]:
+    """`add`/`sub` terms: words or item ids. Never an image path: the server reads none."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+        raise UsageError(f"{name} must be a list of objects like {{\"text\": \"sunset\", "
+                         f"\"weight\": 0.5}} or {{\"item\": 12}}")
+    for term in value:
+        extra = sorted(set(term) - {"weight", "text", "item"})
+        if extra:
+            raise UsageError(f"{name} terms take weight, text or item, not {extra[0]!r}")
+    return tuple(Term(_weight(t), _text(t.get("text")), item=_optional_whole(t, "item"))
+                 for t in value)
+
+
+def _weight(term: Mapping[str, Any]) -> float:
+    weight = _optional_number(term, "weight")
+    return 1.0 if weight is None else weight
+
+
+async def _library_error(request: Request, error: Exception) -> Response:
+    status = next(code for kind, code in STATUS if isinstance(error, kind))
+    return JSONResponse({"error": str(error)}, status_code=status)
+
+
+async def _http_error(request: Request, error: Exception) -> Response:
+    assert isinstance(error, HTTPException)
+    message = error.detail
+    if error.status_code == 404:
+        message = f"nothing at {request.url.path}: the routes are listed in README.md, Web UI"
+    return JSONResponse({"error": message}, status_code=error.status_code, headers=error.headers)

@@ -1,0 +1,335 @@
+"""The web API in-process (Starlette's TestClient): searches, files, thumbnails, and bad input.
+
+Bad input of every kind must come back as a 4xx with {"error": "one line"}; the client raises
+on any server exception, so a 500 fails the test that caused it.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from starlette.testclient import TestClient
+
+import retriever.thumbnails
+from retriever import errors
+from retriever.collection import Collection
+from retriever.indexer import IndexOptions, index_media
+from retriever.query import Query, Term, search
+from retriever.server import WEB, ServerSettings, create_app, listen
+
+from .conftest import COLOURS, write_photo
+
+CAP = 64 * 1024  # upload cap for these tests: a test photo is ~5 kB, the "huge" upload 100 kB
+OLD = datetime(2001, 5, 1).timestamp()  # mtime of photos/old.jpg (no EXIF: mtime is its date)
+
+
+def make_media(root: Path) -> Path:
+    for name, colour in COLOURS.items():
+        write_photo(root / "photos" / f"{name}.jpg", colour)
+    (root / "photos" / "red.txt").write_text("a red disc on grey\n")
+    write_photo(root / "photos" / "old.jpg", (200, 200, 30))
+    os.utime(root / "photos" / "old.jpg", (OLD, OLD))
+    rotated = Image.new("RGB", (160, 120), (90, 90, 90))  # stored landscape ...
+    exif = Image.Exif()
+    exif[0x0112] = 6  # ... Orientation 6: shown rotated 90 degrees, i.e. portrait
+    rotated.save(root / "photos" / "rotated.jpg", exif=exif)
+    (root / "notes").mkdir()
+    (root / "notes" / "todo.txt").write_text("buy red paint")
+    (root / "notes" / "trip.md").write_text("We saw a green field. " + "The sky was blue. " * 20)
+    return root
+
+
+def open_index(root: Path, encoder) -> Collection:
+    collection = Collection.open(root / ".retriever")
+    with collection.writing():
+        index_media(collection, encoder, IndexOptions((root,)))
+    return collection
+
+
+def client_for(collection: Collection, encoder) -> TestClient:
+    # 127.0.0.1: the default settings answer loopback Host headers only
+    app = create_app(collection, encoder, ServerSettings(max_upload_bytes=CAP))
+    return TestClient(app, base_url="http://127.0.0.1")
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory, tiny_encoder):
+    with pytest.MonkeyPatch.context() as env:  # the autouse isolation is per test
+        env.delenv("RETRIEVER_STORE_URL", raising=False)
+        root = make_media(tmp_path_factory.mktemp("server") / "media")
+        collection = open_index(root, tiny_encoder)
+    yield root, collection
+    collection.close()
+
+
+@pytest.fixture(scope="module")
+def client(media, tiny_encoder):
+    with client_for(media[1], tiny_encoder) as c:
+        yield c
+
+
+def results(response) -> list[dict]:
+    assert response.status_code == 200, response.text
+    return response.json()["results"]
+
+
+def item_id(client, name: str, target: str = "images") -> int:
+    """The id of the indexed file `name`, found through the API."""
+    found = results(client.get("/api/search", params={"text": "x", "target": target, "k": 50}))
+    return next(r["id"] for r in found if Path(r["path"]).name == name)
+
+
+def test_text_search_returns_ranked_rows(client, media):
+    root, _ = media
+    found = results(client.get("/api/search", params={"text": "buy red paint",
+                                                      "target": "texts", "k": 3}))
+    assert len(found) == 3 and {r["kind"] for r in found} == {"text"}
+    top = found[0]  # the exact words of todo.txt's only passage: the same vector
+    assert top["path"] == str(root / "notes" / "todo.txt") and top["position"] == 0
+    assert top["passage"] == "buy red paint" and top["score"] == pytest.approx(1.0, abs=1e-4)
+    assert top["thumbnail"] is None and top["file"] == f"/api/items/{top['id']}/file"
+    assert [r["score"] for r in found] == sorted((r["score"] for r in found), reverse=True)
+
+
+def test_image_rows_carry_a_thumbnail_url_and_the_caption(client, media):
+    root, _ = media
+    found = results(client.get("/api/search", params={"text": "red", "target": "images"}))
+    assert len(found) == 5 and {r["kind"] for r in found} == {"image"}  # every photo
+    assert all(r["thumbnail"] == f"/api/items/{r['id']}/thumbnail" for r in found)
+    red = next(r for r in found if r["path"] == str(root / "photos" / "red.jpg"))
+    assert red["caption"] == "a red disc on grey"
+
+
+def test_search_by_item_puts_that_item_first(client):
+    green = item_id(client, "green.jpg")
+    found = results(client.get("/api/search", params={"item": green, "target": "all"}))
+    assert found[0]["id"] == green and found[0]["score"] == pytest.approx(1.0, abs=1e-4)
+    assert found[1]["score"] < found[0]["score"]
+
+
+def test_upload_search_finds_the_same_photo_first(client, media):
+    root, _ = media
+    photo = root / "photos" / "blue.jpg"
+    response = client.post("/api/search", data={"target": "images", "k": "2"},
+                           files={"image": ("mine.jpg", photo.read_bytes(), "image/jpeg")})
+    found = results(response)
+    assert len(found) == 2 and found[0]["path"] == str(photo)
+    assert found[0]["score"] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_json_search_is_the_library_search(client, media, tiny_encoder):
+    """Combined terms through the API give exactly what retriever.query.search gives."""
+    _, collection = media
+    green = item_id(client, "green.jpg")
+    body = {"text": "red", "add": [{"item": green, "weight": 0.5}], "sub": [{"text": "blue"}],
+            "target": "all", "k": 6}
+    found = results(client.post("/api/search", json=body))
+    expected = search(collection, tiny_encoder, Query(
+        text="red", add=(Term(0.5, item=green),), sub=(Term(text="blue"),), k=6))
+    assert [(r["id"], r["score"]) for r in found] == [(r.id, r.score) for r in expected]
+    assert len(found) == 6
+
+
+def test_filters_folder_dates_and_min_score(client, media):
+    root, _ = media
+    notes = results(client.get("/api/search", params={"text": "red", "in": str(root / "notes"),
+                                                      "k": 50}))
+    assert notes and all(r["path"].startswith(str(root / "notes")) for r in notes)
+    old = results(client.get("/api/search", params={"text": "red", "before": "2002-01-01",
+                                                    "target": "images"}))
+    assert [Path(r["path"]).name for r in old] == ["old.jpg"]
+    newer = results(client.get("/api/search", params={"text": "red", "after": OLD + 1,
+                                                      "target": "images", "k": 50}))
+    assert len(newer) == 4 and "old.jpg" not in {Path(r["path"]).name for r in newer}
+    green = item_id(client, "green.jpg")
+    close = results(client.get("/api/search", params={"item": green, "min_score": 0.9999}))
+    assert [r["id"] for r in close] == [green]
+
+
+BAD_REQUESTS = [
+    # (method, url, request keywords, status, words in the error)
+    ("GET", "/api/search", {}, 400, "give either a text query"),
+    ("GET", "/api/search?text=", {}, 400, "the query text is empty"),
+    ("GET", "/api/search?text=%20%20", {}, 400, "the query text is empty"),
+    ("POST", "/api/search", {"json": {}}, 400, "give either a text query"),
+    ("GET", "/api/search?text=x&k=0", {}, 400, "must be at least 1"),
+    ("GET", "/api/search?text=x&k=-3", {}, 400, "must be at least 1"),
+    ("GET", "/api/search?text=x&k=ten", {}, 400, "k must be a whole number"),
+    ("GET", "/api/search?text=x&k=1000000000", {}, 400, "k must be at most 1000"),
+    ("GET", "/api/search?text=x&target=videos", {}, 400, "unknown target 'videos'"),
+    ("GET", "/api/search?text=x&bogus=1", {}, 400, "unknown parameter 'bogus'"),
+    ("GET", "/api/search?text=x&after=yesterday", {}, 400, "is not a date"),
+    ("GET", "/api/search?text=x&min_score=high", {}, 400, "min_score must be a number"),
+    ("GET", "/api/search?text=x&min_score=nan", {}, 400, "min_score must be a number"),
+    ("GET", "/api/search?item=999999", {}, 404, "no item 999999"),
+    ("GET", "/api/search?item=../.retriever/store.db", {}, 400, "item must be a whole number"),
+    ("GET", "/api/search?item=/etc/passwd", {}, 400, "item must be a whole number"),
+    ("GET", "/api/search?text=x&in=../..", {}, 400, "in must be an absolute folder"),
+    ("GET", "/api/search?text=x&in=notes", {}, 400, "in must be an absolute folder"),
+    ("GET", "/api/search?text=x&in=/tmp/../etc", {}, 400, "in must not contain '..'"),
+    ("POST", "/api/search", {"json": {"text": "x", "add": [{"image": "/etc/passwd"}]}}, 400,
+     "terms take weight, text or item, not 'image'"),
+    ("POST", "/api/search", {"json": {"text": "x", "sub": "blue"}}, 400, "must be a list"),
+    ("POST", "/api/search", {"json": {"item": 10**30}}, 400, "item must be a whole number"),
+    ("POST", "/api/search", {"content": b"{not json",
+                             "headers": {"content-type": "application/json"}}, 400, "not valid"),
+    ("POST", "/api/search", {"content": b"text=x"}, 400, "POST a JSON object"),
+    ("POST", "/api/search", {"data": {"text": "x"}, "files": {"other": ("a", b"b")}}, 400,
+     "needs an image file in the 'image' field"),
+    ("GET", "/api/items/999999/thumbnail", {}, 404, "no item 999999"),
+    ("GET", "/api/items/999999/file", {}, 404, "no item 999999"),
+    ("GET", "/api/items/-1/file", {}, 404, "no item -1"),
+    ("GET", "/api/items/abc/thumbnail", {}, 400, "item must be a whole number"),
+    ("GET", "/api/items/..%2F..%2Fstore.db/file", {}, 404, "nothing at"),
+    ("GET", "/api/items/..%2F..%2Fstore.db/thumbnail", {}, 404, "nothing at"),
+    ("GET", "/api/items/%2Fetc%2Fpasswd/file", {}, 404, "nothing at"),
+    ("GET", "/api/items/1/..%2F..%2F..%2Fstore.db", {}, 404, "nothing at"),
+    ("GET", "/..%2F.retriever%2Fstore.db", {}, 404, "nothing at"),
+    ("GET", "/app.js%2F..%2F..%2Fserver.py", {}, 404, "nothing at"),
+    ("GET", "/%2Fetc%2Fpasswd", {}, 404, "nothing at"),
+    ("DELETE", "/api/search", {}, 405, "Method Not Allowed"),
+]
+
+
+@pytest.mark.parametrize(("method", "url", "kwargs", "status", "words"), BAD_REQUESTS)
+def test_bad_requests_are_one_line_json_errors(client, method, url, kwargs, status, words):
+    response = client.request(method, url, **kwargs)
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    error = response.json()["error"]
+    assert words in error and "\n" not in error
+
+
+def test_a_text_item_has_no_thumbnail(client):
+    todo = item_id(client, "todo.txt", target="texts")
+    response = client.get(f"/api/items/{todo}/thumbnail")
+    assert response.status_code == 400
+    assert response.json()["error"] == f"item {todo} is a text passage: only images have " \
+        "thumbnails"
+
+
+def test_non_image_upload_is_a_400_naming_the_upload(client):
+    response = client.post("/api/search", files={"image": ("notes.txt", b"hello", "text/plain")})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error.startswith("uploaded file 'notes.txt': not a readable image")
+    assert "retriever-upload" not in error  # the temporary file stays private
+
+
+def test_uploads_over_the_cap_are_413_declared_or_streamed(client):
+    big = b"\xff\xd8" + os.urandom(100 * 1024)
+    declared = client.post("/api/search", files={"image": ("big.jpg", big, "image/jpeg")})
+    assert declared.status_code == 413
+    assert declared.json()["error"] == "the upload is over the 64 kB limit: send a smaller image"
+
+    def chunks():  # no Content-Length: the server must count what arrives
+        yield b"--b\r\nContent-Disposition: form-data; name=\"image\"; filename=\"x.jpg\"\r\n\r\n"
+        for _ in range(10):
+            yield os.urandom(16 * 1024)
+        yield b"\r\n--b--\r\n"
+
+    streamed = client.post("/api/search", content=chunks(),
+                           headers={"content-type": "multipart/form-data; boundary=b"})
+    assert "content-length" not in streamed.request.headers
+    assert streamed.status_code == 413 and "over the" in streamed.json()["error"]
+
+
+def test_thumbnail_is_an_upright_jpeg_made_once(tiny_encoder, monkeypatch, tmp_path):
+    root = make_media(tmp_path / "media")  # a fresh index: no cached thumbnails yet
+    collection = open_index(root, tiny_encoder)
+    made = []
+    original = retriever.thumbnails.thumbnail_bytes
+
+    def counted(path: Path, size: int) -> bytes:
+        made.append(path)
+        return original(path, size)
+
+    monkeypatch.setattr(retriever.thumbnails, "thumbnail_bytes", counted)
+    with client_for(collection, tiny_encoder) as client:
+        rotated = item_id(client, "rotated.jpg")
+        first = client.get(f"/api/items/{rotated}/thumbnail")
+        second = client.get(f"/api/items/{rotated}/thumbnail")
+    assert first.status_code == second.status_code == 200
+    assert first.headers["content-type"] == "image/jpeg" and first.content[:2] == b"\xff\xd8"
+    assert Image.open(io.BytesIO(first.content)).size == (120, 160)  # EXIF rotation applied
+    assert second.content == first.content and len(made) == 1  # the second came from the cache
+    assert (collection.directory / "thumbs" / "256" / f"{rotated}.jpg").is_file()
+
+
+def test_file_route_serves_the_indexed_file_only_by_id(client, media):
+    root, _ = media
+    todo = item_id(client, "todo.txt", target="texts")
+    response = client.get(f"/api/items/{todo}/file")
+    assert response.status_code == 200 and response.text == "buy red paint"
+    assert response.headers["x-content-type-options"] == "nosniff"
+
+
+def test_a_file_gone_from_disk_is_404(media, tiny_encoder, tmp_path):
+    root = make_media(tmp_path / "media")
+    collection = open_index(root, tiny_encoder)
+    with client_for(collection, tiny_encoder) as client:
+        blue = item_id(client, "blue.jpg")
+        (root / "photos" / "blue.jpg").unlink()
+        response = client.get(f"/api/items/{blue}/thumbnail")
+    assert response.status_code == 404
+    assert "is no longer on disk: run `retriever index`" in response.json()["error"]
+
+
+def test_searches_see_files_indexed_while_serving(tiny_encoder, tmp_path):
+    root = make_media(tmp_path / "media")
+    collection = open_index(root, tiny_encoder)
+    with client_for(collection, tiny_encoder) as client:
+        query = {"text": "x", "target": "images", "k": 50}
+        assert len(results(client.get("/api/search", params=query))) == 5
+        write_photo(root / "photos" / "late.jpg", (10, 10, 10))
+        open_index(root, tiny_encoder).close()  # another process's `retriever index`, in effect
+        found = results(client.get("/api/search", params=query))
+    assert len(found) == 6 and str(root / "photos" / "late.jpg") in {r["path"] for r in found}
+
+
+def test_info_counts_what_the_index_holds(client, media):
+    info = client.get("/api/info").json()
+    assert (info["images"], info["files"]) == (5, 8)  # 5 photos + red.txt + 2 notes
+    assert info["model"] == {"name": "retriever-tiny", "pretrained": "none", "dim": 64}
+    assert info["directory"] == str(media[1].directory.resolve())
+
+
+def test_the_page_is_served_and_loads_nothing_from_elsewhere(client):
+    page = client.get("/")
+    assert page.status_code == 200 and 'id="results"' in page.text
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    for asset, kind in (("/app.js", "text/javascript"), ("/style.css", "text/css")):
+        response = client.get(asset)
+        assert response.status_code == 200 and response.headers["content-type"].startswith(kind)
+    for path in WEB.iterdir():  # offline: no CDN, no external fonts or scripts
+        assert "http://" not in path.read_text() and "https://" not in path.read_text(), path
+
+
+def test_other_host_names_are_refused(client):
+    """A web page on another site must not reach the photos by rebinding its DNS name."""
+    response = client.get("/api/info", headers={"host": "evil.example"})
+    assert response.status_code == 400
+
+
+def test_every_library_error_maps_to_a_4xx():
+    from retriever.server import STATUS, UploadTooLarge
+
+    kinds = [k for k in vars(errors).values()
+             if isinstance(k, type) and issubclass(k, errors.RetrieverError)] + [UploadTooLarge]
+    for kind in kinds:
+        status = next(code for base, code in STATUS if issubclass(kind, base))
+        assert 400 <= status < 500, kind
+
+
+def test_a_port_in_use_is_one_line_naming_the_fix():
+    with listen("127.0.0.1", 0) as taken:
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(errors.UsageError, match=f"cannot listen on 127.0.0.1:{port} "
+                           r"\(Address already in use\): pass another --port"):
+            listen("127.0.0.1", port)
