@@ -86,7 +86,7 @@ def index_media(
         for chunk in _chunks(todo, options.batch_size):
             _index_chunk(collection, encoder, chunk, stored, options, report)
             task.advance(len(chunk))
-    report.removed = _remove_missing(collection, roots, found.files)
+    report.removed = _remove_missing(collection, roots, found.files, stored)
     store.clear_failures(path_key(f.path) for f in todo)
     store.record_failures(run_id, report.failures)
     collection.save()
@@ -199,11 +199,15 @@ def _encode_text(
     ]
 
 
-def _remove_missing(collection: Collection, roots: list[Path], files: list[MediaFile]) -> int:
+def _remove_missing(
+    collection: Collection, roots: list[Path], files: list[MediaFile],
+    stored: dict[str, FileState],
+) -> int:
+    """Remove stored files under `roots` that the scan did not find. `stored` (the start of the
+    run) suffices: every path this run wrote was found by the scan."""
     present = {path_key(f.path) for f in files}
     prefixes = tuple(path_key(r).rstrip(os.sep) + os.sep for r in roots)
-    gone = [p for p in collection.store.file_states()
-            if p.startswith(prefixes) and p not in present]
+    gone = [p for p in stored if p.startswith(prefixes) and p not in present]
     if gone:
         collection.remove_files(gone)
         collection.store.clear_failures(gone)

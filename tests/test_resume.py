@@ -19,13 +19,7 @@ STEPS_PER_EPOCH = 4  # 32 training images (40, 20% held out) in steps of 8
 EPOCHS = 2
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Every run on one thread: a different thread count sums in another order."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class Interrupt:

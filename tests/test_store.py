@@ -43,13 +43,24 @@ def test_migrations_run_once(tmp_path):
     assert migrate(engine.begin) == []
 
 
-def test_upgrade_from_an_unversioned_store_keeps_nothing_half_done(tmp_path):
-    """A store whose bookkeeping table exists but records nothing (the shape before v1) gets
-    every migration, each with its record."""
-    engine = create_engine(f"sqlite:///{tmp_path / 's.db'}")
+def engine_at_version(url: str, version: int):
+    """An engine on a store built by the release whose last migration was `version`
+    (0: the bookkeeping table only)."""
+    engine = create_engine(url)
     with engine.begin() as conn:
         conn.execute(text("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, "
                           "name TEXT NOT NULL, applied_at FLOAT NOT NULL)"))
+        for number, name, apply in MIGRATIONS[:version]:
+            apply(conn)
+            conn.execute(text("INSERT INTO schema_migrations VALUES (:v, :n, 0)"),
+                         {"v": number, "n": name})
+    return engine
+
+
+def test_upgrade_from_an_unversioned_store_keeps_nothing_half_done(tmp_path):
+    """A store whose bookkeeping table exists but records nothing (the shape before v1) gets
+    every migration, each with its record."""
+    engine = engine_at_version(f"sqlite:///{tmp_path / 's.db'}", 0)
     assert migrate(engine.begin) == [v for v, _, _ in MIGRATIONS]
 
 
@@ -124,12 +135,8 @@ def test_any_sqlalchemy_url(tmp_path):
 def test_upgrade_from_version_1_keeps_data_and_adds_runs(tmp_path):
     """A store written by the first release (migration 1 only) opens under the current code."""
     url = f"sqlite:///{tmp_path / 's.db'}"
-    engine = create_engine(url)
+    engine = engine_at_version(url, 1)
     with engine.begin() as conn:
-        conn.execute(text("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, "
-                          "name TEXT NOT NULL, applied_at FLOAT NOT NULL)"))
-        MIGRATIONS[0][2](conn)
-        conn.execute(text("INSERT INTO schema_migrations VALUES (1, 'initial', 0)"))
         conn.execute(text("INSERT INTO files VALUES (1, '/m/a.jpg', 'image', 'h', 1, 1.0, "
                           "2, 2, NULL, 0)"))
         conn.execute(text("INSERT INTO items VALUES (1, 1, 'image', 0, NULL)"))
@@ -153,14 +160,8 @@ def test_every_write_bumps_the_generation(store):
 
 def test_upgrade_to_version_3_backfills_taken_at_from_mtime(tmp_path):
     url = f"sqlite:///{tmp_path / 's.db'}"
-    engine = create_engine(url)
+    engine = engine_at_version(url, 2)
     with engine.begin() as conn:
-        conn.execute(text("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, "
-                          "name TEXT NOT NULL, applied_at FLOAT NOT NULL)"))
-        for version, name, apply in MIGRATIONS[:2]:
-            apply(conn)
-            conn.execute(text("INSERT INTO schema_migrations VALUES (:v, :n, 0)"),
-                         {"v": version, "n": name})
         conn.execute(text("INSERT INTO files VALUES (1, '/m/a.jpg', 'image', 'h', 1, 1234.5, "
                           "2, 2, NULL, 0)"))
         conn.execute(text("INSERT INTO items VALUES (1, 1, 'image', 0, NULL)"))

@@ -7,7 +7,6 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-import torch
 
 from retriever.demo import DEMO_IMAGES, demo_config
 from retriever.encoders import ClipEncoder
@@ -26,14 +25,7 @@ OBJECTIVES = {
 CLIP_INITIAL_LOGIT_SCALE = math.log(1 / 0.07)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """retriever-tiny runs as fast on one thread as on two, and one thread does not collapse
-    (10x slower, measured) when another process competes for the 2 cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
