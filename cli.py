@@ -51,6 +51,10 @@ SearchModelOpt = Annotated[str | None, typer.Option(
 SearchPretrainedOpt = Annotated[str | None, typer.Option(
     "--pretrained", help="Expect the index to be built with these weights.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
+BackendOpt = Annotated[str, typer.Option(
+    "--backend", help="auto (torch on a CUDA GPU, else ONNX Runtime), torch, onnx, or onnx-int8 "
+    "(faster image encoding, slightly different vectors).", envvar="RETRIEVER_BACKEND",
+    show_envvar=True)]
 
 
 def reports_errors(command: F) -> F:
@@ -105,6 +109,7 @@ def index(
         help="Recall@10 against exact search that IVF's nprobe is tuned to.")] = 0.95,
     memory_budget_mb: Annotated[int | None, typer.Option(
         "--memory-budget-mb", help="auto: use compressed IVF-PQ when vectors exceed this.")] = None,
+    backend: BackendOpt = "auto",
     json_out: JsonOpt = False,
 ) -> None:
     """Embed every image and text passage under FOLDERS; again, only what changed.
@@ -112,14 +117,15 @@ def index(
     Example: retriever index ~/Pictures ~/Notes --exclude 'tmp/*'
     """
     from index.ann import TYPES, AnnConfig
+    from retriever.backends import open_encoder as open_backend
     from retriever.collection import Collection, index_dir_for
-    from retriever.encoders import ClipEncoder, Encoder
+    from retriever.encoders import Encoder
     from retriever.errors import UsageError
     from retriever.indexer import IndexOptions, index_media
     from retriever.media import check_roots
-    from retriever.models import ModelSpec, load_model
     from retriever.progress import RichProgress
     from retriever.query import INDEX_FIX, open_encoder
+    from retriever.specs import ModelSpec
 
     roots = check_roots(folders)
     options = IndexOptions(tuple(roots), tuple(exclude or ()), batch_size, max_pixels,
@@ -135,9 +141,9 @@ def index(
             collection.reset()
         encoder: Encoder
         if collection.model() is None:
-            encoder = ClipEncoder(load_model(asked), batch_size=batch_size)
+            encoder = open_backend(asked, backend, collection.directory, batch_size)
         else:  # an existing index keeps its model; a different --model is refused before loading
-            encoder = open_encoder(collection, asked, batch_size, INDEX_FIX)
+            encoder = open_encoder(collection, asked, batch_size, INDEX_FIX, backend)
         report = index_media(collection, encoder, options, RichProgress())
     for failure in report.failures:
         stderr.print(f"skipped {failure.reason}", markup=False)
@@ -183,6 +189,10 @@ def search(
     db: DbOpt = None,
     model: SearchModelOpt = None,
     pretrained: SearchPretrainedOpt = None,
+    backend: BackendOpt = "auto",
+    no_server: Annotated[bool, typer.Option(
+        "--no-server", help="Search in this process even when `retriever serve` is running "
+        "on the index.")] = False,
     json_out: JsonOpt = False,
     paths_only: Annotated[bool, typer.Option("--paths-only", help="Print bare paths.")] = False,
     html_file: Annotated[Path | None, typer.Option(
@@ -196,10 +206,8 @@ def search(
     retriever search --image photo.jpg --to texts --json;
     retriever search "receipt" --after 2024-01-01 --html results.html
     """
-    from retriever.collection import Collection, find_index_dir
-    from retriever.models import ModelSpec
-    from retriever.query import Query, open_encoder, parse_date, parse_term
-    from retriever.query import search as run_search
+    from retriever.collection import find_index_dir
+    from retriever.query import Query, parse_date, parse_term
 
     target = {"image": "images", "text": "texts"}.get(kind or "", kind or to)
     request = Query(
@@ -208,9 +216,13 @@ def search(
         after=parse_date(after, "--after") if after else None,
         before=parse_date(before, "--before") if before else None, min_score=min_score)
     request.check()
-    collection = Collection.open(find_index_dir(db))
-    asked = ModelSpec(model, pretrained) if model or pretrained else None
-    results = run_search(collection, open_encoder(collection, asked), request)
+    index_dir = find_index_dir(db)
+    # a running `retriever serve` has the model and index loaded; --model/--pretrained are
+    # checked here only, so they search locally
+    local = no_server or model is not None or pretrained is not None
+    results = None if local else _search_server(index_dir, request)
+    if results is None:
+        results = _search_here(index_dir, request, model, pretrained, backend)
     if html_file is not None:
         from retriever.report import write_html
 
@@ -226,6 +238,34 @@ def search(
         _print_previews(results)
     else:
         stdout.print(_results_table(results))
+
+
+def _search_server(index_dir: Path, request: Any) -> list[Any] | None:
+    """Results from the server announced in `index_dir`, or None when none answers."""
+    from retriever.remote import ServerUnavailable, find_server, remote_search, request_for
+
+    url = find_server(index_dir)
+    if url is None:
+        return None
+    from retriever.query import Result
+
+    try:
+        fields, upload = request_for(request)
+        return [Result(**row) for row in remote_search(url, fields, upload)]
+    except ServerUnavailable:
+        return None
+
+
+def _search_here(index_dir: Path, request: Any, model: str | None, pretrained: str | None,
+                 backend: str) -> list[Any]:
+    from retriever.collection import Collection
+    from retriever.query import open_encoder, search
+    from retriever.specs import ModelSpec
+
+    collection = Collection.open(index_dir)
+    asked = ModelSpec(model, pretrained) if model or pretrained else None
+    return search(collection, open_encoder(collection, asked, backend=backend, quick_start=True),
+                  request)
 
 
 def _results_table(results: list[Any]) -> Table:
@@ -401,7 +441,7 @@ def evaluate(
 
     Example: retriever eval held-out/ --pretrained tuned.pt --json
     """
-    from retriever.encoders import ClipEncoder
+    from retriever.clip_encoder import ClipEncoder
     from retriever.evaluation import evaluate_pairs
     from retriever.models import ModelSpec, load_model
     from retriever.pairs import load_pairs
@@ -454,6 +494,7 @@ def serve(
         help="Address to listen on. The default keeps it to this machine; another address "
         "(0.0.0.0) shows your indexed files to anyone who can reach it.")] = "127.0.0.1",
     db: DbOpt = None,
+    backend: BackendOpt = "auto",
 ) -> None:
     """Search in a browser: a local web page and JSON API over the index (see README, Web UI).
 
@@ -465,14 +506,16 @@ def serve(
 
     collection = Collection.open(find_index_dir(db))
     sock = listen(host, port)  # a port in use fails before the model loads
-    app_ = create_app(collection, open_encoder(collection), ServerSettings.for_host(host))
+    app_ = create_app(collection, open_encoder(collection, backend=backend),
+                      ServerSettings.for_host(host))
     if host not in LOOPBACK_HOSTS:
         stderr.print(f"warning: --host {host} serves your indexed files to the network",
                      markup=False)
     shown = f"[{host}]" if ":" in host else host  # an IPv6 address needs brackets in a URL
+    port = sock.getsockname()[1]  # the one bound, for --port 0
     stderr.print(f"serving {collection.directory} at http://{shown}:{port} (Ctrl-C stops)",
                  markup=False)
-    serve_forever(app_, sock)
+    serve_forever(app_, sock, announce_in=collection.directory)
 
 
 def _metrics_table(first: dict, second: dict | None = None, *names: str, title: str = "") -> Table:

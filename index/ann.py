@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import faiss
 import numpy as np
+
+if TYPE_CHECKING:  # imported where used: choosing a type must not load FAISS (~0.3 s)
+    import faiss
 
 TYPES = ("auto", "flat", "ivf", "ivfpq")
 # Below this many vectors exact search answers in about a millisecond on one core (512-d):
@@ -50,6 +53,8 @@ def nlist_for(n: int) -> int:
 
 
 def build(kind: str, dim: int, vectors: np.ndarray, seed: int = 0) -> faiss.Index:
+    import faiss
+
     """An empty, trained index of `kind` for vectors like `vectors` (n, dim) float32."""
     if kind == "flat":
         return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
@@ -78,6 +83,8 @@ def tune_nprobe(
     are those a new query from the same distribution would have. `index` holds `vectors`
     (n, dim) under `ids` (n,).
     """
+    import faiss
+
     if not isinstance(index, faiss.IndexIVF) or index.ntotal == 0:
         return 1
     rng = np.random.default_rng(seed)

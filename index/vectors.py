@@ -54,6 +54,15 @@ class VectorIndex:
     def __len__(self) -> int:
         return int(self.index.ntotal)
 
+    def flat_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """A flat index's ids (n,) int64 and vectors (n, dim) float32, as stored in it."""
+        if self.kind != "flat":
+            raise ValueError(f"a {self.kind} index keeps no plain vectors")
+        index = self.index
+        ids = faiss.vector_to_array(index.id_map).astype(np.int64)  # type: ignore[attr-defined]
+        inner = faiss.downcast_index(index.index)  # type: ignore[attr-defined]
+        return ids, inner.reconstruct_n(0, len(ids)).reshape(-1, self.dim)
+
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """ids (n,) int64, vectors (n, dim) float32 with unit norm."""
         if len(ids) == 0:

@@ -6,6 +6,8 @@
         texts.faiss     the same over text-passage vectors
 
         images.faiss.json / texts.faiss.json   {"generation": g, "count": n} of the file
+        images.ids.npy, images.vectors.npy     a flat index's vectors again, for searches
+                                               without FAISS (index.exact); same for texts
         write.lock      held (flock) by the one process writing
 
 The store is the source of truth. Every store write bumps its generation; a FAISS file saved at
@@ -23,12 +25,16 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from index.ann import AnnConfig, choose, nlist_for
 from index.atomic import replacing
+from index.exact import ExactIndex, remove_mirror, save_mirror
 from index.store import IMAGE, KINDS, TEXT, FileRecord, ItemRecord, ModelRecord, Store
-from index.vectors import VectorIndex
 from retriever.errors import IndexBusy, IndexNotFound, ModelMismatch
+
+if TYPE_CHECKING:  # FAISS loads only when an index is written or an ANN index searched
+    from index.vectors import VectorIndex
 
 INDEX_DIRNAME = ".retriever"
 STORE_FILE = "store.db"
@@ -124,12 +130,28 @@ class Collection:
         for name in VECTOR_FILES.values():
             for path in (self.directory / name, self.directory / f"{name}.json"):
                 path.unlink(missing_ok=True)
+            remove_mirror(self.directory / name)
 
     def vectors(self, kind: str) -> VectorIndex:
         """The FAISS index for `kind`, loaded from disk or rebuilt from the store."""
         if kind not in self._vectors:
             self._vectors[kind] = self._load_or_rebuild(kind)
         return self._vectors[kind]
+
+    def searcher(self, kind: str) -> VectorIndex | ExactIndex:
+        """What searches `kind` for a reader: the loaded FAISS index if there is one; else, for
+        a flat index saved at the store's generation, its memory-mapped vectors (no FAISS)."""
+        if kind not in self._vectors:
+            path = self.directory / VECTOR_FILES[kind]
+            try:
+                meta = json.loads(path.with_name(f"{path.name}.json").read_text())
+                if meta.get("mirror") and meta.get("generation") == self.store.generation():
+                    exact = ExactIndex.load(path)
+                    if len(exact) == meta.get("count") == self.store.count_items(kind):
+                        return exact
+            except (OSError, ValueError):
+                pass  # no usable copy: the FAISS index, loaded or rebuilt
+        return self.vectors(kind)
 
     def write_files(self, batch: Sequence[tuple[FileRecord, Sequence[ItemRecord]]]) -> None:
         """Store a batch of files (one transaction), then mirror it into the vector indexes.
@@ -160,9 +182,14 @@ class Collection:
             vectors = self._fit(kind)
             path = self.directory / VECTOR_FILES[kind]
             vectors.save(path)
-            with replacing(path.with_name(f"{path.name}.json")) as tmp:
+            mirror = vectors.kind == "flat"
+            if mirror:
+                save_mirror(path, *vectors.flat_arrays())
+            else:
+                remove_mirror(path)
+            with replacing(path.with_name(f"{path.name}.json")) as tmp:  # last: commits both
                 Path(tmp).write_text(json.dumps({"generation": generation,
-                                                 "count": len(vectors)}))
+                                                 "count": len(vectors), "mirror": mirror}))
 
     def _fit(self, kind: str) -> VectorIndex:
         """The index rebuilt as the type its size calls for (flat -> IVF as a corpus grows;
@@ -173,6 +200,8 @@ class Collection:
         grown = current.kind != "flat" and nlist_for(n) >= 4 * getattr(current.index, "nlist", 1)
         if wanted == current.kind and not grown:
             return current
+        from index.vectors import VectorIndex
+
         ids, vecs = self.store.vectors(kind)
         self._vectors[kind] = VectorIndex.from_vectors(current.dim, ids, vecs, self.ann)
         return self._vectors[kind]
@@ -182,6 +211,8 @@ class Collection:
         loaded = self._load_current(path, kind)
         if loaded is not None:
             return loaded
+        from index.vectors import VectorIndex
+
         self.rebuilt.append(kind)
         ids, vecs = self.store.vectors(kind)
         dim = vecs.shape[1] if len(ids) else self._dim()
@@ -193,6 +224,8 @@ class Collection:
             meta = json.loads(path.with_name(f"{path.name}.json").read_text())
             if meta.get("generation") != self.store.generation():
                 return None
+            from index.vectors import VectorIndex
+
             loaded = VectorIndex.load(path)
         except (OSError, ValueError, RuntimeError):  # missing, torn or damaged: rebuild
             return None

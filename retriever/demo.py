@@ -12,8 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from retriever.clip_encoder import ClipEncoder
 from retriever.collection import INDEX_DIRNAME, Collection
-from retriever.encoders import ClipEncoder
 from retriever.indexer import IndexOptions, IndexReport, index_media
 from retriever.models import ModelSpec
 from retriever.progress import NullProgress, Progress

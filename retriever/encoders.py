@@ -1,20 +1,21 @@
 """Encoders: images and texts in, L2-normalised float32 vectors of one shared space out.
 
-`Encoder` is the whole interface the rest of retriever relies on; `ClipEncoder` implements it
-with an open_clip model from `retriever.models`.
+`Encoder` is the whole interface the rest of retriever relies on, and imports no torch.
+`retriever.clip_encoder.ClipEncoder` runs an open_clip model in torch (the GPU path, and
+training); `retriever.ort_encoder.OrtEncoder` runs the same model exported to ONNX Runtime (the
+CPU path, no torch import). `retriever.backends` picks one. Both take the same preprocessed pixels (`retriever.pixels`).
 """
 
 from __future__ import annotations
 
-import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
-import torch
 from PIL import Image
 
-from retriever.models import LoadedModel, ModelId
+from retriever.pixels import PixelConfig
+from retriever.specs import ModelId
 
 
 class Encoder(ABC):
@@ -23,9 +24,14 @@ class Encoder(ABC):
     model_id: ModelId
     dim: int
     context_length: int  # tokens a text may have, start and end markers included
+    pixels: PixelConfig  # how images become the model's input
 
-    @abstractmethod
-    def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray: ...
+    def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """(n, 3, S, S) float32 from `self.pixels` -> (n, dim)."""
+        raise NotImplementedError(f"{type(self).__name__} encodes PIL images only")
+
+    def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        return self.encode_pixels(self.pixels.batch(list(images)))
 
     @abstractmethod
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray: ...
@@ -38,50 +44,3 @@ class Encoder(ABC):
     def text_budget(self) -> int:
         """Tokens one passage may hold: the context less the start and end markers."""
         return self.context_length - 2
-
-
-class ClipEncoder(Encoder):
-    def __init__(self, loaded: LoadedModel, batch_size: int = 64) -> None:
-        self.loaded = loaded
-        self.model_id = loaded.model_id
-        self.dim = loaded.dim
-        self.context_length = loaded.context_length
-        self.batch_size = batch_size
-        self.batches_run = 0  # forward passes so far; tests count batching with it
-
-    def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
-        pixels = [self.loaded.preprocess(im) for im in images]
-        return self._encode(pixels, self.loaded.model.encode_image)
-
-    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        tokens = list(self.loaded.tokenizer(list(texts))) if texts else []
-        return self._encode(tokens, self.loaded.model.encode_text)
-
-    def count_tokens(self, text: str) -> int:
-        tokenizer = self.loaded.tokenizer
-        if hasattr(tokenizer, "encode"):  # open_clip's SimpleTokenizer: BPE ids without markers
-            return len(tokenizer.encode(text))
-        return len(tokenizer.tokenizer(text, add_special_tokens=False)["input_ids"])  # HF
-
-    def _encode(self, inputs: list[torch.Tensor], forward) -> np.ndarray:
-        out = np.empty((len(inputs), self.dim), dtype=np.float32)
-        for start, batch in _batches(inputs, self.batch_size):
-            x = torch.stack(batch).to(self.loaded.device, non_blocking=True)
-            with torch.inference_mode(), _autocast(self.loaded.device):
-                features = forward(x)
-            features = torch.nn.functional.normalize(features.float(), dim=-1)
-            out[start : start + len(batch)] = features.cpu().numpy()
-            self.batches_run += 1
-        return out
-
-
-def _batches(items: list, size: int) -> Iterator[tuple[int, list]]:
-    for start in range(0, len(items), size):
-        yield start, items[start : start + size]
-
-
-def _autocast(device: torch.device):
-    """Mixed precision on CUDA (roughly 2x encode throughput); plain fp32 on CPU."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.float16)
-    return contextlib.nullcontext()

@@ -16,20 +16,25 @@ batch it committed, and the next open rebuilds the stale FAISS files from the st
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
-from collections.abc import Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import cast
 
-from PIL import Image
+import numpy as np
 
 from index.store import FailureRecord, FileRecord, FileState, ItemRecord, ModelRecord, Store
 from retriever.collection import Collection
 from retriever.encoders import Encoder
 from retriever.errors import ImageError
-from retriever.images import DEFAULT_MAX_PIXELS, open_image, taken_at
+from retriever.images import DEFAULT_MAX_PIXELS, taken_at
 from retriever.media import IMAGE, TEXT, MediaFile, check_roots, path_key, scan
-from retriever.passages import DEFAULT_MAX_TEXT_BYTES, read_text, split_passages
+from retriever.passages import DEFAULT_MAX_TEXT_BYTES, Passage, read_text, split_passages
+from retriever.pixels import Pixels, load_pixels
 from retriever.progress import NullProgress, Progress
 
 Entry = tuple[FileRecord, list[ItemRecord]]  # a file and its items, ready for the store
@@ -83,7 +88,8 @@ def index_media(
     stored = store.file_states()  # path -> size, mtime, hash as of the start of the run
     todo = _to_read(found.files, stored, store.failures(), report)
     with progress.task("indexing", total=len(todo)) as task:
-        for chunk in _chunks(todo, options.batch_size):
+        read = _reader(encoder, stored, options)
+        for chunk in _read_ahead(todo, read, options.batch_size):
             _index_chunk(collection, encoder, chunk, stored, options, report)
             task.advance(len(chunk))
     report.removed = _remove_missing(collection, roots, found.files, stored)
@@ -122,37 +128,102 @@ def _to_read(
     return todo + recaption
 
 
+@dataclass
+class _Read:
+    """One file as the reader threads leave it: everything but the encoding done."""
+
+    media: MediaFile
+    record: FileRecord | None = None  # None when reading failed
+    pixels: Pixels | None = None  # images that need encoding
+    passages: list[Passage] | None = None  # text files that need encoding
+    failure: FailureRecord | None = None
+
+
+def _read_ahead(todo: list[MediaFile], read: Callable[[MediaFile], _Read],
+                size: int) -> Iterator[list[_Read]]:
+    """Chunks of `size` read files, in order, read by a thread pool while the caller encodes
+    the previous chunk: up to two chunks ahead. Decoding, resizing (PIL) and hashing release
+    the GIL, so they overlap the encoder instead of waiting for it."""
+    workers = max(1, min(8, len(os.sched_getaffinity(0))))
+    with ThreadPoolExecutor(workers, thread_name_prefix="read") as pool:
+        pending: deque[Future[_Read]] = deque()
+        files = iter(todo)
+        for media in itertools.islice(files, 2 * size):
+            pending.append(pool.submit(read, media))
+        while pending:
+            chunk = [pending.popleft().result() for _ in range(min(size, len(pending)))]
+            for media in itertools.islice(files, len(chunk)):
+                pending.append(pool.submit(read, media))
+            yield chunk
+
+
+def _reader(encoder: Encoder, stored: dict[str, FileState], options: IndexOptions
+            ) -> Callable[[MediaFile], _Read]:
+    known = {state.content_hash for state in stored.values()}  # bytes already in the store
+
+    def read(media: MediaFile) -> _Read:
+        try:
+            record = _file_record(media, options)
+            previous = stored.get(record.path)
+            if record.content_hash in known or (
+                    previous is not None and previous.content_hash == record.content_hash):
+                return _Read(media, record)  # touched or reused: nothing to decode
+            if media.kind == IMAGE:
+                return _Read(media, record, pixels=load_pixels(media.path, encoder.pixels,
+                                                               options.max_pixels))
+            text = read_text(media.path, options.max_text_bytes)
+            return _Read(media, record, passages=split_passages(
+                text, encoder.count_tokens, encoder.text_budget))
+        except (ImageError, OSError) as err:
+            return _Read(media, failure=_failure(media, err))
+
+    return read
+
+
 def _index_chunk(
     collection: Collection,
     encoder: Encoder,
-    chunk: list[MediaFile],
+    chunk: list[_Read],
     stored: dict[str, FileState],
     options: IndexOptions,
     report: IndexReport,
 ) -> None:
     store = collection.store
     touched: list[FileRecord] = []
-    ready: Batch = []  # reused vectors
-    images: list[tuple[FileRecord, Image.Image]] = []
-    for media in chunk:
-        try:
-            record = _file_record(media, options)
-            previous = stored.get(record.path)
-            if previous is not None and previous.content_hash == record.content_hash:
-                touched.append(record)
-            elif (copy := _stored_copy(store, record, ready)) is not None:
-                ready.append(copy)
-                report.reused += 1
-            elif media.kind == IMAGE:
-                images.append((record, open_image(media.path, options.max_pixels)))
-            else:
-                ready.append(_encode_text(record, media, encoder, options, report))
-        except (ImageError, OSError) as err:
-            report.failures.append(_failure(media, err))
+    ready: Batch = []  # reused vectors, then encoded texts and images
+    images: list[tuple[FileRecord, Pixels]] = []
+    for read in chunk:
+        record = read.record
+        if record is None:
+            report.failures.append(cast(FailureRecord, read.failure))
+            continue
+        previous = stored.get(record.path)
+        if previous is not None and previous.content_hash == record.content_hash:
+            touched.append(record)
+        elif (copy := _stored_copy(store, record, ready)) is not None:
+            ready.append(copy)
+            report.reused += 1
+        elif read.pixels is not None:
+            images.append((record, read.pixels))
+        elif read.passages is not None:
+            ready.append(_encode_text(record, read.passages, encoder, report))
+        else:  # its bytes were stored when the reader looked, and replaced since: read again
+            ready += _index_again(encoder, read.media, options, report)
     ready += _encode_images(images, encoder, report)
     store.touch_files(touched)
     collection.write_files(ready)
     report.touched += len(touched)
+
+
+def _index_again(encoder: Encoder, media: MediaFile, options: IndexOptions,
+                 report: IndexReport) -> Batch:
+    read = _reader(encoder, {}, options)(media)
+    if read.record is None:
+        report.failures.append(cast(FailureRecord, read.failure))
+        return []
+    if read.pixels is not None:
+        return _encode_images([(read.record, read.pixels)], encoder, report)
+    return [_encode_text(read.record, read.passages or [], encoder, report)]
 
 
 def _file_record(media: MediaFile, options: IndexOptions) -> FileRecord:
@@ -173,23 +244,22 @@ def _stored_copy(store: Store, record: FileRecord, pending: Batch) -> Entry | No
 
 
 def _encode_images(
-    images: list[tuple[FileRecord, Image.Image]], encoder: Encoder, report: IndexReport
+    images: list[tuple[FileRecord, Pixels]], encoder: Encoder, report: IndexReport
 ) -> Batch:
-    vectors = encoder.encode_images([im for _, im in images])  # (len(images), dim)
+    if not images:
+        return []
+    vectors = encoder.encode_pixels(np.stack([p.data for _, p in images]))  # (n, dim)
     report.images += len(images)
     report.encoded += len(images)
     return [
-        (replace(record, width=im.width, height=im.height), [ItemRecord(IMAGE, 0, None, vector)])
-        for (record, im), vector in zip(images, vectors, strict=True)
+        (replace(record, width=p.width, height=p.height), [ItemRecord(IMAGE, 0, None, vector)])
+        for (record, p), vector in zip(images, vectors, strict=True)
     ]
 
 
 def _encode_text(
-    record: FileRecord, media: MediaFile, encoder: Encoder, options: IndexOptions,
-    report: IndexReport,
+    record: FileRecord, passages: list[Passage], encoder: Encoder, report: IndexReport,
 ) -> Entry:
-    text = read_text(media.path, options.max_text_bytes)
-    passages = split_passages(text, encoder.count_tokens, encoder.text_budget)
     vectors = encoder.encode_texts([p.text for p in passages])  # (len(passages), dim)
     report.texts += 1
     report.encoded += 1
@@ -237,8 +307,3 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _chunks(items: Sequence[MediaFile], size: int) -> Iterator[list[MediaFile]]:
-    for start in range(0, len(items), size):
-        yield list(items[start : start + size])

@@ -33,6 +33,7 @@ import torch
 
 from index.atomic import replacing
 from retriever.errors import CheckpointError, ModelMismatch, ModelNotFound, WeightsUnavailable
+from retriever.specs import ModelId, ModelSpec
 
 DEFAULT_MODEL = "ViT-B-32"
 DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
@@ -48,22 +49,6 @@ PROBE_TIMEOUT_S = 3.0
 
 _BUNDLED_CONFIGS = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(_BUNDLED_CONFIGS)
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """What the user asked for on the command line."""
-
-    model: str | None = None  # open_clip name, hf-hub:org/repo, or a model-config JSON path
-    pretrained: str | None = None  # tag, hf-hub:org/repo, weights file, "none", or None = default
-
-
-@dataclass(frozen=True)
-class ModelId:
-    """What an index or checkpoint records: enough to load the same model again."""
-
-    name: str  # registered open_clip architecture, hf-hub:org/repo, or absolute config path
-    pretrained: str  # tag, hf-hub id, absolute weights path, or "none"
 
 
 @dataclass

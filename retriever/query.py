@@ -20,10 +20,10 @@ import numpy as np
 
 from index.store import IMAGE, TEXT
 from retriever.collection import Collection
-from retriever.encoders import ClipEncoder, Encoder
+from retriever.encoders import Encoder
 from retriever.errors import IndexNotFound, ItemNotFound, ModelMismatch, UsageError
-from retriever.images import open_image
-from retriever.models import ModelSpec, load_model
+from retriever.pixels import load_pixels
+from retriever.specs import ModelId, ModelSpec
 
 TARGETS = {"images": (IMAGE,), "texts": (TEXT,), "all": (IMAGE, TEXT)}
 
@@ -103,9 +103,11 @@ def open_encoder(
     asked: ModelSpec | None = None,
     batch_size: int = 64,
     fix: str = SEARCH_FIX,
+    backend: str = "auto",
+    quick_start: bool = False,
 ) -> Encoder:
-    """The encoder the collection was built with; `asked` (from --model/--pretrained) must
-    agree, else `ModelMismatch` ending with `fix`."""
+    """The encoder the collection was built with, on `backend` (see `retriever.backends`);
+    `asked` (from --model/--pretrained) must agree, else `ModelMismatch` ending with `fix`."""
     record = collection.model()
     if record is None:
         raise IndexNotFound(f"{collection.directory} holds no index yet: run `retriever index`")
@@ -117,7 +119,10 @@ def open_encoder(
                     f"{flag} {value} differs from {recorded}, which {collection.directory} was "
                     f"built with: " + fix.format(flag=flag)
                 )
-    return ClipEncoder(load_model(ModelSpec(record.name, record.pretrained)), batch_size)
+    from retriever.backends import open_encoder as open_backend
+
+    return open_backend(ModelId(record.name, record.pretrained), backend, collection.directory,
+                        batch_size, quick_start)
 
 
 def search(collection: Collection, encoder: Encoder, query: Query) -> list[Result]:
@@ -126,7 +131,7 @@ def search(collection: Collection, encoder: Encoder, query: Query) -> list[Resul
     hits: list[tuple[float, int]] = []
     for kind in TARGETS[query.target]:
         allowed = _allowed(collection, kind, query)
-        scores, ids = collection.vectors(kind).search(vector, query.k, allowed)
+        scores, ids = collection.searcher(kind).search(vector, query.k, allowed)
         hits += [(float(s), int(i)) for s, i in zip(scores[0], ids[0], strict=True) if i >= 0]
     hits = sorted(hits, reverse=True)[: query.k]
     if query.min_score is not None:
@@ -159,7 +164,8 @@ def _embed(collection: Collection, encoder: Encoder, term: Term) -> np.ndarray:
                                f"from a search result")
         return stored[1]
     if term.image is not None:
-        return encoder.encode_images([open_image(term.image)])[0]
+        # decoded like indexed images are, so an indexed photo finds itself at score 1
+        return encoder.encode_pixels(load_pixels(term.image, encoder.pixels).data[None])[0]
     return encoder.encode_texts([term.text or ""])[0]
 
 

@@ -8,14 +8,19 @@
     GET  /api/items/{id}/thumbnail   JPEG thumbnail of an image item
     GET  /api/items/{id}/file        the indexed file itself
 
+While it accepts connections on a loopback address, the server names itself in
+`<index>/serve.json` (`announce`), so `retriever search` there asks it (retriever.remote).
+
 The app keeps the model and the FAISS indexes loaded and answers every search with
 `retriever.query.search`, the function the CLI uses. Files are served by item id, looked up in
 the store: no request value is ever made into a filesystem path. Library errors become
-`{"error": "one line"}` with a 4xx status (`STATUS`).
+`{"error": "one line", "type": "UsageError"}` with a 4xx status (`STATUS`); `type` names the
+nearest class in retriever.errors, so a client can raise the same error.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
 import os
@@ -24,11 +29,12 @@ import socket
 import tempfile
 import threading
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import uvicorn
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -40,11 +46,20 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Message
 
+from index.atomic import replacing
 from index.store import IMAGE
 from retriever.collection import Collection
 from retriever.encoders import Encoder
-from retriever.errors import ImageError, IndexNotFound, ItemNotFound, RetrieverError, UsageError
+from retriever.errors import (
+    ImageError,
+    IndexNotFound,
+    ItemNotFound,
+    ModelMismatch,
+    RetrieverError,
+    UsageError,
+)
 from retriever.query import Query, Result, Term, parse_date, search
+from retriever.remote import SERVE_FILE
 from retriever.thumbnails import DEFAULT_SIZE, indexed_file, thumbnail
 
 WEB = Path(__file__).parent / "web"
@@ -96,7 +111,8 @@ class Live:
 
     A local page has one user, and the model and FAISS indexes are shared state: a lock is
     simpler than proving them thread-safe. When `retriever index` has written to the store
-    since (its generation moved), the collection is reopened so searches see the new files.
+    since (its generation moved), the collection is reopened so searches see the new files;
+    re-indexed with another model (`--reindex`), it refuses to search with the loaded one.
     """
 
     def __init__(self, collection: Collection, encoder: Encoder) -> None:
@@ -104,6 +120,7 @@ class Live:
         self.collection = collection
         self.encoder = encoder
         self.generation = collection.store.generation()
+        self.model = collection.model()  # what `encoder` was loaded from
 
     @contextmanager
     def current(self) -> Iterator[Collection]:
@@ -112,6 +129,12 @@ class Live:
             if now != self.generation:
                 old = self.collection
                 self.collection, self.generation = Collection.open(old.directory, old.ann), now
+            model = self.collection.model()
+            if model is not None and self.model is not None and (
+                    (model.name, model.pretrained) != (self.model.name, self.model.pretrained)):
+                raise ModelMismatch(
+                    f"{self.collection.directory} was re-indexed with {model.name} "
+                    f"({model.pretrained}): restart `retriever serve` to load that model")
             yield self.collection
 
 
@@ -130,11 +153,68 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve_forever(app: Starlette, sock: socket.socket) -> None:
-    """Answer requests on `sock` until Ctrl-C or SIGTERM."""
-    import uvicorn
+def serve_forever(app: Starlette, sock: socket.socket, announce_in: Path | None = None) -> None:
+    """Answer requests on `sock` until Ctrl-C or SIGTERM. With `announce_in` (the collection's
+    directory) and a loopback `sock`, `<announce_in>/serve.json` names this server meanwhile."""
+    server = Server(uvicorn.Config(app, log_level="warning"), announce_in)
+    try:
+        server.run(sockets=[sock])
+    finally:  # an exception out of startup or the loop; a signal was handled in shutdown
+        if announce_in is not None:
+            withdraw(announce_in)
 
-    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
+
+class Server(uvicorn.Server):
+    """uvicorn's server, announced in `<announce_in>/serve.json` while it accepts connections.
+
+    The file goes in `shutdown`, not after `run`: uvicorn re-raises a caught SIGTERM once the
+    loop ends, and its default action ends the process before any `finally` runs.
+    """
+
+    def __init__(self, config: uvicorn.Config, announce_in: Path | None = None) -> None:
+        super().__init__(config)
+        self.announce_in = announce_in
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        url = local_url(sockets[0]) if sockets else None
+        if self.started and self.announce_in is not None and url is not None:
+            # a read-only index is still served: the CLI just searches locally
+            with suppress(OSError):
+                announce(self.announce_in, url)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.announce_in is not None:
+            withdraw(self.announce_in)  # first: new searches go local while these finish
+        await super().shutdown(sockets)
+
+
+def local_url(sock: socket.socket) -> str | None:
+    """`http://127.0.0.1:PORT` (the port bound, so port 0 gives the real one) for a socket on
+    a loopback address; None for any other, which is never announced."""
+    host, port = sock.getsockname()[:2]
+    if not ipaddress.ip_address(host).is_loopback:
+        return None
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def announce(directory: Path, url: str) -> Path:
+    """Write `<directory>/serve.json`: {"url", "pid", "directory"} (atomically: a reader never
+    sees half). A client checks the pid lives and the url answers, so a killed server's file
+    is harmless; `directory` (resolved) tells a copied folder's file from its own."""
+    path = directory / SERVE_FILE
+    with replacing(path) as temporary:
+        Path(temporary).write_text(json.dumps(
+            {"url": url, "pid": os.getpid(), "directory": str(directory.resolve())}))
+    return path
+
+
+def withdraw(directory: Path) -> None:
+    """Remove `<directory>/serve.json` if this process wrote it (not a later server's)."""
+    path = directory / SERVE_FILE
+    with suppress(OSError, ValueError, AttributeError):  # none, unreadable, or read-only
+        if json.loads(path.read_text()).get("pid") == os.getpid():
+            path.unlink(missing_ok=True)
 
 
 def create_app(
@@ -351,7 +431,8 @@ def _weight(term: Mapping[str, Any]) -> float:
 
 async def _library_error(request: Request, error: Exception) -> Response:
     status = next(code for kind, code in STATUS if isinstance(error, kind))
-    return JSONResponse({"error": str(error)}, status_code=status)
+    public = next(k for k in type(error).__mro__ if k.__module__ == RetrieverError.__module__)
+    return JSONResponse({"error": str(error), "type": public.__name__}, status_code=status)
 
 
 async def _http_error(request: Request, error: Exception) -> Response:

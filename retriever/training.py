@@ -24,6 +24,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from retriever.clip_encoder import ClipEncoder
 from retriever.curves import Curve
 from retriever.datasets import (
     Batch,
@@ -35,7 +36,6 @@ from retriever.datasets import (
     shard_urls,
 )
 from retriever.distributed import Group, all_sum, barrier, join, launch, launched, leave
-from retriever.encoders import ClipEncoder
 from retriever.errors import DatasetError, RetrieverError, UsageError
 from retriever.evaluation import SILENT, evaluate_pairs
 from retriever.losses import Objective

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from retriever.encoders import ClipEncoder
+from retriever.clip_encoder import ClipEncoder
 from retriever.models import ModelSpec, load_model
 
 TINY = ModelSpec("retriever-tiny", "none")  # bundled config: 32 px ViT, 64-d, context 32
@@ -25,6 +25,9 @@ def _isolated(monkeypatch, tmp_path_factory):
     monkeypatch.setenv("HF_HOME", str(tmp_path_factory.mktemp("hf-home")))
     monkeypatch.delenv("RETRIEVER_DB", raising=False)
     monkeypatch.delenv("RETRIEVER_STORE_URL", raising=False)
+    # torch unless a test asks for ONNX: an export costs each new index seconds (tests/test_onnx
+    # runs the default, auto = ONNX on CPU, end to end)
+    monkeypatch.setenv("RETRIEVER_BACKEND", "torch")
     logging.getLogger().setLevel(logging.ERROR)
 
 

@@ -17,8 +17,8 @@ import numpy as np
 
 from index.store import IMAGE, KINDS, Store
 from index.vectors import VectorIndex
+from retriever.clip_encoder import ClipEncoder
 from retriever.collection import VECTOR_FILES, Collection
-from retriever.encoders import ClipEncoder
 from retriever.models import load_model
 from retriever.query import Query, search
 

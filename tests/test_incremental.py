@@ -127,7 +127,7 @@ def test_a_second_writer_is_refused_with_one_line(tmp_path):
 
 
 def test_indexing_with_another_model_names_reindex(run, library, tmp_path):
-    from retriever.encoders import ClipEncoder
+    from retriever.clip_encoder import ClipEncoder
     from retriever.models import ModelSpec, load_model
 
     run()

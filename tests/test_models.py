@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from retriever.encoders import ClipEncoder
+from retriever.clip_encoder import ClipEncoder
 from retriever.errors import CheckpointError, ModelMismatch, ModelNotFound, WeightsUnavailable
 from retriever.models import ModelSpec, load_model, save_checkpoint
 

@@ -15,6 +15,7 @@ from retriever.collection import Collection
 from retriever.errors import ItemNotFound, UsageError
 from retriever.indexer import IndexOptions, index_media
 from retriever.preview import KITTY_CHUNK, inline_image, terminal_protocol
+from retriever.pixels import load_pixels
 from retriever.query import Query, Term, parse_date, parse_term, query_vector, search
 
 from .conftest import write_photo
@@ -57,7 +58,9 @@ def test_query_vector_is_the_renormalised_weighted_sum(indexed, tiny_encoder):
     query = Query(text="red", add=(Term(2.0, image=root / "new" / "p4.jpg"),),
                   sub=(Term(0.5, text="people"),))
     e = tiny_encoder.encode_texts(["red", "people"])
-    img = tiny_encoder.encode_images([Image.open(root / "new" / "p4.jpg").convert("RGB")])[0]
+    # query images are decoded the way indexed ones are (retriever.pixels.load_pixels)
+    pixels = load_pixels(root / "new" / "p4.jpg", tiny_encoder.pixels).data
+    img = tiny_encoder.encode_pixels(pixels[None])[0]
     want = e[0] + 2.0 * img - 0.5 * e[1]
     np.testing.assert_allclose(query_vector(collection, tiny_encoder, query)[0],
                                want / np.linalg.norm(want), atol=1e-5)

@@ -16,6 +16,7 @@ from PIL import Image
 from starlette.testclient import TestClient
 
 import retriever.thumbnails
+from index.store import ModelRecord
 from retriever import errors
 from retriever.collection import Collection
 from retriever.indexer import IndexOptions, index_media
@@ -203,6 +204,27 @@ def test_bad_requests_are_one_line_json_errors(client, method, url, kwargs, stat
     assert response.headers["content-type"] == "application/json"
     error = response.json()["error"]
     assert words in error and "\n" not in error
+
+
+def test_library_errors_name_their_class_for_clients(client):
+    """`type` is the nearest class in retriever.errors: retriever.remote raises that one."""
+    unknown = client.get("/api/search", params={"item": 999999})
+    assert (unknown.status_code, unknown.json()["type"]) == (404, "ItemNotFound")
+    big = client.post("/api/search", files={"image": ("big.jpg", b"\xff" * 2 * CAP, "image/jpeg")})
+    assert (big.status_code, big.json()["type"]) == (413, "UsageError")  # UploadTooLarge's base
+    assert "type" not in client.get("/nowhere").json()  # not a library error
+
+
+def test_an_index_reindexed_with_another_model_is_refused(tiny_encoder, tmp_path):
+    """The loaded model no longer made the index's vectors: searching with it would rank by
+    meaningless scores, so the server says to restart it."""
+    collection = open_index(make_media(tmp_path / "media"), tiny_encoder)
+    with client_for(collection, tiny_encoder) as client:
+        assert results(client.get("/api/search", params={"text": "red"}))
+        collection.store.set_model(ModelRecord("other-model", "other-weights", 64))
+        response = client.get("/api/search", params={"text": "red"})
+    assert (response.status_code, response.json()["type"]) == (409, "ModelMismatch")
+    assert response.json()["error"].endswith("restart `retriever serve` to load that model")
 
 
 def test_a_text_item_has_no_thumbnail(client):

@@ -8,8 +8,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from retriever.clip_encoder import ClipEncoder
 from retriever.demo import DEMO_IMAGES, demo_config
-from retriever.encoders import ClipEncoder
 from retriever.errors import UsageError
 from retriever.images import open_image
 from retriever.models import ModelSpec, load_model

@@ -1,0 +1,187 @@
+"""Export an open_clip model's two towers to ONNX, for `retriever.ort_encoder` (needs torch).
+
+One export is a folder (see `retriever.backends` for where it lives):
+
+    visual.onnx  + visual.onnx.data     image tower: (n, 3, S, S) float32 -> (n, dim)
+    textual.onnx + textual.onnx.data    text tower:  (n, L) int64 token ids -> (n, dim)
+    tokenizer.json                      the CLIP BPE for `retriever.tokenizer`, no torch
+    meta.json                           model id, dim, context length, pixel config
+    visual.int8.onnx                    only once `--backend onnx-int8` asked for it
+
+Weights sit in `.data` files beside each graph: ONNX Runtime maps them instead of copying them
+out of a protobuf, which makes a text-only session start in ~0.1 s instead of ~0.7 s and keeps
+untouched rows of the 49k-token embedding table out of memory.
+
+The text tower takes L = the longest text's length, not the full context. CLIP's text
+transformer is causal and reads its output at the end-of-text token (the highest id), so the
+positions after it never change the result; a 5-token query then costs 5/77 of a padded one.
+Models without that structure are exported at full context length.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import open_clip
+import torch
+
+from retriever.errors import UsageError
+from retriever.models import LoadedModel
+from retriever.ort_encoder import FORMAT, META, TEXTUAL, TOKENIZER, VISUAL, VISUAL_INT8
+from retriever.pixels import PixelConfig
+from retriever.tokenizer import tokenizer_json
+
+OPSET = 18
+
+
+class _Visual(torch.nn.Module):
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(pixels)
+
+
+class _Text(torch.nn.Module):
+    """encode_text on (n, L) ids with L <= context: causal CLIP text towers only."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        m, length = self.model, ids.shape[1]
+        x = m.token_embedding(ids) + m.positional_embedding[:length]  # (n, L, width)
+        x = m.transformer(x, attn_mask=m.attn_mask[:length, :length])
+        x = m.ln_final(x)
+        x = x[torch.arange(x.shape[0]), ids.argmax(dim=-1)]  # at end-of-text: (n, width)
+        return x @ m.text_projection
+
+
+class _FullText(torch.nn.Module):
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_text(ids)
+
+
+def supported(loaded: LoadedModel) -> str | None:
+    """None when the model can be exported, else why not."""
+    tokenizer = loaded.tokenizer
+    if not isinstance(tokenizer, open_clip.tokenizer.SimpleTokenizer):
+        return f"its tokenizer is {type(tokenizer).__name__}, not the CLIP BPE tokenizer"
+    if getattr(tokenizer, "reduction_fn", None) is not None or \
+            getattr(tokenizer.clean_fn, "__name__", "") != "_clean_lower":
+        return "its tokenizer cleans or reduces text differently from CLIP's"
+    try:
+        PixelConfig.from_open_clip(open_clip.get_model_preprocess_cfg(loaded.model))
+    except (KeyError, ValueError) as err:
+        return str(err)
+    return None
+
+
+def export(loaded: LoadedModel, directory: Path) -> Path:
+    """Write the export folder `directory` (atomically: all of it or nothing) and return it."""
+    why = supported(loaded)
+    if why is not None:
+        raise UsageError(f"{loaded.model_id.name} cannot run on ONNX Runtime ({why}): "
+                         f"pass --backend torch")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".export-", dir=directory.parent))
+    try:
+        model = loaded.model.float().cpu().eval()
+        pixels = PixelConfig.from_open_clip(open_clip.get_model_preprocess_cfg(model))
+        variable = _causal_argmax(model)
+        context = loaded.context_length
+        s = pixels.size
+        _export(_Visual(model), torch.randn(2, 3, s, s), work / VISUAL)
+        ids = torch.zeros(2, 8 if variable else context, dtype=torch.long)
+        ids[:, 0], ids[:, 1:5], ids[:, 5] = 49406, 320, 49407  # sot, "a" x4, eot
+        text = _Text(model) if variable else _FullText(model)
+        _export(text, ids, work / TEXTUAL, context if variable else None)
+        simple = loaded.tokenizer
+        merges = [pair for pair, _ in sorted(simple.bpe_ranks.items(), key=lambda kv: kv[1])]
+        (work / TOKENIZER).write_text(tokenizer_json(simple.encoder, merges))
+        meta = {"format": FORMAT, "model": loaded.model_id.name,
+                "pretrained": loaded.model_id.pretrained, "dim": loaded.dim,
+                "context_length": context, "variable_length": variable,
+                "pixels": pixels.to_json(), "opset": OPSET,
+                "torch": torch.__version__, "open_clip": open_clip.__version__}
+        (work / META).write_text(json.dumps(meta, indent=1))
+        loaded.model.to(loaded.device)
+        try:
+            os.replace(work, directory)
+        except OSError:  # another process exported the same model first: keep theirs
+            if not (directory / META).is_file():
+                raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return directory
+
+
+def quantize(directory: Path) -> Path:
+    """visual.int8.onnx: the image tower with int8 weights and dynamically quantised
+    activations in its matrix products (~3x faster on CPUs with VNNI; vectors differ from
+    fp32 by cosine ~1e-4, see bench/RESULTS.md). Made once, atomically."""
+    target = directory / VISUAL_INT8
+    if target.is_file():
+        return target
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    tmp = directory / f".{VISUAL_INT8}.{os.getpid()}"
+    try:
+        quantize_dynamic(directory / VISUAL, tmp, weight_type=QuantType.QInt8, per_channel=True,
+                         op_types_to_quantize=["MatMul", "Gemm"])
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+def _causal_argmax(model: Any) -> bool:
+    return (isinstance(model, open_clip.CLIP) and getattr(model, "text_pool_type", "") == "argmax"
+            and getattr(model, "attn_mask", None) is not None
+            and getattr(model, "text_projection", None) is not None
+            and not isinstance(model.text_projection, torch.nn.Linear))
+
+
+def _export(module: torch.nn.Module, example: torch.Tensor, path: Path,
+            max_tokens: int | None = None) -> None:
+    """`path` + `path.data` (weights). The image tower goes through the TorchScript exporter
+    (as rclip's converter does; its graph runs fastest in ONNX Runtime here); the text tower,
+    whose length varies, through torch.export, which keeps the length symbolic where the
+    TorchScript exporter bakes the traced length into attention's reshapes."""
+    import onnx
+
+    graph = path.with_suffix(".tmp.onnx")
+    # With gradients on: under no_grad, nn.MultiheadAttention takes a fused fast path that the
+    # TorchScript exporter cannot translate.
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.enable_grad(), \
+            contextlib.redirect_stdout(io.StringIO()):  # torch.export's progress lines
+        warnings.simplefilter("ignore")  # the exporters' deprecation notes
+        if max_tokens:  # (n, L) ids, 2 <= L <= context
+            dims = {0: torch.export.Dim("batch"), 1: torch.export.Dim("tokens", min=2,
+                                                                     max=max_tokens)}
+            torch.onnx.export(module, (example,), str(graph), input_names=["input"],
+                              output_names=["output"], opset_version=OPSET, dynamo=True,
+                              dynamic_shapes=(dims,), external_data=True)
+        else:
+            torch.onnx.export(module, (example,), str(graph), input_names=["input"],
+                              output_names=["output"], opset_version=OPSET, dynamo=False,
+                              dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
+    proto = onnx.load(str(graph))  # reads graph.data too, if any
+    for leftover in (graph, graph.with_name(graph.name + ".data")):
+        leftover.unlink(missing_ok=True)
+    onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=path.name + ".data", size_threshold=1024)

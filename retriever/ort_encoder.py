@@ -1,0 +1,103 @@
+"""`OrtEncoder`: an exported model (see `retriever.onnx_export`) run by ONNX Runtime on CPU.
+
+Imports neither torch nor open_clip, so a text query starts in a fraction of a second. Each
+tower's session is created on first use: a text query never loads the image tower.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from retriever.encoders import Encoder
+from retriever.pixels import PixelConfig
+from retriever.specs import ModelId
+from retriever.tokenizer import ClipTokenizer
+
+# The export folder's files (written by retriever.onnx_export)
+FORMAT = 1  # bump when the files change meaning: older exports are then made again
+META, TOKENIZER = "meta.json", "tokenizer.json"
+VISUAL, TEXTUAL, VISUAL_INT8 = "visual.onnx", "textual.onnx", "visual.int8.onnx"
+
+
+def is_export(directory: Path) -> bool:
+    """A complete export of the current format (folders appear whole: see onnx_export)."""
+    try:
+        return json.loads((directory / META).read_text()).get("format") == FORMAT
+    except (OSError, ValueError):
+        return False
+
+
+class OrtEncoder(Encoder):
+    def __init__(self, directory: Path, batch_size: int = 64, int8: bool = False,
+                 quick_start: bool = False) -> None:
+        """`int8`: use visual.int8.onnx for images. `quick_start`: skip weight prepacking,
+        which halves session start for a one-off query and slows large batches a little."""
+        meta = json.loads((directory / META).read_text())
+        self.directory = directory
+        self.model_id = ModelId(meta["model"], meta["pretrained"])
+        self.dim = int(meta["dim"])
+        self.context_length = int(meta["context_length"])
+        self.variable_length = bool(meta["variable_length"])
+        self.pixels = PixelConfig.from_json(meta["pixels"])
+        self.batch_size = batch_size
+        self.int8 = int8
+        self.quick_start = quick_start
+        self._sessions: dict[str, Any] = {}
+        self._tokenizer: ClipTokenizer | None = None
+
+    @property
+    def tokenizer(self) -> ClipTokenizer:
+        if self._tokenizer is None:
+            self._tokenizer = ClipTokenizer(self.directory / TOKENIZER, self.context_length)
+        return self._tokenizer
+
+    def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        session = self._session(VISUAL_INT8 if self.int8 else VISUAL)
+        out = np.empty((len(pixels), self.dim), dtype=np.float32)
+        for start in range(0, len(pixels), self.batch_size):
+            batch = np.ascontiguousarray(pixels[start : start + self.batch_size], np.float32)
+            out[start : start + len(batch)] = session.run(None, {"input": batch})[0]
+        return _normalized(out)
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        if not texts:
+            return out
+        session = self._session(TEXTUAL)
+        ids = self.tokenizer(texts)
+        for start in range(0, len(ids), self.batch_size):
+            batch = ids[start : start + self.batch_size]
+            # (n, L) zero-padded; L = longest in the batch when the export allows it
+            width = max(map(len, batch)) if self.variable_length else self.context_length
+            tokens = np.zeros((len(batch), width), dtype=np.int64)
+            for row, seq in enumerate(batch):
+                tokens[row, : len(seq)] = seq
+            out[start : start + len(batch)] = session.run(None, {"input": tokens})[0]
+        return _normalized(out)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer.encode(text))
+
+    def _session(self, name: str) -> Any:
+        if name not in self._sessions:
+            import onnxruntime as ort
+
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = len(os.sched_getaffinity(0))
+            # idle threads sleep instead of spinning: image decoding runs beside the encoder
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            if self.quick_start:
+                options.add_session_config_entry("session.disable_prepacking", "1")
+            self._sessions[name] = ort.InferenceSession(
+                str(self.directory / name), options, providers=["CPUExecutionProvider"])
+        return self._sessions[name]
+
+
+def _normalized(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)

@@ -1,0 +1,201 @@
+"""The ONNX Runtime path: export, equality with torch, the torch-free tokenizer and pixels,
+the export cache, and the exact search that needs no FAISS."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import pytest
+from PIL import Image
+
+from index.exact import ExactIndex
+from index.vectors import VectorIndex
+from retriever.backends import export_dir, open_encoder
+from retriever.collection import Collection
+from retriever.indexer import IndexOptions, index_media
+from retriever.onnx_export import export
+from retriever.ort_encoder import OrtEncoder
+from retriever.pixels import load_pixels
+from retriever.specs import ModelId
+from retriever.tokenizer import ClipTokenizer
+
+from .conftest import COLOURS, write_photo
+
+TEXTS = [
+    "a red disc", "a photo of a dog on a beach at sunset", "Hello, World! It's 3:45pm",
+    "naïve café résumé — “quoted” ‘single’", "emoji 🐶🐱 and 中文 日本語", "we'll they've I'm",
+    "&amp; &lt;b&gt; entities", "  lots   of\n\nwhite\tspace ", "numbers 1234567 3.14",
+    "word " * 60,  # longer than the context: cut like open_clip cuts it
+]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, tiny_encoder) -> Path:
+    return export(tiny_encoder.loaded, tmp_path_factory.mktemp("onnx") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> list[Path]:
+    root = tmp_path_factory.mktemp("photos")
+    sizes = [(160, 120), (90, 200), (640, 480), (33, 32)]  # landscape, portrait, big, tiny
+    colours = list(COLOURS.values())
+    return [write_photo(root / f"p{i}.jpg", colours[i % 3], size)
+            for i, size in enumerate(sizes)]
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def test_onnx_image_vectors_equal_torch_on_real_photos(exported, tiny_encoder, photos):
+    pixels = np.stack([load_pixels(p, tiny_encoder.pixels).data for p in photos])
+    onnx = OrtEncoder(exported, batch_size=3)  # 4 photos: a full batch and a partial one
+    ours, theirs = onnx.encode_pixels(pixels), tiny_encoder.encode_pixels(pixels)
+    assert ours.shape == theirs.shape == (4, tiny_encoder.dim)
+    assert cosines(ours, theirs).min() >= 0.9999
+    assert np.allclose(np.linalg.norm(ours, axis=1), 1, atol=1e-5)
+
+
+def test_onnx_text_vectors_equal_torch_at_every_length(exported, tiny_encoder):
+    onnx = OrtEncoder(exported, batch_size=4)  # batches mix short and full-length texts
+    assert onnx.variable_length  # CLIP's causal text tower: run at the batch's own length
+    assert cosines(onnx.encode_texts(TEXTS), tiny_encoder.encode_texts(TEXTS)).min() >= 0.9999
+    for text in TEXTS:
+        assert onnx.count_tokens(text) == tiny_encoder.count_tokens(text)
+
+
+def test_tokenizer_gives_open_clip_ids(exported):
+    theirs = open_clip.get_tokenizer("retriever-tiny")
+    ours = ClipTokenizer(exported / "tokenizer.json", theirs.context_length)
+    for text, row in zip(TEXTS, ours(TEXTS), strict=True):
+        assert ours.encode(text) == theirs.encode(text), text
+        full = theirs([text])[0].tolist()
+        assert full == row + [0] * (len(full) - len(row))  # open_clip pads with zeros
+
+
+def test_pixels_equal_open_clip_preprocessing(tiny_encoder):
+    rng = np.random.default_rng(0)
+    for w, h in [(160, 120), (31, 97), (32, 32), (500, 40)]:
+        im = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        want = tiny_encoder.loaded.preprocess(im).numpy()
+        assert np.abs(tiny_encoder.pixels.preprocess(im) - want).max() < 1e-5
+
+
+def test_reduced_jpeg_decode_is_close_and_keeps_the_true_size(tmp_path, tiny_encoder):
+    """Big JPEGs are decoded at a DCT scale still >= the input size; the record keeps the
+    photo's real (upright) size."""
+    path = write_photo(tmp_path / "big.jpg", (200, 40, 40), size=(640, 480))
+    full = tiny_encoder.pixels.preprocess(Image.open(path).convert("RGB"))
+    got = load_pixels(path, tiny_encoder.pixels)
+    assert (got.width, got.height) == (640, 480)
+    assert np.abs(got.data - full).mean() < 0.02  # of a ~[-2, 2] range
+    rotated = tmp_path / "rot.jpg"
+    exif = Image.Exif()
+    exif[274] = 6  # turned 90 degrees
+    Image.open(path).save(rotated, exif=exif)
+    assert (load_pixels(rotated, tiny_encoder.pixels).width,
+            load_pixels(rotated, tiny_encoder.pixels).height) == (480, 640)
+
+
+def test_int8_image_tower_stays_close_to_fp32(tmp_path, tiny_encoder, photos):
+    folder = export_dir(tmp_path, tiny_encoder.model_id)
+    export(tiny_encoder.loaded, folder)
+    fp32 = open_encoder(tiny_encoder.model_id, "onnx", tmp_path)
+    int8 = open_encoder(tiny_encoder.model_id, "onnx-int8", tmp_path)
+    assert isinstance(int8, OrtEncoder) and int8.int8 and (folder / "visual.int8.onnx").is_file()
+    pixels = np.stack([load_pixels(p, fp32.pixels).data for p in photos])
+    assert cosines(int8.encode_pixels(pixels), fp32.encode_pixels(pixels)).min() > 0.99
+
+
+def test_a_query_on_an_exported_index_imports_neither_torch_nor_faiss(tmp_path, photos):
+    root = photos[0].parent
+    env = {**os.environ, "RETRIEVER_BACKEND": "auto"}
+    run = [sys.executable, "-m", "cli"]
+    indexed = subprocess.run([*run, "index", root, "--db", tmp_path / "idx", "--model",
+                              "retriever-tiny", "--pretrained", "none"], env=env,
+                             capture_output=True, text=True)
+    assert indexed.returncode == 0, indexed.stderr
+    probe = ("import sys, runpy; sys.argv = ['retriever', 'search', 'a red disc', '--db', "
+             f"{str(tmp_path / 'idx')!r}, '--json']\n"
+             "try: runpy.run_module('cli', run_name='__main__')\n"
+             "except SystemExit as e: assert not e.code, e.code\n"
+             "print('LOADED', 'torch' in sys.modules, 'faiss' in sys.modules, file=sys.stderr)")
+    searched = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True,
+                              text=True)
+    assert searched.returncode == 0, searched.stderr
+    assert "LOADED False False" in searched.stderr
+    rows = [json.loads(line) for line in searched.stdout.splitlines()]
+    assert len(rows) == len(photos) and all(r["kind"] == "image" for r in rows)
+
+
+def test_auto_backend_index_and_search_equal_torch(tmp_path, cli, monkeypatch, media_folder):
+    """The default (ONNX on CPU) ranks exactly as torch does, through the real CLI."""
+    results = {}
+    for backend in ("auto", "torch"):
+        monkeypatch.setenv("RETRIEVER_BACKEND", backend)
+        db = tmp_path / backend
+        assert cli("index", media_folder, "--db", db, "--model", "retriever-tiny",
+                   "--pretrained", "none").exit_code == 0
+        found = cli("search", "a red disc", "--db", db, "--json", "-k", "20", "--no-server")
+        assert found.exit_code == 0, found.output
+        results[backend] = [json.loads(line) for line in found.stdout.splitlines()]
+    assert (tmp_path / "auto" / "onnx").is_dir() and not (tmp_path / "torch" / "onnx").exists()
+    onnx, torch_ = results["auto"], results["torch"]
+    assert [(r["path"], r["position"]) for r in onnx] == [(r["path"], r["position"])
+                                                          for r in torch_]
+    assert np.allclose([r["score"] for r in onnx], [r["score"] for r in torch_], atol=1e-4)
+
+
+def test_export_is_cached_per_model_and_redone_when_the_weights_change(tmp_path, tiny_encoder):
+    from retriever.models import save_checkpoint
+
+    weights = tmp_path / "tiny.pt"
+    save_checkpoint(weights, tiny_encoder.loaded)
+    model = ModelId("retriever-tiny", str(weights))
+    first = open_encoder(model, "onnx", tmp_path / "idx")
+    assert isinstance(first, OrtEncoder)
+    folder = first.directory
+    again = open_encoder(model, "onnx", tmp_path / "idx")  # from the cache: same folder
+    assert isinstance(again, OrtEncoder) and again.directory == folder
+    os.utime(weights, (1, 1))  # the weights file changed: a new export replaces the old one
+    third = open_encoder(model, "onnx", tmp_path / "idx")
+    assert isinstance(third, OrtEncoder) and third.directory != folder
+    assert sorted(p.name for p in folder.parent.iterdir()) == [third.directory.name]
+
+
+def test_exact_search_equals_faiss_flat(tmp_path):
+    rng = np.random.default_rng(1)
+    vectors = rng.normal(size=(500, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = rng.permutation(10_000)[:500].astype(np.int64)
+    faiss_index = VectorIndex.from_vectors(16, ids, vectors)
+    exact = ExactIndex(*faiss_index.flat_arrays())
+    queries = rng.normal(size=(5, 16)).astype(np.float32)
+    for allowed in (None, ids[::7], ids[:3], np.array([], dtype=np.int64)):
+        want_scores, want_ids = faiss_index.search(queries, 10, allowed)
+        got_scores, got_ids = exact.search(queries, 10, allowed)
+        assert got_ids.shape == want_ids.shape
+        assert np.array_equal(got_ids, want_ids)
+        assert np.allclose(got_scores, want_scores, atol=1e-5)
+
+
+def test_readers_use_the_copy_only_while_it_mirrors_the_store(tmp_path, tiny_encoder, photos):
+    collection = Collection.open(tmp_path / "idx")
+    with collection.writing():
+        index_media(collection, tiny_encoder, IndexOptions((photos[0].parent,)))
+    searcher = Collection.open(tmp_path / "idx").searcher("image")
+    assert isinstance(searcher, ExactIndex) and len(searcher) == len(photos)
+    with collection.writing():  # a store write not yet saved: the copy is stale
+        collection.remove_files([str(photos[0])])
+        searcher = Collection.open(tmp_path / "idx").searcher("image")
+        assert isinstance(searcher, VectorIndex) and len(searcher) == len(photos) - 1
+        collection.save()
+    searcher = Collection.open(tmp_path / "idx").searcher("image")
+    assert isinstance(searcher, ExactIndex) and len(searcher) == len(photos) - 1
+    assert photos[0].stat().st_size > 0  # only the index forgot it
