@@ -19,3 +19,8 @@ test: $(BIN)/retriever
 lint: $(BIN)/retriever
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+
+# The benchmarks (bench/RESULTS.md): speed against rclip, then vector search at scale; slow.
+.PHONY: bench
+bench: $(BIN)/retriever
+	$(BIN)/python -m bench

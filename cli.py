@@ -118,10 +118,11 @@ def index(
     """
     from index.ann import TYPES, AnnConfig
     from retriever.backends import open_encoder as open_backend
-    from retriever.collection import Collection, index_dir_for
+    from retriever.collection import Collection
     from retriever.encoders import Encoder
     from retriever.errors import UsageError
     from retriever.indexer import IndexOptions, index_media
+    from retriever.locations import index_dir_for
     from retriever.media import check_roots
     from retriever.progress import RichProgress
     from retriever.query import INDEX_FIX, open_encoder
@@ -206,7 +207,7 @@ def search(
     retriever search --image photo.jpg --to texts --json;
     retriever search "receipt" --after 2024-01-01 --html results.html
     """
-    from retriever.collection import find_index_dir
+    from retriever.locations import find_index_dir
     from retriever.query import Query, parse_date, parse_term
 
     target = {"image": "images", "text": "texts"}.get(kind or "", kind or to)
@@ -303,7 +304,8 @@ def info(db: DbOpt = None, json_out: JsonOpt = False) -> None:
 
     Example: retriever info --json
     """
-    from retriever.collection import Collection, find_index_dir
+    from retriever.collection import Collection
+    from retriever.locations import find_index_dir
 
     collection = Collection.open(find_index_dir(db))
     store = collection.store
@@ -500,7 +502,8 @@ def serve(
 
     Example: retriever serve --port 8765, then open http://127.0.0.1:8765
     """
-    from retriever.collection import Collection, find_index_dir
+    from retriever.collection import Collection
+    from retriever.locations import find_index_dir
     from retriever.query import open_encoder
     from retriever.server import LOOPBACK_HOSTS, ServerSettings, create_app, listen, serve_forever
 

@@ -30,11 +30,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
+from index.kinds import IMAGE, KINDS, TEXT  # noqa: F401  (re-exported)
 from index.migrations import migrate
 
-IMAGE = "image"
-TEXT = "text"
-KINDS = (IMAGE, TEXT)
 VECTOR_DTYPE = np.dtype("<f4")  # little-endian float32, whatever the machine
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from retriever.encoders import Encoder
 from retriever.errors import UsageError
-from retriever.ort_encoder import FORMAT, OrtEncoder, is_export
+from retriever.ort_encoder import FORMAT, OrtEncoder, is_export, quantize
 from retriever.specs import ModelId, ModelSpec
 
 BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
@@ -46,7 +46,7 @@ def open_encoder(model: ModelSpec | ModelId, backend: str, index_dir: Path,
         folder = export_dir(index_dir, model)
         if chosen != "torch" and is_export(folder):
             if int8:
-                _quantized(folder)
+                quantize(folder)
             return OrtEncoder(folder, batch_size, int8, quick_start)
         model = ModelSpec(model.name, model.pretrained)
 
@@ -58,10 +58,11 @@ def open_encoder(model: ModelSpec | ModelId, backend: str, index_dir: Path,
     if chosen == "torch" or (chosen == "auto" and supported(loaded) is not None):
         return ClipEncoder(loaded, batch_size)
     folder = export_dir(index_dir, loaded.model_id)
-    export(loaded, folder)
-    _remove_other_exports(folder)
+    if not is_export(folder):
+        export(loaded, folder)
+        _remove_other_exports(folder)
     if int8:
-        _quantized(folder)
+        quantize(folder)
     return OrtEncoder(folder, batch_size, int8, quick_start)
 
 
@@ -80,12 +81,6 @@ def cache_key(model: ModelId) -> str:
             pass  # a tag or hub id, not a file
     digest = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
     return digest
-
-
-def _quantized(folder: Path) -> None:
-    from retriever.onnx_export import quantize
-
-    quantize(folder)
 
 
 def _remove_other_exports(keep: Path) -> None:

@@ -31,44 +31,15 @@ from index.ann import AnnConfig, choose, nlist_for
 from index.atomic import replacing
 from index.exact import ExactIndex, remove_mirror, save_mirror
 from index.store import IMAGE, KINDS, TEXT, FileRecord, ItemRecord, ModelRecord, Store
-from retriever.errors import IndexBusy, IndexNotFound, ModelMismatch
+from retriever.errors import IndexBusy, ModelMismatch
+from retriever.locations import ENV_STORE_URL, STORE_FILE
 
 if TYPE_CHECKING:  # FAISS loads only when an index is written or an ANN index searched
     from index.vectors import VectorIndex
 
-INDEX_DIRNAME = ".retriever"
-STORE_FILE = "store.db"
-ENV_DB = "RETRIEVER_DB"  # index folder, instead of <first folder>/.retriever
-ENV_STORE_URL = "RETRIEVER_STORE_URL"  # any SQLAlchemy URL, instead of <index folder>/store.db
 VECTOR_FILES = {IMAGE: "images.faiss", TEXT: "texts.faiss"}
 LOCK_FILE = "write.lock"
 THUMBS_DIRNAME = "thumbs"  # retriever.thumbnails' cache
-
-
-def index_dir_for(roots: Sequence[Path], db: Path | None = None) -> Path:
-    """Where `index` writes: --db, else $RETRIEVER_DB, else <first folder>/.retriever."""
-    if db is not None:
-        return db
-    if os.environ.get(ENV_DB):
-        return Path(os.environ[ENV_DB])
-    return roots[0] / INDEX_DIRNAME
-
-
-def find_index_dir(db: Path | None = None, start: Path | None = None) -> Path:
-    """Where `search`/`info` read: --db, $RETRIEVER_DB, or the nearest .retriever/ upwards."""
-    if db is not None or os.environ.get(ENV_DB):
-        found = index_dir_for([Path(".")], db)
-        if not (found / STORE_FILE).is_file() and not os.environ.get(ENV_STORE_URL):
-            raise IndexNotFound(f"no index in {found}: run `retriever index FOLDER --db {found}`")
-        return found
-    here = (start or Path.cwd()).resolve()
-    for folder in (here, *here.parents):
-        if (folder / INDEX_DIRNAME / STORE_FILE).is_file():
-            return folder / INDEX_DIRNAME
-    raise IndexNotFound(
-        f"no {INDEX_DIRNAME}/ index in {here} or its parents: run `retriever index FOLDER` "
-        f"first, or pass --db DIR"
-    )
 
 
 class Collection:

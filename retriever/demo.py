@@ -13,8 +13,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from retriever.clip_encoder import ClipEncoder
-from retriever.collection import INDEX_DIRNAME, Collection
+from retriever.collection import Collection
 from retriever.indexer import IndexOptions, IndexReport, index_media
+from retriever.locations import INDEX_DIRNAME
 from retriever.models import ModelSpec
 from retriever.progress import NullProgress, Progress
 from retriever.query import Query, Result, search

@@ -3,7 +3,8 @@
 `Encoder` is the whole interface the rest of retriever relies on, and imports no torch.
 `retriever.clip_encoder.ClipEncoder` runs an open_clip model in torch (the GPU path, and
 training); `retriever.ort_encoder.OrtEncoder` runs the same model exported to ONNX Runtime (the
-CPU path, no torch import). `retriever.backends` picks one. Both take the same preprocessed pixels (`retriever.pixels`).
+CPU path, no torch import). `retriever.backends` picks one. Both take the same preprocessed
+pixels (`retriever.pixels`).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ One export is a folder (see `retriever.backends` for where it lives):
     textual.onnx + textual.onnx.data    text tower:  (n, L) int64 token ids -> (n, dim)
     tokenizer.json                      the CLIP BPE for `retriever.tokenizer`, no torch
     meta.json                           model id, dim, context length, pixel config
-    visual.int8.onnx                    only once `--backend onnx-int8` asked for it
+    visual.int8.onnx                    only once `--backend onnx-int8` asked for it (quantize)
 
 Weights sit in `.data` files beside each graph: ONNX Runtime maps them instead of copying them
 out of a protobuf, which makes a text-only session start in ~0.1 s instead of ~0.7 s and keeps
@@ -35,7 +35,7 @@ import torch
 
 from retriever.errors import UsageError
 from retriever.models import LoadedModel
-from retriever.ort_encoder import FORMAT, META, TEXTUAL, TOKENIZER, VISUAL, VISUAL_INT8
+from retriever.ort_encoder import FORMAT, META, TEXTUAL, TOKENIZER, VISUAL
 from retriever.pixels import PixelConfig
 from retriever.tokenizer import tokenizer_json
 
@@ -43,7 +43,7 @@ OPSET = 18
 
 
 class _Visual(torch.nn.Module):
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: Any) -> None:
         super().__init__()
         self.model = model
 
@@ -68,7 +68,7 @@ class _Text(torch.nn.Module):
 
 
 class _FullText(torch.nn.Module):
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: Any) -> None:
         super().__init__()
         self.model = model
 
@@ -128,25 +128,6 @@ def export(loaded: LoadedModel, directory: Path) -> Path:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return directory
-
-
-def quantize(directory: Path) -> Path:
-    """visual.int8.onnx: the image tower with int8 weights and dynamically quantised
-    activations in its matrix products (~3x faster on CPUs with VNNI; vectors differ from
-    fp32 by cosine ~1e-4, see bench/RESULTS.md). Made once, atomically."""
-    target = directory / VISUAL_INT8
-    if target.is_file():
-        return target
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    tmp = directory / f".{VISUAL_INT8}.{os.getpid()}"
-    try:
-        quantize_dynamic(directory / VISUAL, tmp, weight_type=QuantType.QInt8, per_channel=True,
-                         op_types_to_quantize=["MatMul", "Gemm"])
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return target
 
 
 def _causal_argmax(model: Any) -> bool:

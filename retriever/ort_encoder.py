@@ -99,5 +99,24 @@ class OrtEncoder(Encoder):
         return self._sessions[name]
 
 
+def quantize(directory: Path) -> Path:
+    """`directory`/visual.int8.onnx: the image tower with int8 weights and dynamically quantised
+    activations in its matrix products (~3x faster on CPUs with VNNI; vectors differ from
+    fp32 by cosine ~1e-4, see bench/RESULTS.md). Made once, atomically."""
+    target = directory / VISUAL_INT8
+    if target.is_file():
+        return target
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    tmp = directory / f".{VISUAL_INT8}.{os.getpid()}"
+    try:
+        quantize_dynamic(directory / VISUAL, tmp, weight_type=QuantType.QInt8, per_channel=True,
+                         op_types_to_quantize=["MatMul", "Gemm"])
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
 def _normalized(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)

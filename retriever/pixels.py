@@ -80,8 +80,8 @@ class PixelConfig:
             if (left, top, nw, nh) != (0, 0, s, s):
                 im = im.crop((left, top, left + s, top + s))
         x = np.asarray(im, dtype=np.float32) * np.float32(1 / 255)  # (S, S, 3)
-        x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
-        return np.ascontiguousarray(x.transpose(2, 0, 1))
+        normed = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return np.ascontiguousarray(normed.transpose(2, 0, 1), dtype=np.float32)
 
     def batch(self, images: list[Image.Image]) -> np.ndarray:
         """(n, 3, S, S) float32."""

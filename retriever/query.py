@@ -15,15 +15,17 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-
-from index.store import IMAGE, TEXT
-from retriever.collection import Collection
-from retriever.encoders import Encoder
+from index.kinds import IMAGE, TEXT
 from retriever.errors import IndexNotFound, ItemNotFound, ModelMismatch, UsageError
-from retriever.pixels import load_pixels
 from retriever.specs import ModelId, ModelSpec
+
+if TYPE_CHECKING:  # Query and Result are on the CLI's path to a running server: keep it light
+    import numpy as np
+
+    from retriever.collection import Collection
+    from retriever.encoders import Encoder
 
 TARGETS = {"images": (IMAGE,), "texts": (TEXT,), "all": (IMAGE, TEXT)}
 
@@ -146,6 +148,8 @@ def search(collection: Collection, encoder: Encoder, query: Query) -> list[Resul
 
 def query_vector(collection: Collection, encoder: Encoder, query: Query) -> np.ndarray:
     """(1, dim) unit vector: the weighted sum of the parts' vectors, renormalised."""
+    import numpy as np
+
     total = np.zeros(encoder.dim, dtype=np.float64)
     parts = [(query.main, 1.0), *((t, 1.0) for t in query.add), *((t, -1.0) for t in query.sub)]
     for term, sign in parts:
@@ -164,6 +168,8 @@ def _embed(collection: Collection, encoder: Encoder, term: Term) -> np.ndarray:
                                f"from a search result")
         return stored[1]
     if term.image is not None:
+        from retriever.pixels import load_pixels
+
         # decoded like indexed images are, so an indexed photo finds itself at score 1
         return encoder.encode_pixels(load_pixels(term.image, encoder.pixels).data[None])[0]
     return encoder.encode_texts([term.text or ""])[0]

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 from retriever import errors
 from retriever.errors import RetrieverError, UsageError
 
-if TYPE_CHECKING:  # only for types: retriever.query imports torch
+if TYPE_CHECKING:  # only for types: retriever.query imports SQLAlchemy and numpy
     from retriever.query import Query, Term
 
 SERVE_FILE = "serve.json"

@@ -142,7 +142,9 @@ def listen(host: str, port: int) -> socket.socket:
     """A socket bound to host:port. Binding here, not in uvicorn, turns a port in use into
     one line (uvicorn logs it and exits with 3, which the CLI keeps for a busy index)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP spelled out: asyncio turns Nagle's algorithm off (TCP_NODELAY) only for
+    # sockets whose proto says TCP; with proto 0 each keep-alive answer waited ~40 ms for an ACK
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # restart without a wait
     try:
         sock.bind((host, port))

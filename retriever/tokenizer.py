@@ -13,8 +13,10 @@ import html
 from collections.abc import Sequence
 from pathlib import Path
 
-# open_clip's SimpleTokenizer word pattern (it matches case-insensitively; text is lowered first)
-WORDS = r"""<start_of_text>|<end_of_text>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+# open_clip's SimpleTokenizer word pattern (it matches case-insensitively; text is lowered
+# first)
+WORDS = (r"""<start_of_text>|<end_of_text>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|"""
+         r"""[^\s\p{L}\p{N}]+""")
 END_OF_WORD = "</w>"
 
 
@@ -24,8 +26,8 @@ class ClipTokenizer:
 
         self._tokenizer = Tokenizer.from_file(str(path))
         self.context_length = context_length
-        self.sot = self._tokenizer.token_to_id("<start_of_text>")
-        self.eot = self._tokenizer.token_to_id("<end_of_text>")
+        self.sot: int = self._tokenizer.token_to_id("<start_of_text>")  # type: ignore[assignment]
+        self.eot: int = self._tokenizer.token_to_id("<end_of_text>")  # type: ignore[assignment]
 
     def encode(self, text: str) -> list[int]:
         """BPE ids of `text`, without the start/end markers."""

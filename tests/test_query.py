@@ -14,8 +14,8 @@ from PIL import Image
 from retriever.collection import Collection
 from retriever.errors import ItemNotFound, UsageError
 from retriever.indexer import IndexOptions, index_media
-from retriever.preview import KITTY_CHUNK, inline_image, terminal_protocol
 from retriever.pixels import load_pixels
+from retriever.preview import KITTY_CHUNK, inline_image, terminal_protocol
 from retriever.query import Query, Term, parse_date, parse_term, query_vector, search
 
 from .conftest import write_photo
