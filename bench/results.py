@@ -10,8 +10,9 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
-HEADER = "# Benchmark results\n\nEach section says how it was produced; rerun its command to "\
-         "regenerate it.\n"
+HEADER = ("# Benchmark results\n\nEach section says how it was produced; rerun its command to "
+          "regenerate it. `make bench` (`python -m bench`) reruns speed and vector-search in "
+          "one go; parity is `python -m bench.parity`.\n")
 
 
 def machine_line() -> str:

@@ -709,7 +709,8 @@ def body(report: Report, settings: Settings) -> str:
         "and exported to rclip's ONNX files the way rclip's converter does: rankings are "
         "meaningless, but the computation is exactly that of the real weights, which is what "
         "these timings need. Each tool runs in its own process from its own venv; rclip's "
-        "data dir is prepared offline (no hub access)."]
+        "data dir is prepared offline (no hub access). GPU figures are not part of this "
+        "harness: no GPU was lent while it was written, so none are claimed."]
     parts: list[list[str]] = []
     if report.index:
         parts.append(index_table(report.index, settings))

@@ -30,7 +30,7 @@ from retriever.query import Query, Term, search
 from retriever.remote import SERVE_FILE, ServerUnavailable, find_server, remote_search, request_for
 from retriever.server import Server, ServerSettings, create_app, listen, local_url, withdraw
 
-from .test_server import CAP, OLD, make_media, open_index
+from .test_server import CAP, OLD, indexed_media, make_media, open_index
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,12 +59,7 @@ def running(collection: Collection, encoder, announce_in: Path | None = None) ->
 
 @pytest.fixture(scope="module")
 def media(tmp_path_factory, tiny_encoder):
-    with pytest.MonkeyPatch.context() as env:  # the autouse isolation is per test
-        env.delenv("RETRIEVER_STORE_URL", raising=False)
-        root = make_media(tmp_path_factory.mktemp("remote") / "media")
-        collection = open_index(root, tiny_encoder)
-    yield root, collection
-    collection.close()
+    yield from indexed_media(tmp_path_factory.mktemp("remote"), tiny_encoder)
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -58,14 +59,19 @@ def client_for(collection: Collection, encoder) -> TestClient:
     return TestClient(app, base_url="http://127.0.0.1")
 
 
-@pytest.fixture(scope="module")
-def media(tmp_path_factory, tiny_encoder):
+def indexed_media(folder: Path, encoder) -> Iterator[tuple[Path, Collection]]:
+    """A module fixture's body: the media of make_media indexed under `folder`."""
     with pytest.MonkeyPatch.context() as env:  # the autouse isolation is per test
         env.delenv("RETRIEVER_STORE_URL", raising=False)
-        root = make_media(tmp_path_factory.mktemp("server") / "media")
-        collection = open_index(root, tiny_encoder)
+        root = make_media(folder / "media")
+        collection = open_index(root, encoder)
     yield root, collection
     collection.close()
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory, tiny_encoder):
+    yield from indexed_media(tmp_path_factory.mktemp("server"), tiny_encoder)
 
 
 @pytest.fixture(scope="module")
