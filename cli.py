@@ -217,6 +217,10 @@ def search(
         after=parse_date(after, "--after") if after else None,
         before=parse_date(before, "--before") if before else None, min_score=min_score)
     request.check()
+    if backend != "auto":  # checked before a server could answer and ignore it
+        from retriever.backends import check_backend
+
+        check_backend(backend)
     index_dir = find_index_dir(db)
     # a running `retriever serve` has the model and index loaded; --model/--pretrained are
     # checked here only, so they search locally

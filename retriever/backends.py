@@ -38,8 +38,7 @@ def open_encoder(model: ModelSpec | ModelId, backend: str, index_dir: Path,
     """An encoder for `model` (what was asked, or what an index recorded) on `backend`.
 
     `quick_start`: a one-off query (see `OrtEncoder`)."""
-    if backend not in BACKENDS:
-        raise UsageError(f"--backend {backend!r}: use one of {', '.join(BACKENDS)}")
+    check_backend(backend)
     chosen = "torch" if backend == "auto" and _cuda_present() else backend
     int8 = chosen == "onnx-int8"
     if isinstance(model, ModelId):
@@ -64,6 +63,11 @@ def open_encoder(model: ModelSpec | ModelId, backend: str, index_dir: Path,
     if int8:
         quantize(folder)
     return OrtEncoder(folder, batch_size, int8, quick_start)
+
+
+def check_backend(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise UsageError(f"--backend {backend!r}: use one of {', '.join(BACKENDS)}")
 
 
 def export_dir(index_dir: Path, model: ModelId) -> Path:

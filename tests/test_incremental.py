@@ -159,3 +159,29 @@ def test_reindex_starts_over_with_the_new_model(library, cli, tmp_path):
     info = json.loads(cli("info", "--db", db, "--json").stdout)
     assert info["model"]["dim"] == 48 and info["model"]["name"] == str(other)
     assert not (db / "thumbs").exists()
+
+
+def test_bytes_that_move_to_a_new_file_while_the_old_one_changes_are_encoded(tmp_path,
+                                                                              tiny_encoder):
+    """b.jpg takes a.jpg's old bytes while a.jpg gets new ones. The reader skips decoding b
+    (its bytes are stored), but a's batch replaces them before b's batch is written: b is
+    read again and encoded, not lost."""
+    root = tmp_path / "lib"
+    write_photo(root / "a.jpg", (220, 30, 30))
+    collection = Collection.open(tmp_path / "idx")
+    options = IndexOptions((root,), batch_size=1)  # a and b in separate batches
+    with collection.writing():
+        index_media(collection, tiny_encoder, options)
+    before = collection.store.vectors("image")[1][0]  # a.jpg's first picture
+    (root / "b.jpg").write_bytes((root / "a.jpg").read_bytes())
+    write_photo(root / "a.jpg", (30, 60, 220))
+    os.utime(root / "a.jpg", (1, 1))
+    with collection.writing():
+        report = index_media(collection, tiny_encoder, options)
+    assert (report.encoded, report.reused, len(report.failures)) == (2, 0, 0)
+    found = {os.path.basename(r.path): r for r in search(
+        collection, tiny_encoder, Query(text="x", target="images", k=5))}
+    assert set(found) == {"a.jpg", "b.jpg"}
+    ids, vectors = collection.store.vectors("image")
+    b_vector = vectors[list(ids).index(found["b.jpg"].id)]
+    assert abs(float(b_vector @ before) - 1) < 1e-5  # b holds a's old picture

@@ -199,3 +199,12 @@ def test_readers_use_the_copy_only_while_it_mirrors_the_store(tmp_path, tiny_enc
     searcher = Collection.open(tmp_path / "idx").searcher("image")
     assert isinstance(searcher, ExactIndex) and len(searcher) == len(photos) - 1
     assert photos[0].stat().st_size > 0  # only the index forgot it
+
+
+def test_an_unknown_backend_is_one_line_naming_the_choices(cli, media_folder, tmp_path):
+    for args in (("search", "a red disc", "--db", tmp_path / "none"),
+                 ("index", media_folder, "--db", tmp_path / "idx")):
+        result = cli(*args, "--backend", "gpu")
+        assert result.exit_code == 2
+        assert result.stderr.strip().splitlines() == [
+            "error: --backend 'gpu': use one of auto, torch, onnx, onnx-int8"]
