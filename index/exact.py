@@ -7,16 +7,24 @@ A flat (exact) FAISS index is a plain matrix, so the writer also saves it as two
 
 A one-off CLI query searches those with one matrix product instead of importing FAISS, whose
 GPU build costs ~0.3 s and ~190 MB of a cold query (bench/RESULTS.md). Scores and ids equal
-`VectorIndex.search` on the flat index (tested); ties may come out in another order.
+`VectorIndex.search` on the flat index (tested); ties may come out in another order. On a
+machine with a GPU, readers use FAISS (on the GPU) instead.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 
 from index.atomic import replacing
+
+
+def gpu_visible() -> bool:
+    """A CUDA GPU, told without importing FAISS or torch. With one, readers search with FAISS
+    on the GPU instead."""
+    return os.path.exists("/dev/nvidiactl") and os.environ.get("CUDA_VISIBLE_DEVICES") != ""
 
 
 def mirror_paths(index_path: Path) -> tuple[Path, Path]:

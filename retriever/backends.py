@@ -1,13 +1,15 @@
 """Which runtime encodes: torch, or the model exported to ONNX Runtime (fp32, or int8 images).
 
     auto       torch with fp16 autocast when a CUDA GPU is present; else ONNX Runtime, which
-               encodes images ~1.1x and short texts ~10x faster than torch eager on CPU and
-               starts a text query without importing torch (bench/RESULTS.md)
+               encodes images 1.2x faster than torch eager on CPU, a 5-word query in ~12 ms
+               (the text tower runs to the query's length only), and starts a text query
+               without importing torch (bench/RESULTS.md)
     torch      open_clip in torch (`retriever.clip_encoder`)
     onnx       the towers exported to ONNX, fp32: vectors equal torch's (cosine >= 0.9999,
                tested)
-    onnx-int8  the image tower with int8 matrix products: ~3x faster image encoding on CPUs
-               with VNNI, vectors within cosine ~1e-4 of fp32 (measured, not guaranteed)
+    onnx-int8  the image tower with int8 matrix products: 2.8x faster image encoding on this
+               CPU (VNNI), vectors within cosine ~1e-4 of fp32 on random weights (measured,
+               not guaranteed for trained ones)
 
 Exports are cached in the index folder, one per model:  <index>/onnx/<key>/  where key hashes
 the model name, the weights name and, for files, their size and mtime; a changed model gets a
@@ -23,13 +25,13 @@ import os
 import shutil
 from pathlib import Path
 
+from index.exact import gpu_visible
 from retriever.encoders import Encoder
 from retriever.errors import UsageError
 from retriever.ort_encoder import FORMAT, OrtEncoder, is_export, quantize
 from retriever.specs import ModelId, ModelSpec
 
 BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
-ENV_BACKEND = "RETRIEVER_BACKEND"
 EXPORTS_DIRNAME = "onnx"
 
 
@@ -39,7 +41,7 @@ def open_encoder(model: ModelSpec | ModelId, backend: str, index_dir: Path,
 
     `quick_start`: a one-off query (see `OrtEncoder`)."""
     check_backend(backend)
-    chosen = "torch" if backend == "auto" and _cuda_present() else backend
+    chosen = "torch" if backend == "auto" and gpu_visible() else backend
     int8 = chosen == "onnx-int8"
     if isinstance(model, ModelId):
         folder = export_dir(index_dir, model)
@@ -91,8 +93,3 @@ def _remove_other_exports(keep: Path) -> None:
     for other in keep.parent.iterdir():
         if other != keep and other.is_dir() and not other.name.startswith("."):
             shutil.rmtree(other, ignore_errors=True)
-
-
-def _cuda_present() -> bool:
-    """A CUDA GPU, told without importing torch (the ONNX path must not pay for that)."""
-    return os.path.exists("/dev/nvidiactl") and os.environ.get("CUDA_VISIBLE_DEVICES") != ""

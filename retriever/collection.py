@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 from index.ann import AnnConfig, choose, nlist_for
 from index.atomic import replacing
-from index.exact import ExactIndex, remove_mirror, save_mirror
+from index.exact import ExactIndex, gpu_visible, remove_mirror, save_mirror
 from index.store import IMAGE, KINDS, TEXT, FileRecord, ItemRecord, ModelRecord, Store
 from retriever.errors import IndexBusy, ModelMismatch
 from retriever.locations import ENV_STORE_URL, STORE_FILE
@@ -111,8 +111,9 @@ class Collection:
 
     def searcher(self, kind: str) -> VectorIndex | ExactIndex:
         """What searches `kind` for a reader: the loaded FAISS index if there is one; else, for
-        a flat index saved at the store's generation, its memory-mapped vectors (no FAISS)."""
-        if kind not in self._vectors:
+        a flat index saved at the store's generation, its memory-mapped vectors (no FAISS),
+        unless FAISS can search on a GPU."""
+        if kind not in self._vectors and not gpu_visible():
             path = self.directory / VECTOR_FILES[kind]
             try:
                 meta = json.loads(path.with_name(f"{path.name}.json").read_text())

@@ -35,7 +35,7 @@ import torch
 
 from retriever.errors import UsageError
 from retriever.models import LoadedModel
-from retriever.ort_encoder import FORMAT, META, TEXTUAL, TOKENIZER, VISUAL
+from retriever.ort_encoder import FORMAT, META, TEXTUAL, TOKENIZER, VISUAL, is_export
 from retriever.pixels import PixelConfig
 from retriever.tokenizer import tokenizer_json
 
@@ -99,6 +99,7 @@ def export(loaded: LoadedModel, directory: Path) -> Path:
                          f"pass --backend torch")
     directory.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".export-", dir=directory.parent))
+    simple = loaded.tokenizer
     try:
         model = loaded.model.float().cpu().eval()
         pixels = PixelConfig.from_open_clip(open_clip.get_model_preprocess_cfg(model))
@@ -107,10 +108,9 @@ def export(loaded: LoadedModel, directory: Path) -> Path:
         s = pixels.size
         _export(_Visual(model), torch.randn(2, 3, s, s), work / VISUAL)
         ids = torch.zeros(2, 8 if variable else context, dtype=torch.long)
-        ids[:, 0], ids[:, 1:5], ids[:, 5] = 49406, 320, 49407  # sot, "a" x4, eot
+        ids[:, 0], ids[:, 1:5], ids[:, 5] = simple.sot_token_id, 320, simple.eot_token_id  # "a"
         text = _Text(model) if variable else _FullText(model)
         _export(text, ids, work / TEXTUAL, context if variable else None)
-        simple = loaded.tokenizer
         merges = [pair for pair, _ in sorted(simple.bpe_ranks.items(), key=lambda kv: kv[1])]
         (work / TOKENIZER).write_text(tokenizer_json(simple.encoder, merges))
         meta = {"format": FORMAT, "model": loaded.model_id.name,
@@ -119,13 +119,15 @@ def export(loaded: LoadedModel, directory: Path) -> Path:
                 "pixels": pixels.to_json(), "opset": OPSET,
                 "torch": torch.__version__, "open_clip": open_clip.__version__}
         (work / META).write_text(json.dumps(meta, indent=1))
-        loaded.model.to(loaded.device)
+        if directory.exists() and not is_export(directory):  # an older format's leftovers
+            shutil.rmtree(directory)
         try:
             os.replace(work, directory)
         except OSError:  # another process exported the same model first: keep theirs
-            if not (directory / META).is_file():
+            if not is_export(directory):
                 raise
     finally:
+        loaded.model.to(loaded.device)
         shutil.rmtree(work, ignore_errors=True)
     return directory
 

@@ -176,6 +176,7 @@ class Server(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, announce_in: Path | None = None) -> None:
         super().__init__(config)
         self.announce_in = announce_in
+        self.announced = threading.Event()  # set once startup is over, file written or not
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
@@ -184,6 +185,7 @@ class Server(uvicorn.Server):
             # a read-only index is still served: the CLI just searches locally
             with suppress(OSError):
                 announce(self.announce_in, url)
+        self.announced.set()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         if self.announce_in is not None:

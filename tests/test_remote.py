@@ -46,7 +46,7 @@ def running(collection: Collection, encoder, announce_in: Path | None = None) ->
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
-    while not server.started:
+    while not server.announced.is_set():  # started, and serve.json written (or not writable)
         assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
         time.sleep(0.01)
     try:
