@@ -42,26 +42,22 @@ def open_encoder(model: ModelSpec | ModelId, backend: str, index_dir: Path,
     `quick_start`: a one-off query (see `OrtEncoder`)."""
     check_backend(backend)
     chosen = "torch" if backend == "auto" and gpu_visible() else backend
+    folder = export_dir(index_dir, model) if isinstance(model, ModelId) else None
+    if folder is None or chosen == "torch" or not is_export(folder):
+        # the export is missing (or torch was asked for): the model is loaded in torch
+        from retriever.clip_encoder import ClipEncoder
+        from retriever.models import load_model
+        from retriever.onnx_export import export, supported
+
+        loaded = load_model(ModelSpec(model.name, model.pretrained)
+                            if isinstance(model, ModelId) else model)
+        if chosen == "torch" or (chosen == "auto" and supported(loaded) is not None):
+            return ClipEncoder(loaded, batch_size)
+        folder = export_dir(index_dir, loaded.model_id)
+        if not is_export(folder):
+            export(loaded, folder)
+            _remove_other_exports(folder)
     int8 = chosen == "onnx-int8"
-    if isinstance(model, ModelId):
-        folder = export_dir(index_dir, model)
-        if chosen != "torch" and is_export(folder):
-            if int8:
-                quantize(folder)
-            return OrtEncoder(folder, batch_size, int8, quick_start)
-        model = ModelSpec(model.name, model.pretrained)
-
-    from retriever.clip_encoder import ClipEncoder
-    from retriever.models import load_model
-    from retriever.onnx_export import export, supported
-
-    loaded = load_model(model)
-    if chosen == "torch" or (chosen == "auto" and supported(loaded) is not None):
-        return ClipEncoder(loaded, batch_size)
-    folder = export_dir(index_dir, loaded.model_id)
-    if not is_export(folder):
-        export(loaded, folder)
-        _remove_other_exports(folder)
     if int8:
         quantize(folder)
     return OrtEncoder(folder, batch_size, int8, quick_start)

@@ -22,10 +22,10 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from index.ann import AnnConfig, choose, nlist_for
 from index.atomic import replacing
@@ -40,6 +40,7 @@ if TYPE_CHECKING:  # FAISS loads only when an index is written or an ANN index s
 VECTOR_FILES = {IMAGE: "images.faiss", TEXT: "texts.faiss"}
 LOCK_FILE = "write.lock"
 THUMBS_DIRNAME = "thumbs"  # retriever.thumbnails' cache
+T = TypeVar("T", "VectorIndex", ExactIndex)
 
 
 class Collection:
@@ -48,6 +49,7 @@ class Collection:
         self.store = store
         self.ann = ann or AnnConfig()  # index type policy applied when the writer saves
         self._vectors: dict[str, VectorIndex] = {}
+        self._exact: dict[str, ExactIndex] = {}  # flat copies a reader searches (searcher)
         self.rebuilt: list[str] = []  # kinds whose FAISS file was stale and rebuilt from store
 
     @classmethod
@@ -112,18 +114,16 @@ class Collection:
     def searcher(self, kind: str) -> VectorIndex | ExactIndex:
         """What searches `kind` for a reader: the loaded FAISS index if there is one; else, for
         a flat index saved at the store's generation, its memory-mapped vectors (no FAISS),
-        unless FAISS can search on a GPU."""
-        if kind not in self._vectors and not gpu_visible():
-            path = self.directory / VECTOR_FILES[kind]
-            try:
-                meta = json.loads(path.with_name(f"{path.name}.json").read_text())
-                if meta.get("mirror") and meta.get("generation") == self.store.generation():
-                    exact = ExactIndex.load(path)
-                    if len(exact) == meta.get("count") == self.store.count_items(kind):
-                        return exact
-            except (OSError, ValueError):
-                pass  # no usable copy: the FAISS index, loaded or rebuilt
-        return self.vectors(kind)
+        unless FAISS can search on a GPU. Writes load the FAISS index, which then wins."""
+        if kind in self._vectors or gpu_visible():
+            return self.vectors(kind)
+        if kind not in self._exact:
+            exact = self._load_current(kind, lambda path, meta: ExactIndex.load(path)
+                                       if meta.get("mirror") else None)
+            if exact is None:
+                return self.vectors(kind)
+            self._exact[kind] = exact
+        return self._exact[kind]
 
     def write_files(self, batch: Sequence[tuple[FileRecord, Sequence[ItemRecord]]]) -> None:
         """Store a batch of files (one transaction), then mirror it into the vector indexes.
@@ -179,29 +179,30 @@ class Collection:
         return self._vectors[kind]
 
     def _load_or_rebuild(self, kind: str) -> VectorIndex:
-        path = self.directory / VECTOR_FILES[kind]
-        loaded = self._load_current(path, kind)
-        if loaded is not None:
-            return loaded
         from index.vectors import VectorIndex
 
+        loaded = self._load_current(kind, lambda path, meta: VectorIndex.load(path))
+        if loaded is not None:
+            return loaded
         self.rebuilt.append(kind)
         ids, vecs = self.store.vectors(kind)
         dim = vecs.shape[1] if len(ids) else self._dim()
         return VectorIndex.from_vectors(dim, ids, vecs)
 
-    def _load_current(self, path: Path, kind: str) -> VectorIndex | None:
-        """The saved index if it mirrors the store as it is now, else None."""
+    def _load_current(self, kind: str, load: Callable[[Path, dict], T | None]) -> T | None:
+        """What `load(path, meta)` reads of `kind`'s saved index, if the files mirror the store
+        as it is now (same generation, same count), else None."""
+        path = self.directory / VECTOR_FILES[kind]
         try:
             meta = json.loads(path.with_name(f"{path.name}.json").read_text())
             if meta.get("generation") != self.store.generation():
                 return None
-            from index.vectors import VectorIndex
-
-            loaded = VectorIndex.load(path)
+            loaded = load(path, meta)
         except (OSError, ValueError, RuntimeError):  # missing, torn or damaged: rebuild
             return None
-        return loaded if len(loaded) == self.store.count_items(kind) else None
+        if loaded is None or len(loaded) != self.store.count_items(kind):
+            return None
+        return loaded
 
     def _dim(self) -> int:
         record = self.store.model()

@@ -17,7 +17,6 @@ DEFAULT_MAX_PIXELS = 100_000_000
 EXIF_IFD = 0x8769  # the Exif sub-IFD, where DateTimeOriginal lives
 DATE_TIME_ORIGINAL = 36867
 DATE_TIME = 306  # IFD0: when the file was last changed by the camera or an editor
-ORIENTATION = 274  # IFD0: how the camera was held (5-8: turned by 90 degrees)
 
 
 def open_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
@@ -48,9 +47,9 @@ def decode_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int
                     im.draft("RGB", (int(width * scale + 1), int(height * scale + 1)))
                 im.seek(0)  # animated GIF/WebP: first frame
                 im.load()
-                if im.getexif().get(ORIENTATION, 1) in (5, 6, 7, 8):  # rotated by 90 degrees
-                    width, height = height, width
                 upright = ImageOps.exif_transpose(im)
+                if upright.size != im.size:  # turned by 90 degrees
+                    width, height = height, width
                 return _to_rgb(upright), (width, height)
     except ImageError:
         raise
