@@ -10,19 +10,62 @@ import contextlib
 import functools
 import json
 import logging
+import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
+from typer.core import TyperGroup
 
 from retriever import __version__
 from retriever.errors import RetrieverError
 from retriever.images import DEFAULT_MAX_PIXELS
 from retriever.passages import DEFAULT_MAX_TEXT_BYTES
+
+# Text from files (paths, captions, passages) and from error messages is shown, never
+# interpreted: C0/C1 controls, DEL and Unicode line/bidi controls become escapes (\n, \x1b).
+CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def visible(text: str) -> str:
+    """`text` on one line with every control character written as an escape."""
+    return CONTROLS.sub(lambda m: SHORT_ESCAPES.get(m[0]) or ascii(m[0])[1:-1], text)
+
+
+# click's exceptions, or typer's copy of click (typer 0.28 vendors it)
+CLICK = sys.modules[typer.BadParameter.__module__]
+NO_ARGS_IS_HELP = getattr(CLICK, "NoArgsIsHelpError", ())  # click >= 8.2: shows the help
+
+
+class OneLineErrors(TyperGroup):
+    """Click's own usage errors (a bad flag, a value of the wrong type) as one line, like ours."""
+
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
+             complete_var: str | None = None, standalone_mode: bool = True,
+             windows_expand_args: bool = True, **extra: Any) -> Any:
+        try:
+            code = super().main(args, prog_name, complete_var, False, windows_expand_args,
+                                **extra)
+        except NO_ARGS_IS_HELP as error:
+            error.show()
+            code = error.exit_code
+        except CLICK.ClickException as error:
+            hint = f" (see {error.ctx.command_path} --help)" if getattr(error, "ctx", None) else ""
+            stderr.print(f"error: {visible(error.format_message())}{hint}", markup=False)
+            code = error.exit_code
+        except typer.Abort:
+            stderr.print("aborted", markup=False)
+            code = 1
+        if not standalone_mode:
+            return code
+        sys.exit(code if isinstance(code, int) else 0)
+
 
 app = typer.Typer(
     name="retriever",
@@ -30,9 +73,10 @@ app = typer.Typer(
     "Example: retriever index ~/Pictures && retriever search 'dog on a beach'",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    cls=OneLineErrors,
 )
-stdout = Console(highlight=False, soft_wrap=True)
-stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+stdout = Console(highlight=False, soft_wrap=True, emoji=False)
+stderr = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 F = TypeVar("F", bound=Callable[..., Any])
 
 DbOpt = Annotated[Path | None, typer.Option(
@@ -65,7 +109,7 @@ def reports_errors(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except RetrieverError as error:
-            stderr.print(f"error: {error}", markup=False)
+            stderr.print(f"error: {visible(str(error))}", markup=False)
             raise typer.Exit(error.exit_code) from None
 
     return wrapper  # type: ignore[return-value]
@@ -99,6 +143,9 @@ def index(
         help="Refuse images with more pixels (decompression bombs).")] = DEFAULT_MAX_PIXELS,
     max_text_bytes: Annotated[int, typer.Option(
         help="Read text documents up to this many bytes.")] = DEFAULT_MAX_TEXT_BYTES,
+    follow_symlinks_outside: Annotated[bool, typer.Option(
+        help="Index symlinked files whose target is outside FOLDERS (skipped by default).")
+    ] = False,
     reindex: Annotated[bool, typer.Option(
         help="Drop everything indexed and re-encode with --model/--pretrained.")] = False,
     wait: Annotated[bool, typer.Option(
@@ -108,7 +155,8 @@ def index(
     recall_target: Annotated[float, typer.Option(
         help="Recall@10 against exact search that IVF's nprobe is tuned to.")] = 0.95,
     memory_budget_mb: Annotated[int | None, typer.Option(
-        "--memory-budget-mb", help="auto: use compressed IVF-PQ when vectors exceed this.")] = None,
+        "--memory-budget-mb", min=1,
+        help="auto: use compressed IVF-PQ when vectors exceed this.")] = None,
     backend: BackendOpt = "auto",
     json_out: JsonOpt = False,
 ) -> None:
@@ -130,9 +178,11 @@ def index(
 
     roots = check_roots(folders)
     options = IndexOptions(tuple(roots), tuple(exclude or ()), batch_size, max_pixels,
-                           max_text_bytes)
+                           max_text_bytes, follow_symlinks_outside)
     if index_type not in TYPES:
         raise UsageError(f"--index-type {index_type!r}: use one of {', '.join(TYPES)}")
+    if not 0 < recall_target <= 1:  # NaN fails this too
+        raise UsageError(f"--recall-target {recall_target} is not a recall: pass one in (0, 1]")
     budget = memory_budget_mb * 2**20 if memory_budget_mb else None
     collection = Collection.open(index_dir_for(roots, db),
                                  AnnConfig(index_type, recall_target, budget))
@@ -147,7 +197,7 @@ def index(
             encoder = open_encoder(collection, asked, batch_size, INDEX_FIX, backend)
         report = index_media(collection, encoder, options, RichProgress())
     for failure in report.failures:
-        stderr.print(f"skipped {failure.reason}", markup=False)
+        stderr.print(f"skipped {visible(failure.reason)}", markup=False)
     counts = collection.store.counts()
     if json_out:
         stdout.print(json.dumps({"directory": str(collection.directory), **counts.__dict__,
@@ -158,8 +208,8 @@ def index(
         f"passages); reused {report.reused}, touched {report.touched}, unchanged "
         f"{report.unchanged}, removed {report.removed}, failed {len(report.failures)}"
         + (f" (+{report.known_failures} known, unchanged)" if report.known_failures else "")
-        + f"\n{collection.directory}: {counts.images} images, {counts.texts} passages in "
-        f"{counts.files} files", markup=False)
+        + f"\n{visible(str(collection.directory))}: {counts.images} images, {counts.texts} "
+        f"passages in {counts.files} files", markup=False)
 
 
 @app.command()
@@ -217,6 +267,10 @@ def search(
         after=parse_date(after, "--after") if after else None,
         before=parse_date(before, "--before") if before else None, min_score=min_score)
     request.check()
+    if html_file is not None:
+        from retriever.report import check_target
+
+        check_target(html_file)  # before the search: a bad --html wastes no model load
     if backend != "auto":  # checked before a server could answer and ignore it
         from retriever.backends import check_backend
 
@@ -232,13 +286,14 @@ def search(
         from retriever.report import write_html
 
         title = f"retriever: {query or image or f'item {item}'}"
-        stderr.print(f"wrote {write_html(results, html_file, title)}", markup=False)
+        stderr.print(f"wrote {visible(str(write_html(results, html_file, title)))}",
+                     markup=False)
     if json_out:
         for result in results:
             stdout.print(json.dumps(result.to_json()), markup=False)
-    elif paths_only:
+    elif paths_only:  # one per line: a newline in a name is printed as \n (README, Output)
         for result in results:
-            stdout.print(result.path, markup=False)
+            stdout.print(visible(result.path), markup=False)
     elif preview:
         _print_previews(results)
     else:
@@ -277,8 +332,13 @@ def _results_table(results: list[Any]) -> Table:
     table = Table("score", "kind", "path", "caption / passage")
     for r in results:
         where = r.path if r.kind == "image" else f"{r.path} #{r.position}"
-        table.add_row(f"{r.score:.3f}", r.kind, where, r.caption or r.passage or "")
+        table.add_row(f"{r.score:.3f}", r.kind, _plain(where), _plain(r.caption or r.passage))
     return table
+
+
+def _plain(text: str | None) -> Text:
+    """A table cell of text from a file: never read as markup, controls made visible."""
+    return Text(visible(text or ""))
 
 
 def _print_previews(results: list[Any]) -> None:
@@ -298,7 +358,7 @@ def _print_previews(results: list[Any]) -> None:
                 sys.stdout.write(inline_image(thumbnail_bytes(Path(r.path), 160, "PNG"),
                                               protocol) + "\n")
         text = r.caption if r.kind == "image" else f"#{r.position}: {r.passage}"
-        stdout.print(f"{r.score:.3f}  {r.path}  {text or ''}", markup=False)
+        stdout.print(visible(f"{r.score:.3f}  {r.path}  {text or ''}"), markup=False)
 
 
 @app.command()
@@ -329,7 +389,7 @@ def info(db: DbOpt = None, json_out: JsonOpt = False) -> None:
         done = {k: v for k, v in run.stats.items() if k != "failures" and v}
         lines.append(f"last run  {run.status}: " + ", ".join(f"{k} {v}" for k, v in done.items()))
     lines += [f"failed    {f['path']}: {f['reason']}" for f in failures]
-    stdout.print("\n".join(lines), markup=False)
+    stdout.print("\n".join(visible(line) for line in lines), markup=False)
 
 
 @app.command()
@@ -421,7 +481,8 @@ def train(
                       val_data=val_data, image_root=image_root,
                       samples_per_epoch=samples_per_epoch, val_every=val_every,
                       save_every=save_every, resume=resume, nproc=nproc)
-    result = run_training(cfg, RichProgress(), lambda line: stderr.print(line, markup=False))
+    result = run_training(cfg, RichProgress(),
+                          lambda line: stderr.print(visible(line), markup=False))
     if env_rank() != 0:  # under torchrun every process runs this command; rank 0 reports
         return
     if result.before:
@@ -467,29 +528,34 @@ def evaluate(
 def demo(
     out_dir: Annotated[Path, typer.Option("--out", help="Where to write the demo.")] = Path(
         "retriever-demo"),
-    images: Annotated[int, typer.Option(help="Captioned images to generate.")] = 240,
-    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 30,
+    images: Annotated[int, typer.Option(min=10, help="Captioned images to generate.")] = 240,
+    epochs: Annotated[int, typer.Option(min=1, help="Training epochs.")] = 30,
 ) -> None:
     """Generate media, train a tiny model, index and search it: offline, on CPU, ~1 minute.
 
     Example: retriever demo --out /tmp/retriever-demo
     """
     from retriever.demo import DemoConfig, run_demo
+    from retriever.errors import UsageError
     from retriever.progress import RichProgress
 
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"--out {out_dir} is a file: pass a folder to write the demo in")
+
     result = run_demo(DemoConfig(out_dir, images, epochs), RichProgress(),
-                      lambda line: stderr.print(line, markup=False))
-    stdout.print(f"indexed {result.index.images} images and {result.index.passages} text "
-              f"passages from {result.media}", markup=False)
+                      lambda line: stderr.print(visible(line), markup=False))
+    stdout.print(visible(f"indexed {result.index.images} images and {result.index.passages} "
+                         f"text passages from {result.media}"), markup=False)
     for label, results in result.searches:
         table = Table("score", "path", "caption / passage", title=label)
         for r in results:
-            table.add_row(f"{r.score:.3f}", Path(r.path).name, r.caption or r.passage or "")
+            table.add_row(f"{r.score:.3f}", _plain(Path(r.path).name),
+                          _plain(r.caption or r.passage))
         stdout.print(table)
     stdout.print(_metrics_table(result.training.before, result.training.after, "untrained",
                              "trained", title="held-out recall"))
-    stdout.print(f"try: cd {result.media} && retriever search 'a green square on the right'",
-              markup=False)
+    stdout.print(visible(f"try: cd {result.media} && retriever search 'a green square on the "
+                         f"right'"), markup=False)
 
 
 @app.command()
@@ -509,8 +575,16 @@ def serve(
     from retriever.collection import Collection
     from retriever.locations import find_index_dir
     from retriever.query import open_encoder
-    from retriever.server import LOOPBACK_HOSTS, ServerSettings, create_app, listen, serve_forever
+    from retriever.server import (
+        LOOPBACK_HOSTS,
+        ServerSettings,
+        check_port,
+        create_app,
+        listen,
+        serve_forever,
+    )
 
+    check_port(port)
     collection = Collection.open(find_index_dir(db))
     sock = listen(host, port)  # a port in use fails before the model loads
     app_ = create_app(collection, open_encoder(collection, backend=backend),
@@ -520,8 +594,8 @@ def serve(
                      markup=False)
     shown = f"[{host}]" if ":" in host else host  # an IPv6 address needs brackets in a URL
     port = sock.getsockname()[1]  # the one bound, for --port 0
-    stderr.print(f"serving {collection.directory} at http://{shown}:{port} (Ctrl-C stops)",
-                 markup=False)
+    stderr.print(visible(f"serving {collection.directory} at http://{shown}:{port} (Ctrl-C "
+                         f"stops)"), markup=False)
     serve_forever(app_, sock, announce_in=collection.directory)
 
 

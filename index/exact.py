@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from index.atomic import replacing
+from index.checksums import Summing
 
 
 def gpu_visible() -> bool:
@@ -33,10 +34,15 @@ def mirror_paths(index_path: Path) -> tuple[Path, Path]:
     return index_path.with_name(f"{stem}.ids.npy"), index_path.with_name(f"{stem}.vectors.npy")
 
 
-def save_mirror(index_path: Path, ids: np.ndarray, vectors: np.ndarray) -> None:
+def save_mirror(index_path: Path, ids: np.ndarray, vectors: np.ndarray) -> dict[str, str]:
+    """Write both files atomically; returns {file name: checksum}."""
+    sums = {}
     for path, array in zip(mirror_paths(index_path), (ids, vectors), strict=True):
         with replacing(path) as tmp, open(tmp, "wb") as fh:
-            np.save(fh, array)
+            out = Summing(fh)
+            np.save(out, array)  # type: ignore[call-overload]
+        sums[path.name] = out.checksum
+    return sums
 
 
 def remove_mirror(index_path: Path) -> None:

@@ -91,10 +91,18 @@ def _v3_taken_at(conn: Connection) -> None:
     conn.execute(text("CREATE INDEX ix_files_taken_at ON files (taken_at)"))
 
 
+def _v4_model_fingerprint(conn: Connection) -> None:
+    # sha256 of the model's config and weights (retriever.models.model_fingerprint): a config
+    # or weights file edited in place changes it, and the index refuses the changed model.
+    # NULL for stores made before: the next `retriever index` records it.
+    conn.execute(text("ALTER TABLE collection_model ADD COLUMN fingerprint TEXT"))
+
+
 MIGRATIONS: list[Migration] = [
     (1, "initial: collection_model, files, items, vectors", _v1_initial),
     (2, "store_state generation, runs, failures", _v2_runs_failures_generation),
     (3, "files.taken_at", _v3_taken_at),
+    (4, "collection_model.fingerprint", _v4_model_fingerprint),
 ]
 LATEST = MIGRATIONS[-1][0]
 
@@ -103,6 +111,12 @@ def applied_versions(conn: Connection) -> set[int]:
     if not inspect(conn).has_table("schema_migrations"):
         return set()
     return {row[0] for row in conn.execute(text("SELECT version FROM schema_migrations"))}
+
+
+def pending(conn: Connection) -> list[int]:
+    """Versions a store still lacks (read without writing: a read-only store is checked)."""
+    done = applied_versions(conn)
+    return [version for version, _, _ in MIGRATIONS if version not in done]
 
 
 def migrate(connect: Callable[[], object]) -> list[int]:

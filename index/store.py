@@ -12,6 +12,8 @@ import json
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 from sqlalchemy import (
@@ -28,10 +30,13 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.engine import URL, ExceptionContext, make_url
+from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
 from index.kinds import IMAGE, KINDS, TEXT  # noqa: F401  (re-exported)
-from index.migrations import migrate
+from index.migrations import LATEST, migrate, pending
+from retriever.errors import BadStoreUrl, DiskFull, IndexReadOnly, StoreDamaged, StoreError
 
 VECTOR_DTYPE = np.dtype("<f4")  # little-endian float32, whatever the machine
 
@@ -49,6 +54,7 @@ class CollectionModel(Base):
     pretrained: Mapped[str] = mapped_column(String)
     dim: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[float] = mapped_column(Float)
+    fingerprint: Mapped[str | None] = mapped_column(String, nullable=True)  # config + weights
 
 
 class File(Base):
@@ -125,6 +131,7 @@ class ModelRecord:
     name: str
     pretrained: str
     dim: int
+    fingerprint: str | None = None  # sha256 of config + weights; None in stores before v4
 
 
 @dataclass(frozen=True)
@@ -197,27 +204,62 @@ class Counts:
 
 
 class Store:
-    def __init__(self, url: str) -> None:
+    """`read_only`: a SQLite store is opened without writing anything (no migration, no WAL
+    files created); a write raises `IndexReadOnly`. SQLite's errors (damaged file, full disk,
+    read-only) are raised as the named errors of `retriever.errors`, by `_translate`."""
+
+    def __init__(self, url: str, read_only: bool = False) -> None:
         self.url = url
-        self.engine: Engine = create_engine(url)
-        if self.engine.dialect.name == "sqlite":
-            event.listen(self.engine, "connect", _sqlite_pragmas)
-        migrate(self.engine.begin)
+        self.read_only = read_only
+        try:
+            parsed = make_url(url)
+            sqlite = parsed.get_backend_name() == "sqlite"
+            self.engine: Engine = create_engine(_read_only(parsed) if read_only and sqlite
+                                                else parsed)
+        except (ArgumentError, ImportError) as err:  # garbage, unknown dialect, missing driver
+            raise BadStoreUrl(f"{url!r} is not a store URL SQLAlchemy can open ({err})",
+                              url, str(err)) from None
+        self.path = Path(parsed.database or "") if sqlite else None  # the SQLite file
+        if sqlite:
+            event.listen(self.engine, "connect", _sqlite_pragmas_ro if read_only
+                         else _sqlite_pragmas)
+            event.listen(self.engine, "handle_error", self._translate)
+        if read_only:
+            self._check_schema()
+        else:
+            migrate(self.engine.begin)
 
     def close(self) -> None:
         self.engine.dispose()
+
+    def _check_schema(self) -> None:
+        """A read-only store cannot be migrated: one older than this code is refused."""
+        with self.engine.connect() as conn:
+            missing = pending(conn)
+        if missing:
+            raise IndexReadOnly(
+                f"{self.path} has schema version {missing[0] - 1}, this retriever needs "
+                f"{LATEST}, and it is read-only: run `retriever index` once where the index "
+                f"folder is writable to upgrade it")
+
+    def _translate(self, context: ExceptionContext) -> None:
+        """The one place SQLite's errors become named ones (engine `handle_error` event)."""
+        error = _named_error(self.path or Path(self.url), context.original_exception)
+        if error is not None:
+            raise error from context.original_exception
 
     # --- the model ------------------------------------------------------------------------
 
     def model(self) -> ModelRecord | None:
         with Session(self.engine) as s:
             row = s.get(CollectionModel, 1)
-            return ModelRecord(row.name, row.pretrained, row.dim) if row else None
+            return ModelRecord(row.name, row.pretrained, row.dim, row.fingerprint) if row else None
 
     def set_model(self, record: ModelRecord) -> None:
         with Session(self.engine) as s, s.begin():
             s.merge(CollectionModel(id=1, name=record.name, pretrained=record.pretrained,
-                                    dim=record.dim, created_at=time.time()))
+                                    dim=record.dim, fingerprint=record.fingerprint,
+                                    created_at=time.time()))
 
     # --- writing ----------------------------------------------------------------------------
 
@@ -393,6 +435,13 @@ class Store:
             files = int(s.scalar(select(func.count(File.id))) or 0)
         return Counts(images=self.count_items(IMAGE), texts=self.count_items(TEXT), files=files)
 
+    def file_state(self, path: str) -> FileState | None:
+        """Size, mtime and hash of one stored file (the server checks a file against it)."""
+        with Session(self.engine) as s:
+            row = s.execute(select(File.size, File.mtime, File.content_hash)
+                            .where(File.path == path)).first()
+            return FileState(*row) if row else None
+
 
 def _bump(s: Session) -> None:
     s.execute(update(StoreState).where(StoreState.id == 1)
@@ -401,6 +450,51 @@ def _bump(s: Session) -> None:
 
 def _decode(blob: bytes) -> np.ndarray:
     return np.frombuffer(blob, dtype=VECTOR_DTYPE).astype(np.float32)
+
+
+# SQLite result codes (the low byte of an extended code): https://sqlite.org/rescode.html
+SQLITE_READONLY, SQLITE_CORRUPT, SQLITE_FULL, SQLITE_CANTOPEN, SQLITE_NOTADB = 8, 11, 13, 14, 26
+
+
+def _named_error(path: Path, error: BaseException) -> StoreError | None:
+    code = getattr(error, "sqlite_errorcode", None)
+    if code is None:
+        return None
+    code &= 0xFF
+    if code in (SQLITE_CORRUPT, SQLITE_NOTADB):
+        return StoreDamaged(
+            f"{path} is damaged ({error}): `sqlite3 {path} 'PRAGMA integrity_check'` says "
+            f"what is wrong; to rebuild, move it away and run `retriever index FOLDER` again")
+    if code == SQLITE_FULL:
+        return DiskFull(f"the disk holding {path.parent} is full: free space, then run "
+                        f"`retriever index` again (what was committed is kept)")
+    if code == SQLITE_READONLY:
+        return IndexReadOnly(read_only_message(path.parent))
+    if code == SQLITE_CANTOPEN:
+        return StoreError(f"cannot open {path} ({error}): check that it exists and that you "
+                          f"may read it")
+    return None
+
+
+def read_only_message(folder: Path) -> str:
+    return (f"{folder} is read-only: `retriever search`, `info` and `serve` work on it; to "
+            f"index, make it writable or pass --db DIR to index elsewhere")
+
+
+def _read_only(url: URL) -> URL:
+    """A SQLite URL opened read-only. Without a -wal file (the last writer closed cleanly)
+    the database file holds everything, and `immutable` spares creating the -shm file the
+    reader could not write in a read-only folder; with one, `mode=ro` reads the WAL too."""
+    path = Path(url.database or "").absolute()
+    wal = path.with_name(f"{path.name}-wal").exists()
+    query = {"mode": "ro", "uri": "true", **({} if wal else {"immutable": "1"})}
+    return url.set(database=f"file:{quote(str(path))}", query=query)
+
+
+def _sqlite_pragmas_ro(dbapi_conn, _record) -> None:
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA busy_timeout = 30000")
+    cursor.close()
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:

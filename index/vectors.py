@@ -15,6 +15,7 @@ import numpy as np
 
 from index.ann import AnnConfig, build, choose, tune_nprobe
 from index.atomic import replacing
+from index.checksums import Summing
 
 
 class VectorIndex:
@@ -47,9 +48,14 @@ class VectorIndex:
         index = faiss.read_index(str(path))
         return cls(index.d, index)
 
-    def save(self, path: Path) -> None:
-        with replacing(path) as tmp:
-            faiss.write_index(self.index, tmp)
+    def save(self, path: Path) -> str:
+        """Write the index atomically; returns its checksum. Written through Python, so a full
+        disk raises OSError(ENOSPC) rather than FAISS's RuntimeError."""
+        with replacing(path) as tmp, open(tmp, "wb") as fh:
+            out = Summing(fh)
+            writer = faiss.PyCallbackIOWriter(out.write)  # type: ignore[attr-defined]
+            faiss.write_index(self.index, writer)
+        return out.checksum
 
     def __len__(self) -> int:
         return int(self.index.ntotal)

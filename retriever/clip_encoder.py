@@ -10,7 +10,7 @@ import open_clip
 import torch
 
 from retriever.encoders import Encoder
-from retriever.models import LoadedModel
+from retriever.models import LoadedModel, model_fingerprint
 from retriever.pixels import PixelConfig
 
 
@@ -23,6 +23,11 @@ class ClipEncoder(Encoder):
         self.batch_size = batch_size
         self.batches_run = 0  # forward passes so far; tests count batching with it
         self.pixels = PixelConfig.from_open_clip(open_clip.get_model_preprocess_cfg(loaded.model))
+
+    @property
+    def fingerprint(self) -> str:  # type: ignore[override]
+        """Of the weights as they are now (training changes them): computed on each call."""
+        return model_fingerprint(self.loaded)
 
     def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
         return self._encode(list(torch.from_numpy(pixels)), self.loaded.model.encode_image)

@@ -5,33 +5,55 @@
         images.faiss    IndexIDMap2(IndexFlatIP) over image vectors, ids = items.id
         texts.faiss     the same over text-passage vectors
 
-        images.faiss.json / texts.faiss.json   {"generation": g, "count": n} of the file
+        images.faiss.json / texts.faiss.json   {"generation": g, "count": n, "mirror": bool,
+                        "checksums": {file name: "crc32:<8 hex>"}} of the saved files
         images.ids.npy, images.vectors.npy     a flat index's vectors again, for searches
                                                without FAISS (index.exact); same for texts
         write.lock      held (flock) by the one process writing
 
 The store is the source of truth. Every store write bumps its generation; a FAISS file saved at
-another generation than the store's (a run killed before saving, or still running), or missing,
-or unreadable, is rebuilt from the stored vectors when opened.
+another generation than the store's (a run killed before saving, or still running), missing,
+unreadable, or whose bytes differ from its checksum (damaged on disk; or saved before checksums
+were), is rebuilt from the stored vectors when opened, and the writer's next run saves it again.
+A folder the user cannot write is opened read-only: searches work (a rebuild stays in memory),
+writes raise `IndexReadOnly`, and nothing is created in it.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from index.ann import AnnConfig, choose, nlist_for
 from index.atomic import replacing
-from index.exact import ExactIndex, gpu_visible, remove_mirror, save_mirror
-from index.store import IMAGE, KINDS, TEXT, FileRecord, ItemRecord, ModelRecord, Store
-from retriever.errors import IndexBusy, ModelMismatch
+from index.checksums import verified
+from index.exact import ExactIndex, gpu_visible, mirror_paths, remove_mirror, save_mirror
+from index.store import (
+    IMAGE,
+    KINDS,
+    TEXT,
+    FileRecord,
+    ItemRecord,
+    ModelRecord,
+    Store,
+    read_only_message,
+)
+from retriever.errors import (
+    BadStoreUrl,
+    DiskFull,
+    IndexBusy,
+    IndexReadOnly,
+    ModelMismatch,
+    UsageError,
+)
 from retriever.locations import ENV_STORE_URL, STORE_FILE
 
 if TYPE_CHECKING:  # FAISS loads only when an index is written or an ANN index searched
@@ -40,7 +62,7 @@ if TYPE_CHECKING:  # FAISS loads only when an index is written or an ANN index s
 VECTOR_FILES = {IMAGE: "images.faiss", TEXT: "texts.faiss"}
 LOCK_FILE = "write.lock"
 THUMBS_DIRNAME = "thumbs"  # retriever.thumbnails' cache
-T = TypeVar("T", "VectorIndex", ExactIndex)
+T = TypeVar("T")
 
 
 class Collection:
@@ -51,12 +73,27 @@ class Collection:
         self._vectors: dict[str, VectorIndex] = {}
         self._exact: dict[str, ExactIndex] = {}  # flat copies a reader searches (searcher)
         self.rebuilt: list[str] = []  # kinds whose FAISS file was stale and rebuilt from store
+        # nothing may be written: no lock, no saved index, no thumbnail cache
+        self.read_only = store.read_only
 
     @classmethod
     def open(cls, directory: Path, ann: AnnConfig | None = None) -> Collection:
-        directory.mkdir(parents=True, exist_ok=True)
-        url = os.environ.get(ENV_STORE_URL) or f"sqlite:///{directory / STORE_FILE}"
-        return cls(directory, Store(url), ann)
+        """The collection in `directory`, created if missing. One the user cannot write is
+        opened read-only (see the module docstring)."""
+        if not directory.is_dir():
+            with _file_errors(directory):
+                directory.mkdir(parents=True)
+        env_url = os.environ.get(ENV_STORE_URL)
+        url = env_url or f"sqlite:///{directory / STORE_FILE}"
+        try:
+            store = Store(url, read_only=not _writable(directory))
+        except BadStoreUrl as err:
+            if not env_url:
+                raise
+            raise BadStoreUrl(f"{ENV_STORE_URL}={env_url!r}: {err.reason}: set it to a "
+                              f"SQLAlchemy URL such as sqlite:////abs/path/store.db, or unset "
+                              f"it", env_url, err.reason) from None
+        return cls(directory, store, ann)
 
     def close(self) -> None:
         self.store.close()
@@ -65,20 +102,45 @@ class Collection:
         return self.store.model()
 
     def bind_model(self, record: ModelRecord) -> None:
-        """Record the collection's model, or refuse one that differs from the recorded."""
+        """Record the collection's model, or refuse one that is not the recorded (see
+        `check_model`). A store made before fingerprints records the first one it is given."""
+        current = self.store.model()
+        if current is None or (current.fingerprint is None and _names(current) == _names(record)
+                               and current.dim == record.dim):
+            self.store.set_model(record)
+        else:
+            self.check_model(record)
+
+    def check_model(self, record: ModelRecord) -> None:
+        """Refuse a model other than the one every stored vector was made with: another name
+        or weights, or the same names whose config or weights changed on disk since (another
+        dimension or fingerprint). Raised before anything is written or searched."""
         current = self.store.model()
         if current is None:
-            self.store.set_model(record)
-        elif (current.name, current.pretrained) != (record.name, record.pretrained):
+            return
+        if _names(current) != _names(record):
             raise ModelMismatch(
                 f"{self.directory} was built with {current.name} ({current.pretrained}), not "
                 f"{record.name} ({record.pretrained}): pass --reindex to re-encode everything "
                 f"with the new model, or use the index's model"
             )
+        if current.dim != record.dim or None not in (current.fingerprint, record.fingerprint) \
+                and current.fingerprint != record.fingerprint:
+            raise ModelMismatch(
+                f"{record.name} ({record.pretrained}) is no longer the model {self.directory} "
+                f"was built with: its config or weights changed on disk ({record.dim}-d, "
+                f"fingerprint {str(record.fingerprint)[:12]}; the index has {current.dim}-d, "
+                f"{str(current.fingerprint)[:12]}): restore them, or pass --reindex to "
+                f"re-encode everything with the changed model"
+            )
 
     @contextmanager
     def writing(self, wait: bool = False) -> Iterator[None]:
         """Hold the one-writer lock for the duration (released by the OS if the process dies)."""
+        if self.read_only:
+            raise IndexReadOnly(read_only_message(self.directory))
+        with _file_errors(self.directory):  # a full disk, a folder made read-only meanwhile
+            (self.directory / LOCK_FILE).touch()
         with open(self.directory / LOCK_FILE, "a+") as lock:
             flags = fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB
             try:
@@ -118,8 +180,9 @@ class Collection:
         if kind in self._vectors or gpu_visible():
             return self.vectors(kind)
         if kind not in self._exact:
-            exact = self._load_current(kind, lambda path, meta: ExactIndex.load(path)
-                                       if meta.get("mirror") else None)
+            path = self.directory / VECTOR_FILES[kind]
+            exact = self._load_current(kind, lambda meta: [p.name for p in mirror_paths(path)],
+                                       lambda: ExactIndex.load(path))
             if exact is None:
                 return self.vectors(kind)
             self._exact[kind] = exact
@@ -145,23 +208,31 @@ class Collection:
             index.remove(removed)
 
     def save(self) -> None:
-        """Persist the vector indexes, stamped with the store generation they mirror.
+        """Persist the vector indexes, stamped with the store generation they mirror and each
+        file's checksum. Indexes loaded (maybe changed) are saved, and saved ones that are
+        stale or damaged: a run that changed nothing still repairs them.
 
         Only the writer (holding `writing()`) calls this, after its last store write.
         """
         generation = self.store.generation()
-        for kind in list(self._vectors):
-            vectors = self._fit(kind)
-            path = self.directory / VECTOR_FILES[kind]
-            vectors.save(path)
-            mirror = vectors.kind == "flat"
-            if mirror:
-                save_mirror(path, *vectors.flat_arrays())
-            else:
-                remove_mirror(path)
-            with replacing(path.with_name(f"{path.name}.json")) as tmp:  # last: commits both
-                Path(tmp).write_text(json.dumps({"generation": generation,
-                                                 "count": len(vectors), "mirror": mirror}))
+        with _file_errors(self.directory):
+            for kind in KINDS:
+                if kind in self._vectors or not self._saved_current(kind):
+                    self.vectors(kind)
+                    self._save(kind, generation)
+
+    def _save(self, kind: str, generation: int) -> None:
+        vectors = self._fit(kind)
+        path = self.directory / VECTOR_FILES[kind]
+        checksums = {path.name: vectors.save(path)}
+        mirror = vectors.kind == "flat"
+        if mirror:
+            checksums.update(save_mirror(path, *vectors.flat_arrays()))
+        else:
+            remove_mirror(path)
+        with replacing(path.with_name(f"{path.name}.json")) as tmp:  # last: commits them all
+            Path(tmp).write_text(json.dumps({"generation": generation, "count": len(vectors),
+                                             "mirror": mirror, "checksums": checksums}))
 
     def _fit(self, kind: str) -> VectorIndex:
         """The index rebuilt as the type its size calls for (flat -> IVF as a corpus grows;
@@ -181,7 +252,9 @@ class Collection:
     def _load_or_rebuild(self, kind: str) -> VectorIndex:
         from index.vectors import VectorIndex
 
-        loaded = self._load_current(kind, lambda path, meta: VectorIndex.load(path))
+        path = self.directory / VECTOR_FILES[kind]
+        loaded = self._load_current(kind, lambda meta: [path.name],
+                                    lambda: VectorIndex.load(path))
         if loaded is not None:
             return loaded
         self.rebuilt.append(kind)
@@ -189,21 +262,67 @@ class Collection:
         dim = vecs.shape[1] if len(ids) else self._dim()
         return VectorIndex.from_vectors(dim, ids, vecs)
 
-    def _load_current(self, kind: str, load: Callable[[Path, dict], T | None]) -> T | None:
-        """What `load(path, meta)` reads of `kind`'s saved index, if the files mirror the store
-        as it is now (same generation, same count), else None."""
+    def _saved_current(self, kind: str) -> bool:
+        """Whether every file saved for `kind` is current and undamaged (read, not loaded)."""
+        path = self.directory / VECTOR_FILES[kind]
+
+        def files(meta: dict) -> list[str]:
+            mirror = [p.name for p in mirror_paths(path)] if meta.get("mirror") else []
+            return [path.name, *mirror]
+
+        return self._load_current(kind, files, lambda: True) is not None
+
+    def _load_current(
+        self, kind: str, files: Callable[[dict], list[str]], load: Callable[[], T]
+    ) -> T | None:
+        """What `load()` reads of `kind`'s saved index, if it mirrors the store as it is now
+        (same generation, same count) and the `files(meta)` it reads are the bytes saved (their
+        checksums match), else None."""
         path = self.directory / VECTOR_FILES[kind]
         try:
             meta = json.loads(path.with_name(f"{path.name}.json").read_text())
-            if meta.get("generation") != self.store.generation():
+            if not isinstance(meta, dict) or meta.get("generation") != self.store.generation() \
+                    or meta.get("count") != self.store.count_items(kind):
                 return None
-            loaded = load(path, meta)
+            checksums = meta.get("checksums")  # none: saved before checksums, not trusted
+            if not isinstance(checksums, dict):
+                return None
+            with ExitStack() as checked:
+                for name in files(meta):
+                    checked.enter_context(verified(path.with_name(name), checksums.get(name)))
+                return load()
         except (OSError, ValueError, RuntimeError):  # missing, torn or damaged: rebuild
             return None
-        if loaded is None or len(loaded) != self.store.count_items(kind):
-            return None
-        return loaded
 
     def _dim(self) -> int:
         record = self.store.model()
         return record.dim if record else 1
+
+
+def _writable(directory: Path) -> bool:
+    """Whether this user may write the index folder and its store (os.access: also False on
+    a read-only mount, even for root)."""
+    store = directory / STORE_FILE
+    return os.access(directory, os.W_OK) and (not store.exists() or os.access(store, os.W_OK))
+
+
+@contextmanager
+def _file_errors(directory: Path) -> Iterator[None]:
+    """A full disk or a read-only folder while writing index files, as one named error."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFull(f"the disk holding {directory} is full ({err.strerror}): free "
+                           f"space, then run `retriever index` again (what was committed is "
+                           f"kept)") from err
+        if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise IndexReadOnly(read_only_message(directory)) from err
+        if err.errno in (errno.EEXIST, errno.ENOTDIR):  # it, or a folder above it, is a file
+            raise UsageError(f"the index folder {directory} cannot be made ({err.strerror}: "
+                             f"a file is in the way): pass a folder path") from err
+        raise
+
+
+def _names(record: ModelRecord) -> tuple[str, str]:
+    return record.name, record.pretrained

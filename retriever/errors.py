@@ -58,3 +58,41 @@ class DatasetError(UsageError):
 
 class ImageError(RetrieverError):
     """One media file could not be decoded. Indexing reports it and goes on."""
+
+
+class TrainingDiverged(RetrieverError):
+    """Training produced a non-finite loss or weights; the run stops and writes no checkpoint."""
+
+    def __init__(self, step: int, epoch: int, lr: float, what: str) -> None:
+        super().__init__(step, epoch, lr, what)  # args rebuild it when it crosses processes
+        self.step, self.epoch, self.lr = step, epoch, lr
+        self.what = what  # what went non-finite, e.g. "the loss is nan"
+
+    def __str__(self) -> str:
+        return (f"training diverged at step {self.step} (epoch {self.epoch}): {self.what}; "
+                f"no checkpoint written: rerun with a lower --lr than {self.lr:g}, "
+                f"e.g. {self.lr / 10:g}")
+
+
+class StoreError(RetrieverError):
+    """The index's SQLite store cannot be opened or written (and none of the cases below)."""
+
+
+class StoreDamaged(StoreError):
+    """store.db is not a sound SQLite database (truncated, overwritten, corrupt pages)."""
+
+
+class DiskFull(StoreError):
+    """The disk holding the index is full (SQLite or a saved vector index could not write)."""
+
+
+class IndexReadOnly(StoreError):
+    """The index folder cannot be written: searching works, indexing does not."""
+
+
+class BadStoreUrl(UsageError):
+    """A store URL (RETRIEVER_STORE_URL) SQLAlchemy cannot parse, or whose driver is missing."""
+
+    def __init__(self, message: str, url: str, reason: str) -> None:
+        super().__init__(message)
+        self.url, self.reason = url, reason

@@ -6,7 +6,9 @@ their captions among their k most similar texts. Median rank is 1-based; for ima
 the best rank among the image's captions.
 
 Ties count against the query: a wrong candidate scoring the same as the correct one ranks ahead
-of it, so a collapsed model (all embeddings equal) scores R@1 = 0, not 1.
+of it, so a collapsed model (all embeddings equal) scores R@1 = 0, not 1. A non-finite score
+(NaN or inf, from a diverged model's vectors) is the worst score: a correct candidate scored
+NaN ranks behind every wrong one, so a model emitting NaN scores R@1 = 0 as well.
 """
 
 from __future__ import annotations
@@ -47,11 +49,13 @@ def _ranks(
     ranks = np.empty(len(queries), dtype=np.float64)
     for start in range(0, len(queries), QUERY_CHUNK):
         rows = slice(start, start + QUERY_CHUNK)
-        scores = queries[rows] @ candidates.T  # (q, candidates)
+        with np.errstate(invalid="ignore", over="ignore"):  # broken vectors: scored below
+            scores = queries[rows] @ candidates.T  # (q, candidates)
+        scores = np.where(np.isfinite(scores), scores, -np.inf)  # NaN or inf: the worst score
         correct = query_ids[rows, None] == candidate_ids[None, :]  # (q, candidates)
         best = np.where(correct, scores, -np.inf).max(axis=1, initial=-np.inf)  # (q,)
         ahead = ((scores >= best[:, None]) & ~correct).sum(axis=1)  # (q,): wrong ones, ties too
-        ranks[rows] = np.where(np.isneginf(best), np.inf, 1 + ahead)
+        ranks[rows] = np.where(correct.any(axis=1), 1 + ahead, np.inf)
     return ranks
 
 

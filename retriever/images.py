@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import io
-import warnings
+import struct
 from datetime import datetime
 from pathlib import Path
+from typing import BinaryIO
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -14,18 +15,22 @@ from retriever.errors import ImageError
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 # Pixel cap against decompression bombs; a 100-megapixel photo still opens.
 DEFAULT_MAX_PIXELS = 100_000_000
+# PIL's own cap (a warning over 89.5 MP, an error over twice that, at open) would refuse images
+# under ours, whatever `max_pixels` says. Ours is checked in decode_image from the header,
+# before any pixel is decoded; every image retriever opens goes through this module.
+Image.MAX_IMAGE_PIXELS = None
 EXIF_IFD = 0x8769  # the Exif sub-IFD, where DateTimeOriginal lives
 DATE_TIME_ORIGINAL = 36867
 DATE_TIME = 306  # IFD0: when the file was last changed by the camera or an editor
 
 
-def open_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def open_image(path: Path | BinaryIO, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Decode `path` fully into an RGB image with EXIF orientation applied (see decode_image)."""
     return decode_image(path, max_pixels)[0]
 
 
-def decode_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int | None = None
-                 ) -> tuple[Image.Image, tuple[int, int]]:
+def decode_image(path: Path | BinaryIO, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 min_side: int | None = None) -> tuple[Image.Image, tuple[int, int]]:
     """Decode `path` (a file or a binary file object) into an RGB image with EXIF orientation
     applied, and the image's own (width, height), upright.
 
@@ -33,29 +38,26 @@ def decode_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int
     and a fair downscale) as long as its short side stays >= `min_side`. Animated files give
     their first frame. Raises `ImageError` naming the file and the reason.
     """
+    name = path if isinstance(path, Path) else getattr(path, "name", path)  # an open file's path
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                width, height = im.size
-                if width * height > max_pixels:
-                    raise ImageError(
-                        f"{path}: {width}x{height} exceeds the {max_pixels}-pixel cap"
-                    )
-                if min_side and im.format == "JPEG" and min(width, height) >= 2 * min_side:
-                    scale = min_side / min(width, height)
-                    im.draft("RGB", (int(width * scale + 1), int(height * scale + 1)))
-                im.seek(0)  # animated GIF/WebP: first frame
-                im.load()
-                upright = ImageOps.exif_transpose(im)
-                if upright.size != im.size:  # turned by 90 degrees
-                    width, height = height, width
-                return _to_rgb(upright), (width, height)
+        with Image.open(path) as im:
+            width, height = im.size
+            if width * height > max_pixels:
+                raise ImageError(f"{name}: {width}x{height} exceeds the {max_pixels}-pixel cap")
+            if min_side and im.format == "JPEG" and min(width, height) >= 2 * min_side:
+                scale = min_side / min(width, height)
+                im.draft("RGB", (int(width * scale + 1), int(height * scale + 1)))
+            im.seek(0)  # animated GIF/WebP: first frame
+            im.load()
+            upright = ImageOps.exif_transpose(im)
+            if upright.size != im.size:  # turned by 90 degrees
+                width, height = height, width
+            return _to_rgb(upright), (width, height)
     except ImageError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning,
-            OSError, ValueError, SyntaxError) as err:
-        raise ImageError(f"{path}: not a readable image ({_reason(err)})") from err
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, EOFError, ValueError,
+            SyntaxError, struct.error, IndexError, ZeroDivisionError) as err:
+        raise ImageError(f"{name}: not a readable image ({_reason(err)})") from err
 
 
 def thumbnail_bytes(path: Path, size: int, format: str = "JPEG") -> bytes:
@@ -67,15 +69,17 @@ def thumbnail_bytes(path: Path, size: int, format: str = "JPEG") -> bytes:
     return buffer.getvalue()
 
 
-def taken_at(path: Path) -> float | None:
+def taken_at(path: Path | BinaryIO) -> float | None:
     """When the photo was taken (EXIF DateTimeOriginal, else DateTime) as unix time, read from
-    the header alone; None without a usable date. Camera clocks have no zone: local time."""
+    the header alone; None without a usable date. Camera clocks have no zone: local time.
+    A header that claims any size is fine here: no pixel is decoded."""
     try:
         with Image.open(path) as im:
             exif = im.getexif()
             raw = exif.get_ifd(EXIF_IFD).get(DATE_TIME_ORIGINAL) or exif.get(DATE_TIME)
         return datetime.strptime(str(raw).strip("\x00 "), "%Y:%m:%d %H:%M:%S").timestamp()
-    except (OSError, ValueError, SyntaxError, TypeError, UnidentifiedImageError):
+    except (OSError, EOFError, ValueError, SyntaxError, TypeError, struct.error, IndexError,
+            UnidentifiedImageError, Image.DecompressionBombError):
         return None
 
 

@@ -104,11 +104,25 @@ def load_model(spec: ModelSpec, device: torch.device | None = None) -> LoadedMod
     return _load_tag(arch, pretrained, device)
 
 
+def model_fingerprint(loaded: LoadedModel) -> str:
+    """sha256 of the architecture config and every weight: two models with one fingerprint
+    make the same vectors. An index records it, so a config or weights file edited in place
+    (same name, same path) is refused instead of mixing two spaces. ~0.4 s for ViT-B-32."""
+    digest = hashlib.sha256(json.dumps(loaded.config, sort_keys=True).encode())
+    for name, tensor in sorted(loaded.model.state_dict().items()):
+        data = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{data.dtype}:{tuple(data.shape)}".encode())
+        digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def save_checkpoint(path: Path, loaded: LoadedModel, extra: dict[str, Any] | None = None) -> None:
     """Write a self-describing checkpoint: architecture config, preprocessing and weights.
 
     Loadable with `torch.load(weights_only=True)`: only dicts, lists, numbers, strings, tensors.
-    Written to a temp file and renamed, so a crash never leaves half a checkpoint.
+    Written to a temp file and renamed, so a crash never leaves half a checkpoint. From then
+    on `loaded` is that checkpoint: its `model_id` names the file, so an index built with it
+    records the trained weights, not the weights training started from.
     """
     state = {k: v.detach().cpu() for k, v in loaded.model.state_dict().items()}
     payload = {
@@ -122,6 +136,7 @@ def save_checkpoint(path: Path, loaded: LoadedModel, extra: dict[str, Any] | Non
     }
     with replacing(path) as tmp:
         torch.save(payload, tmp)
+    loaded.model_id = ModelId(loaded.arch, str(path.resolve()))
 
 
 # --- resolution helpers -----------------------------------------------------------------------

@@ -6,7 +6,7 @@ One export is a folder (see `retriever.backends` for where it lives):
     textual.onnx + textual.onnx.data    text tower:  (n, L) int64 token ids -> (n, dim)
     tokenizer.json                      the CLIP BPE for `retriever.tokenizer`, no torch
     meta.json                           model id, dim, context length, pixel config
-    visual.int8.onnx                    only once `--backend onnx-int8` asked for it (quantize)
+    visual.int8-7bit.onnx               only once `--backend onnx-int8` asked for it (quantize)
 
 Weights sit in `.data` files beside each graph: ONNX Runtime maps them instead of copying them
 out of a protobuf, which makes a text-only session start in ~0.1 s instead of ~0.7 s and keeps
@@ -34,7 +34,7 @@ import open_clip
 import torch
 
 from retriever.errors import UsageError
-from retriever.models import LoadedModel
+from retriever.models import LoadedModel, model_fingerprint
 from retriever.ort_encoder import FORMAT, META, TEXTUAL, TOKENIZER, VISUAL, is_export
 from retriever.pixels import PixelConfig
 from retriever.tokenizer import tokenizer_json
@@ -115,6 +115,7 @@ def export(loaded: LoadedModel, directory: Path) -> Path:
         (work / TOKENIZER).write_text(tokenizer_json(simple.encoder, merges))
         meta = {"format": FORMAT, "model": loaded.model_id.name,
                 "pretrained": loaded.model_id.pretrained, "dim": loaded.dim,
+                "fingerprint": model_fingerprint(loaded),
                 "context_length": context, "variable_length": variable,
                 "pixels": pixels.to_json(), "opset": OPSET,
                 "torch": torch.__version__, "open_clip": open_clip.__version__}

@@ -20,9 +20,13 @@ from retriever.specs import ModelId
 from retriever.tokenizer import ClipTokenizer
 
 # The export folder's files (written by retriever.onnx_export)
-FORMAT = 1  # bump when the files change meaning: older exports are then made again
+# bump when the files change meaning: older exports are then made again. 2: meta.json has the
+# model's fingerprint
+FORMAT = 2
 META, TOKENIZER = "meta.json", "tokenizer.json"
-VISUAL, TEXTUAL, VISUAL_INT8 = "visual.onnx", "textual.onnx", "visual.int8.onnx"
+# visual.int8-7bit.onnx: the name changed with the 7-bit weights, so an 8-bit file made by an
+# older version is never used again
+VISUAL, TEXTUAL, VISUAL_INT8 = "visual.onnx", "textual.onnx", "visual.int8-7bit.onnx"
 
 
 def is_export(directory: Path) -> bool:
@@ -36,13 +40,14 @@ def is_export(directory: Path) -> bool:
 class OrtEncoder(Encoder):
     def __init__(self, directory: Path, batch_size: int = 64, int8: bool = False,
                  quick_start: bool = False) -> None:
-        """`int8`: use visual.int8.onnx for images. `quick_start`: skip weight prepacking, for
+        """`int8`: use the int8 image tower (`quantize`). `quick_start`: skip weight prepacking, for
         a one-off query: ViT-B-32's text session starts in ~0.09 s instead of ~0.23 s, and
         each run is slower (~22 ms instead of ~12 ms for a 5-word query)."""
         meta = json.loads((directory / META).read_text())
         self.directory = directory
         self.model_id = ModelId(meta["model"], meta["pretrained"])
         self.dim = int(meta["dim"])
+        self.fingerprint = str(meta["fingerprint"])
         self.context_length = int(meta["context_length"])
         self.variable_length = bool(meta["variable_length"])
         self.pixels = PixelConfig.from_json(meta["pixels"])
@@ -102,9 +107,14 @@ class OrtEncoder(Encoder):
 
 def quantize(directory: Path) -> Path:
     """`directory`/visual.int8.onnx: the image tower with int8 weights and dynamically quantised
-    activations in its matrix products (2.8x the fp32 image encoder on this repository's CPU,
-    bench/RESULTS.md; vectors within a cosine of ~1e-4 of fp32's on random weights). Made
-    once, atomically."""
+    uint8 activations in its matrix products (bench/RESULTS.md). Made once, atomically.
+
+    Weights use 7 bits ([-64, 63], ONNX Runtime's `reduce_range`). Without VNNI (AVX2, plain
+    AVX-512) ONNX Runtime multiplies u8 x s8 with VPMADDUBSW, which adds each pair of products
+    into a saturating int16: 2 x 255 x 127 = 64770 overflows it, and 8-bit weights gave vectors
+    at cosine 0.9865 of fp32 on an AVX2 CPU. 2 x 255 x 64 = 32640 fits, so every x86-64
+    kernel computes the exact integer product; VNNI (VPDPBUSD, 32-bit sums) loses nothing
+    either way. `max_pair_sum` checks the bound on a written file."""
     target = directory / VISUAL_INT8
     if target.is_file():
         return target
@@ -113,11 +123,30 @@ def quantize(directory: Path) -> Path:
     tmp = directory / f".{VISUAL_INT8}.{os.getpid()}"
     try:
         quantize_dynamic(directory / VISUAL, tmp, weight_type=QuantType.QInt8, per_channel=True,
-                         op_types_to_quantize=["MatMul", "Gemm"])
+                         reduce_range=True, op_types_to_quantize=["MatMul", "Gemm"])
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
     return target
+
+
+def max_pair_sum(model_path: Path) -> int:
+    """The largest |w[2i]| + |w[2i+1]| over adjacent int8 weights along the reduced axis of
+    any quantised matrix product in `model_path`, times 255 (the largest uint8 activation):
+    the largest pair sum VPMADDUBSW can meet. <= 32767: no x86-64 kernel saturates."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(model_path))
+    weights = {init.name: init for init in model.graph.initializer}
+    worst = 0
+    for node in model.graph.node:
+        if node.op_type != "MatMulInteger":
+            continue
+        w = numpy_helper.to_array(weights[node.input[1]]).astype(np.int32)  # (K, N) int8
+        w = np.abs(w[: len(w) // 2 * 2])
+        worst = max(worst, int((w[0::2] + w[1::2]).max()) * 255)
+    return worst
 
 
 def _normalized(x: np.ndarray) -> np.ndarray:

@@ -11,7 +11,9 @@ Sources:
 Relative image paths in a table resolve against the table's folder; COCO file names against
 `image_root` (default: the JSON's folder), as COCO keeps annotations and images apart. Rows
 naming the same image merge into one `Pair` with several captions. Images a source names but
-that do not exist are skipped and counted in `PairList.missing`.
+that do not exist are skipped and listed in `PairList.missing`. Empty or blank captions (a table
+cell, a COCO annotation, a sidecar with no text) are dropped and counted in
+`PairList.empty_captions`; images left with no caption are listed in `PairList.uncaptioned`.
 """
 
 from __future__ import annotations
@@ -38,11 +40,19 @@ class Pair:
 
 
 class PairList(list[Pair]):
-    """The pairs found, plus the images the source named that do not exist."""
+    """The pairs found, plus what the source named but could not give."""
 
-    def __init__(self, pairs: Iterable[Pair] = (), missing: Sequence[Path] = ()) -> None:
+    def __init__(
+        self,
+        pairs: Iterable[Pair] = (),
+        missing: Sequence[Path] = (),
+        empty_captions: int = 0,
+        uncaptioned: Sequence[Path] = (),
+    ) -> None:
         super().__init__(pairs)
-        self.missing = list(missing)
+        self.missing = list(missing)  # named images that do not exist
+        self.empty_captions = empty_captions  # blank captions dropped
+        self.uncaptioned = list(uncaptioned)  # existing images left out: every caption blank
 
 
 def load_pairs(
@@ -56,7 +66,7 @@ def load_pairs(
     if not source.exists():
         raise DatasetError(f"{source} does not exist: pass {FORMATS}")
     if source.is_dir():
-        pairs = PairList(_folder_pairs(source))
+        pairs = _folder_pairs(source)
         if not pairs:
             raise DatasetError(f"no captioned images in {source}: put each caption file beside "
                                f"its image (photo.jpg + photo.txt, one caption per line)")
@@ -97,7 +107,10 @@ def split_pairs(
 # --- folders ----------------------------------------------------------------------------------
 
 
-def _folder_pairs(root: Path) -> Iterator[Pair]:
+def _folder_pairs(root: Path) -> PairList:
+    """Images with a sidecar; a sidecar without text is an empty caption (blank lines between
+    captions are not)."""
+    pairs, uncaptioned = [], []
     for path in sorted(root.rglob("*")):
         if path.suffix.lower() not in IMAGE_SUFFIXES or _hidden(path, root):
             continue
@@ -107,7 +120,10 @@ def _folder_pairs(root: Path) -> Iterator[Pair]:
         lines = sidecar.read_text(errors="replace").splitlines()
         captions = _unique(line.strip() for line in lines)
         if captions:
-            yield Pair(path, captions)
+            pairs.append(Pair(path, captions))
+        else:
+            uncaptioned.append(path)
+    return PairList(pairs, empty_captions=len(uncaptioned), uncaptioned=uncaptioned)
 
 
 def _hidden(path: Path, root: Path) -> bool:
@@ -126,10 +142,14 @@ def _table_pairs(path: Path, image_col: str, caption_col: str) -> PairList:
 
 
 def _existing(source: Path, root: Path, captions: dict[Path, list[str]]) -> PairList:
-    """Pairs whose image exists, in `captions` order; the others listed as missing."""
+    """Pairs whose image exists, in `captions` order; the others listed as missing. Blank
+    captions are dropped and counted."""
+    empty = sum(1 for texts in captions.values() for t in texts if not t)
     pairs = [Pair(image, _unique(texts)) for image, texts in captions.items()]
     found = PairList((p for p in pairs if p.captions and p.image.is_file()),
-                     missing=[p.image for p in pairs if not p.image.is_file()])
+                     missing=[p.image for p in pairs if not p.image.is_file()],
+                     empty_captions=empty,
+                     uncaptioned=[p.image for p in pairs if not p.captions and p.image.is_file()])
     if not found:
         reason = (f"none of its {len(found.missing)} images exist (paths are relative to "
                   f"{root})" if found.missing else "it has no image with a caption")
@@ -138,7 +158,7 @@ def _existing(source: Path, root: Path, captions: dict[Path, list[str]]) -> Pair
 
 
 def _rows(path: Path, image_col: str, caption_col: str) -> Iterator[tuple[str, list[str]]]:
-    """(image path as written, captions) per row."""
+    """(image path as written, captions) per row; a blank caption is kept as ""."""
     delimiter = TABLE_SUFFIXES[path.suffix.lower()]
     records = _csv_records(path, delimiter) if delimiter else _jsonl_records(path)
     for line, record in records:
@@ -148,7 +168,7 @@ def _rows(path: Path, image_col: str, caption_col: str) -> Iterator[tuple[str, l
             raise DatasetError(f"{path}:{line}: empty or non-text {image_col!r}: "
                                f"give every row an image path")
         texts = caption if isinstance(caption, list) else [caption]
-        yield image.strip(), [str(t).strip() for t in texts if t is not None and str(t).strip()]
+        yield image.strip(), ["" if t is None else str(t).strip() for t in texts]
 
 
 def _csv_records(path: Path, delimiter: str) -> Iterator[tuple[int, dict]]:

@@ -11,6 +11,9 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
+
+from retriever.media import open_regular
 
 # Documents larger than this are read up to the cap (a log file dropped into a photo folder
 # must not take the run down); change it with `--max-text-bytes`.
@@ -24,10 +27,14 @@ class Passage:
     text: str
 
 
-def read_text(path: Path, max_bytes: int = DEFAULT_MAX_TEXT_BYTES) -> str:
-    """UTF-8 text of `path` (up to `max_bytes`); bytes that are not UTF-8 become U+FFFD."""
-    with open(path, "rb") as fh:
-        raw = fh.read(max_bytes)
+def read_text(source: Path | BinaryIO, max_bytes: int = DEFAULT_MAX_TEXT_BYTES) -> str:
+    """UTF-8 text of `source` (a regular file's path, or an open file), up to `max_bytes`;
+    bytes that are not UTF-8 become U+FFFD. Raises OSError."""
+    if isinstance(source, Path):
+        with open_regular(source) as fh:
+            raw = fh.read(max_bytes)
+    else:
+        raw = source.read(max_bytes)
     return raw.decode("utf-8", errors="replace")
 
 

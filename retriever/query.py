@@ -12,8 +12,9 @@ ids become a FAISS id selector (evaluated inside the index, not by scanning rows
 
 from __future__ import annotations
 
+import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,6 +29,11 @@ if TYPE_CHECKING:  # Query and Result are on the CLI's path to a running server:
     from retriever.encoders import Encoder
 
 TARGETS = {"images": (IMAGE,), "texts": (TEXT,), "all": (IMAGE, TEXT)}
+MAX_ID = 2**63 - 1  # item ids are SQLite integers
+# A query is cut to this many characters per context token before tokenizing: a BPE token
+# covers at least one character, so this keeps every token the model can see unless the text
+# is mostly whitespace, and a 20 MB query costs what a page does.
+CHARS_PER_TOKEN = 32
 
 
 @dataclass(frozen=True)
@@ -48,8 +54,12 @@ class Term:
             raise UsageError(f"query image {self.image} does not exist: pass an image file")
         if self.text is not None and not self.text.strip():
             raise UsageError("the query text is empty: say what to look for")
-        if self.weight <= 0:
-            raise UsageError(f"weight {self.weight} must be positive (use --sub to subtract)")
+        if self.item is not None and not -MAX_ID <= self.item <= MAX_ID:
+            raise UsageError(f"item {self.item} is not an item id: pass an id from a search "
+                             f"result")
+        if not math.isfinite(self.weight) or self.weight <= 0:
+            raise UsageError(f"weight {self.weight} must be positive and finite (use --sub "
+                             f"to subtract)")
 
 
 @dataclass(frozen=True)
@@ -76,6 +86,9 @@ class Query:
             raise UsageError(f"unknown target {self.target!r}: use images, texts or all")
         if self.k < 1:
             raise UsageError(f"-k must be at least 1, not {self.k}")
+        if self.min_score is not None and not math.isfinite(self.min_score):
+            raise UsageError(f"--min-score must be a number between -1 and 1, not "
+                             f"{self.min_score}")
         for term in (self.main, *self.add, *self.sub):
             term.check()
         if self.after is not None and self.before is not None and self.after >= self.before:
@@ -123,8 +136,11 @@ def open_encoder(
                 )
     from retriever.backends import open_encoder as open_backend
 
-    return open_backend(ModelId(record.name, record.pretrained), backend, collection.directory,
-                        batch_size, quick_start)
+    encoder = open_backend(ModelId(record.name, record.pretrained), backend,
+                           collection.directory, batch_size, quick_start)
+    # the files behind the recorded names may have changed since: same names, another model
+    collection.check_model(replace(record, dim=encoder.dim, fingerprint=encoder.fingerprint))
+    return encoder
 
 
 def search(collection: Collection, encoder: Encoder, query: Query) -> list[Result]:
@@ -132,8 +148,11 @@ def search(collection: Collection, encoder: Encoder, query: Query) -> list[Resul
     vector = query_vector(collection, encoder, query)  # (1, dim)
     hits: list[tuple[float, int]] = []
     for kind in TARGETS[query.target]:
-        allowed = _allowed(collection, kind, query)
-        scores, ids = collection.searcher(kind).search(vector, query.k, allowed)
+        searcher = collection.searcher(kind)
+        k = min(query.k, len(searcher))  # FAISS allocates k results up front
+        if k == 0:
+            continue
+        scores, ids = searcher.search(vector, k, _allowed(collection, kind, query))
         hits += [(float(s), int(i)) for s, i in zip(scores[0], ids[0], strict=True) if i >= 0]
     hits = sorted(hits, reverse=True)[: query.k]
     if query.min_score is not None:
@@ -152,9 +171,16 @@ def query_vector(collection: Collection, encoder: Encoder, query: Query) -> np.n
 
     total = np.zeros(encoder.dim, dtype=np.float64)
     parts = [(query.main, 1.0), *((t, 1.0) for t in query.add), *((t, -1.0) for t in query.sub)]
+    # only the weights' ratios matter (the sum is renormalised): scaled to at most 1, any
+    # finite weights (1e308 too) add up without overflow
+    largest = max(term.weight for term, _ in parts)
     for term, sign in parts:
-        total += sign * term.weight * _embed(collection, encoder, term)
+        vector = _embed(collection, encoder, term).astype(np.float64)
+        total += sign * (term.weight / largest) * vector
     norm = np.linalg.norm(total)
+    if not np.isfinite(norm):
+        raise UsageError("the query vector is not finite: a stored or encoded vector holds "
+                         "NaN or inf; re-index with a sound model")
     if norm < 1e-6:
         raise UsageError("the positive and negative parts cancel out: change a weight")
     return (total / norm).astype(np.float32)[None, :]
@@ -172,7 +198,8 @@ def _embed(collection: Collection, encoder: Encoder, term: Term) -> np.ndarray:
 
         # decoded like indexed images are, so an indexed photo finds itself at score 1
         return encoder.encode_pixels(load_pixels(term.image, encoder.pixels).data[None])[0]
-    return encoder.encode_texts([term.text or ""])[0]
+    text = (term.text or "")[: CHARS_PER_TOKEN * encoder.context_length]  # see CHARS_PER_TOKEN
+    return encoder.encode_texts([text])[0]
 
 
 def _allowed(collection: Collection, kind: str, query: Query) -> np.ndarray | None:

@@ -5,6 +5,11 @@ While a server accepts connections on a loopback address it names itself in
 (retriever.server.announce). Its model and FAISS indexes are loaded, so a search it answers
 takes milliseconds where a cold CLI spends seconds importing torch and loading them.
 
+serve.json is a file anyone who can write into the index folder can plant, so it is trusted only
+when it is this user's file and names a loopback address (an IP, not a name) on which the live,
+running process it names, also this user's, holds the listening socket (read from /proc on
+Linux). Anything else is ignored and the search runs here: no query leaves for another address.
+
 Anything short of an answer (refused, no reply, not JSON, a 5xx, a query the API cannot carry)
 raises `ServerUnavailable`, and the CLI searches locally. An error the server gives
 ({"error": "one line", "type": "ItemNotFound"}, a 4xx) is raised as that library error.
@@ -15,6 +20,7 @@ Stdlib and retriever.errors only: this module is on the cold path of every `retr
 from __future__ import annotations
 
 import http.client
+import ipaddress
 import json
 import os
 import secrets
@@ -43,13 +49,57 @@ def find_server(index_dir: Path) -> str | None:
 
     Whether it answers is found by asking (`remote_search` raises `ServerUnavailable`)."""
     try:
-        found = json.loads((index_dir / SERVE_FILE).read_text())
+        with open(index_dir / SERVE_FILE, "rb") as file:
+            if os.fstat(file.fileno()).st_uid != os.geteuid():  # planted by another user
+                return None
+            found = json.loads(file.read(64 * 1024))
         url, pid, directory = found["url"], found["pid"], found["directory"]
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return None
     if directory != str(index_dir.resolve()):  # a copied index folder took the file along
         return None
-    return url if isinstance(url, str) and _running(pid) else None
+    address = _loopback(url)
+    if address is None or not _running(pid) or not _listens(pid, *address):
+        return None
+    return str(url)
+
+
+def _loopback(url: object) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int] | None:
+    """(ip, port) of `http://IP:PORT` with a loopback IP; None for anything else."""
+    if not isinstance(url, str):
+        return None
+    try:
+        parts = urlsplit(url)
+        ip, port = ipaddress.ip_address(parts.hostname or ""), parts.port
+    except ValueError:  # a host name, or a port that is not one
+        return None
+    if parts.scheme != "http" or parts.username or parts.path not in ("", "/") or port is None:
+        return None
+    return (ip, port) if ip.is_loopback else None
+
+
+def _listens(pid: int, ip: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int) -> bool:
+    """Whether process `pid` holds the socket listening on ip:port (Linux: /proc/PID/net/tcp
+    lists the listening sockets' inodes, /proc/PID/fd the process's). Elsewhere: True."""
+    if not Path("/proc/self/net/tcp").exists():
+        return True
+    table = Path(f"/proc/{pid}/net/tcp6" if ip.version == 6 else f"/proc/{pid}/net/tcp")
+    try:
+        rows = [line.split() for line in table.read_text().splitlines()[1:]]
+        inodes = {f"socket:[{row[9]}]" for row in rows
+                  if row[3] == "0A" and _address(row[1]) == (ip, port)}  # 0A: LISTEN
+        return bool(inodes) and any(os.readlink(f"/proc/{pid}/fd/{fd}") in inodes
+                                    for fd in os.listdir(f"/proc/{pid}/fd"))
+    except (OSError, IndexError, ValueError):
+        return False
+
+
+def _address(field: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]:
+    """/proc/net/tcp's "0100007F:1F90": 32-bit words in host order (little-endian), hex port."""
+    hex_ip, hex_port = field.split(":")
+    raw = bytes.fromhex(hex_ip)
+    words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    return ipaddress.ip_address(words), int(hex_port, 16)
 
 
 def request_for(query: Query) -> tuple[dict[str, Any], Path | None]:
@@ -95,7 +145,15 @@ def _running(pid: Any) -> bool:
         return False
     try:
         os.kill(pid, 0)
-    except OSError:  # ProcessLookupError: gone; PermissionError: another user's, not ours
+    except (OSError, OverflowError):  # gone; PermissionError: another user's, not ours
+        return False
+    try:  # root may signal anyone: the owner must be this user still
+        if os.stat(f"/proc/{pid}").st_uid != os.geteuid():
+            return False
+    except FileNotFoundError:
+        if Path("/proc/self").exists():
+            return False
+    except OSError:
         return False
     try:  # Linux: "pid (name) S ..." where T / t is stopped; elsewhere assume running
         state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import base64
 import html
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from index.atomic import replacing
-from retriever.errors import ImageError
+from retriever.errors import ImageError, UsageError
 from retriever.images import thumbnail_bytes
 from retriever.query import Result
 
@@ -31,11 +32,32 @@ body {{ font: 14px system-ui, sans-serif; margin: 1.5em; background: #fafafa; }}
 """
 
 
+def check_target(path: Path) -> None:
+    """`UsageError` unless a page can be written at `path` (missing folders are made)."""
+    if path.is_dir():
+        raise UsageError(f"--html {path} is a folder: pass a file name such as results.html")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path.parent):  # what `replacing` will need
+            pass
+    except OSError as error:
+        raise _unwritable(path, error) from None
+
+
+def _unwritable(path: Path, error: OSError) -> UsageError:
+    return UsageError(f"--html {path}: cannot write it ({error.strerror}): pass a file in a "
+                      f"folder you can write")
+
+
 def write_html(results: Sequence[Result], path: Path, title: str) -> Path:
+    check_target(path)
     cards = "\n".join(_card(r) for r in results)
     page = PAGE.format(title=html.escape(title), count=len(results), cards=cards)
-    with replacing(path) as tmp:
-        Path(tmp).write_text(page, encoding="utf-8")
+    try:
+        with replacing(path) as tmp:
+            Path(tmp).write_text(page, encoding="utf-8")
+    except OSError as error:  # read-only folder, /proc, a full disk
+        raise _unwritable(path, error) from None
     return path
 
 

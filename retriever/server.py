@@ -23,6 +23,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import math
+import mimetypes
 import os
 import re
 import socket
@@ -32,7 +33,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, BinaryIO
 
 import uvicorn
 from starlette.applications import Starlette
@@ -42,7 +43,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Message
 
@@ -60,7 +61,7 @@ from retriever.errors import (
 )
 from retriever.query import Query, Result, Term, parse_date, search
 from retriever.remote import SERVE_FILE
-from retriever.thumbnails import DEFAULT_SIZE, indexed_file, thumbnail
+from retriever.thumbnails import CHUNK, DEFAULT_SIZE, open_indexed, thumbnail
 
 WEB = Path(__file__).parent / "web"
 ASSETS = {"/": ("index.html", "text/html"), "/app.js": ("app.js", "text/javascript"),
@@ -96,6 +97,7 @@ STATUS: tuple[tuple[type[RetrieverError], int], ...] = (
 @dataclass(frozen=True)
 class ServerSettings:
     max_upload_bytes: int = 20 * 1024 * 1024  # a phone photo is 2-10 MB; larger gets 413
+    max_json_bytes: int = 1024 * 1024  # a JSON search: words and terms; larger gets 413
     max_k: int = 1000  # FAISS allocates k slots per query up front: cap what a URL can ask for
     thumbnail_size: int = DEFAULT_SIZE  # longest side of grid thumbnails, in pixels
     allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS  # Host headers answered (DNS rebinding)
@@ -138,9 +140,15 @@ class Live:
             yield self.collection
 
 
+def check_port(port: int) -> None:
+    if not 0 <= port <= 65535:
+        raise UsageError(f"--port {port} is not a TCP port: pass 0-65535 (0: any free one)")
+
+
 def listen(host: str, port: int) -> socket.socket:
     """A socket bound to host:port. Binding here, not in uvicorn, turns a port in use into
     one line (uvicorn logs it and exits with 3, which the CLI keeps for a busy index)."""
+    check_port(port)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # IPPROTO_TCP spelled out: asyncio turns Nagle's algorithm off (TCP_NODELAY) only for
     # sockets whose proto says TCP; with proto 0 each keep-alive answer waited ~40 ms for an ACK
@@ -148,9 +156,10 @@ def listen(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # restart without a wait
     try:
         sock.bind((host, port))
-    except OSError as error:
+    except (OSError, ValueError, TypeError) as error:  # the last two: not a host name
         sock.close()
-        raise UsageError(f"cannot listen on {host}:{port} ({error.strerror}): pass another "
+        reason = getattr(error, "strerror", None) or "not an address"
+        raise UsageError(f"cannot listen on {host}:{port} ({reason}): pass another "
                          f"--port or --host") from None
     return sock
 
@@ -258,26 +267,34 @@ class Api:
         return self._search(self._query(request.query_params, FIELDS))
 
     async def search_post(self, request: Request) -> JSONResponse:
-        request = _capped(request, self.settings.max_upload_bytes)
         content_type = request.headers.get("content-type", "")
         if content_type.startswith("multipart/form-data"):
+            request = _capped(request, self.settings.max_upload_bytes, "send a smaller image")
             return await self._search_upload(request)
         if content_type.startswith("application/json"):
+            request = _capped(request, self.settings.max_json_bytes, "send a shorter query")
             query = self._query(await _json_object(request), JSON_FIELDS)
             return await run_in_threadpool(self._search, query)
         raise UsageError("POST a JSON object (Content-Type: application/json), or "
                          "multipart/form-data with an image file in the 'image' field")
 
-    def thumbnail(self, request: Request) -> FileResponse:
+    def thumbnail(self, request: Request) -> Response:
         # No lock: reading the store is thread-safe, and a collection being replaced by a
         # newer one (Live.current) stays usable.
         item = _whole(request.path_params["item"], "item")
-        path = thumbnail(self.live.collection, item, self.settings.thumbnail_size)
-        return FileResponse(path, media_type="image/jpeg", headers=THUMB_HEADERS)
+        made = thumbnail(self.live.collection, item, self.settings.thumbnail_size)
+        if isinstance(made, bytes):  # not cached: the index folder is read-only
+            return Response(made, media_type="image/jpeg", headers=THUMB_HEADERS)
+        return FileResponse(made, media_type="image/jpeg", headers=THUMB_HEADERS)
 
-    def file(self, request: Request) -> FileResponse:
-        _, path = indexed_file(self.live.collection, _whole(request.path_params["item"], "item"))
-        return FileResponse(path, headers=FILE_HEADERS)
+    def file(self, request: Request) -> StreamingResponse:
+        """The checked, open file (retriever.thumbnails.open_indexed), not its path reopened."""
+        view, handle = open_indexed(self.live.collection,
+                                    _whole(request.path_params["item"], "item"))
+        size = os.fstat(handle.fileno()).st_size
+        media_type = mimetypes.guess_type(view.path)[0] or "application/octet-stream"
+        return StreamingResponse(_chunks(handle), media_type=media_type,
+                                 headers={**FILE_HEADERS, "Content-Length": str(size)})
 
     async def _search_upload(self, request: Request) -> JSONResponse:
         async with request.form(max_files=1, max_fields=len(FIELDS)) as form:
@@ -324,6 +341,12 @@ def _row(result: Result) -> dict:
     return {**result.to_json(), **urls}
 
 
+def _chunks(handle: BinaryIO) -> Iterator[bytes]:
+    with handle:
+        while chunk := handle.read(CHUNK):
+            yield chunk
+
+
 def _asset(name: str, media_type: str) -> Any:
     async def endpoint(request: Request) -> Response:
         return FileResponse(WEB / name, media_type=media_type, headers=PAGE_HEADERS)
@@ -331,10 +354,10 @@ def _asset(name: str, media_type: str) -> Any:
     return endpoint
 
 
-def _capped(request: Request, limit: int) -> Request:
+def _capped(request: Request, limit: int, fix: str) -> Request:
     """The same request, refusing (413) a body over `limit` bytes, declared or streamed."""
     shown = f"{limit // 2**20} MB" if limit >= 2**20 else f"{limit // 1024} kB"
-    too_large = f"the upload is over the {shown} limit: send a smaller image"
+    too_large = f"the upload is over the {shown} limit: {fix}"
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise UploadTooLarge(too_large)
@@ -356,6 +379,9 @@ async def _json_object(request: Request) -> dict:
         body = json.loads(await request.body())
     except (ValueError, UnicodeDecodeError) as error:
         raise UsageError(f"the request body is not valid JSON: {error}") from None
+    except RecursionError:  # [[[[...]]]] nested deeper than the parser recurses
+        raise UsageError("the request body nests too deeply: send a flat JSON object of "
+                         "search parameters") from None
     if not isinstance(body, dict):
         raise UsageError("the request body must be a JSON object of search parameters")
     return body

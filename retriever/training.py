@@ -7,12 +7,17 @@ epoch and every `val_every` steps, and writes a checkpoint that
 the training curves (`<out>.curve.csv`, `<out>.curve.png`) and, until the run completes, the
 resumable state (`<out>.resume.pt`).
 
+A non-finite loss or weights stop the run at once with TrainingDiverged: no checkpoint, no
+resumable state; the curves up to that step stay for diagnosis.
+
 With `nproc` > 1, or when started by torchrun, the processes train as one (DDP): see
 retriever.distributed and retriever.train_step. Only rank 0 logs and writes files.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import random
 import sys
 import time
@@ -36,7 +41,7 @@ from retriever.datasets import (
     shard_urls,
 )
 from retriever.distributed import Group, all_sum, barrier, join, launch, launched, leave
-from retriever.errors import DatasetError, RetrieverError, UsageError
+from retriever.errors import DatasetError, RetrieverError, TrainingDiverged, UsageError
 from retriever.evaluation import SILENT, evaluate_pairs
 from retriever.losses import Objective
 from retriever.models import RANDOM, LoadedModel, ModelSpec, default_device, load_model
@@ -160,19 +165,15 @@ def train(
 
 
 def _check(cfg: TrainConfig) -> None:
+    """Refuse settings that cannot train, before any data is read or model loaded."""
+    _check_numbers(cfg)
+    _check_out(Path(cfg.out))
     if cfg.objective not in ("infonce", "distance"):
         raise UsageError(f"unknown objective {cfg.objective!r}: pass --objective infonce or "
                          f"--objective distance")
     if cfg.distance_weight and cfg.objective != "infonce":
         raise UsageError("--distance-weight adds to the infonce loss: use it with "
                          "--objective infonce, or drop it")
-    if not 0 <= cfg.warmup < 1:
-        raise UsageError(f"warmup {cfg.warmup} is a fraction of all steps: pass e.g. 0.1")
-    if cfg.epochs < 1 or cfg.batch_size < 2:
-        raise UsageError("training needs --epochs 1 or more and --batch-size 2 or more")
-    if cfg.grad_accum < 1 or cfg.nproc < 1:
-        raise UsageError("--grad-accum and --nproc count micro-batches and processes: pass 1 "
-                         "or more")
     if cfg.lock_image and cfg.lock_text:
         raise UsageError("--lock-image and --lock-text together leave nothing to train: "
                          "drop one")
@@ -182,6 +183,55 @@ def _check(cfg: TrainConfig) -> None:
     if cfg.nproc > 1 and torch.cuda.is_available() and cfg.nproc > torch.cuda.device_count():
         raise UsageError(f"--nproc {cfg.nproc} but this machine has "
                          f"{torch.cuda.device_count()} GPUs: pass at most that many")
+
+
+def _check_numbers(cfg: TrainConfig) -> None:
+    """Every numeric setting in its range; NaN fails every comparison, so it fails here."""
+    lr, spe = cfg.lr, cfg.samples_per_epoch
+    rules: list[tuple[str, object, bool, str]] = [  # flag, value, ok, what it must be
+        ("--lr", lr, lr is None or _positive(lr), "a positive finite number, e.g. 1e-4"),
+        ("--epochs", cfg.epochs, cfg.epochs >= 1, "1 or more"),
+        ("--batch-size", cfg.batch_size, cfg.batch_size >= 2,
+         "2 or more: each pair needs another as its negative"),
+        ("--grad-accum", cfg.grad_accum, cfg.grad_accum >= 1, "1 or more micro-batches"),
+        ("--nproc", cfg.nproc, cfg.nproc >= 1, "1 or more processes"),
+        ("--warmup", cfg.warmup, 0 <= cfg.warmup < 1, "a fraction of all steps, e.g. 0.1"),
+        ("--weight-decay", cfg.weight_decay, _positive(cfg.weight_decay, zero=True),
+         "0 or a positive finite number, e.g. 0.1"),
+        ("--val-fraction", cfg.val_fraction, 0 <= cfg.val_fraction < 1,
+         "a fraction of the images below 1, e.g. 0.1"),
+        ("--margin", cfg.margin, _positive(cfg.margin), "a positive finite distance, e.g. 1.2"),
+        ("--distance-weight", cfg.distance_weight, _positive(cfg.distance_weight, zero=True),
+         "0 or a positive finite number, e.g. 0.5"),
+        ("--val-every", cfg.val_every, cfg.val_every >= 0, "0 (off) or a number of steps"),
+        ("--save-every", cfg.save_every, cfg.save_every >= 0, "0 (off) or a number of steps"),
+        ("--num-workers", cfg.num_workers, cfg.num_workers >= 0, "0 or more"),
+        ("--samples-per-epoch", spe, spe is None or spe >= 1, "1 or more pairs"),
+    ]
+    for flag, value, ok, wanted in rules:
+        if not ok:
+            raise UsageError(f"{flag} {value}: must be {wanted}")
+
+
+def _positive(value: float, zero: bool = False) -> bool:
+    """A finite number above 0 (or at 0, with `zero`)."""
+    return math.isfinite(value) and (value > 0 or (zero and value == 0))
+
+
+def _check_out(out: Path) -> None:
+    """The checkpoint path is a file to be, in a folder this process may create or write."""
+    if out.is_dir():
+        raise UsageError(f"--out {out} is a folder: pass a checkpoint file, e.g. "
+                         f"{out / 'model.pt'}")
+    folder = out.parent
+    while not folder.exists() and folder != folder.parent:  # the folders the run will create
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UsageError(f"--out {out}: {folder} is a file, not a folder: pass a path in a "
+                         f"folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {out}: cannot write in {folder}: pass a path in a folder you "
+                         f"can write to")
 
 
 def _prepare(loaded: LoadedModel, cfg: TrainConfig, objective: Objective) -> None:
@@ -225,6 +275,10 @@ def _read_pairs(source: Path, cfg: TrainConfig, log: Callable[[str], None]) -> l
     pairs = load_pairs(source, cfg.image_col, cfg.caption_col, cfg.image_root)
     if pairs.missing:
         log(f"skipped {len(pairs.missing)} images named in {source} that do not exist")
+    if pairs.empty_captions:
+        skipped = (f" and skipped {len(pairs.uncaptioned)} images that had no other caption"
+                   if pairs.uncaptioned else "")
+        log(f"dropped {pairs.empty_captions} empty captions in {source}{skipped}")
     return list(pairs)
 
 
@@ -290,11 +344,15 @@ class _Run:
         else:
             self._end_epoch(0, self._validate())
         first_epoch = self.record.step // self.data.steps_per_epoch + 1
-        with self.progress.task("training", total=self.total_steps) as task:
-            task.advance(self.record.step)
-            for epoch in range(first_epoch, self.cfg.epochs + 1):
-                self._epoch(epoch, task)
-        return self._finish()
+        try:
+            with self.progress.task("training", total=self.total_steps) as task:
+                task.advance(self.record.step)
+                for epoch in range(first_epoch, self.cfg.epochs + 1):
+                    self._epoch(epoch, task)
+            return self._finish()
+        except TrainingDiverged:
+            self._abandon()
+            raise
 
     def _epoch(self, epoch: int, task: Task) -> None:
         record, cfg = self.record, self.cfg
@@ -327,10 +385,16 @@ class _Run:
         temperature = float(torch.exp(-self.stepper.module.logit_scale.detach()).item())
         self.curve.add_step(record.step, epoch, record.pairs, result.loss, result.terms,
                             temperature, lr)
+        if not math.isfinite(result.loss):  # the same summed loss in every process: all stop
+            raise TrainingDiverged(record.step, epoch, self.lr, f"the loss is {result.loss}")
 
     def _end_epoch(self, epoch: int, val: dict[str, Any]) -> None:
         record = self.record
-        unreadable = int(all_sum([record.epoch_unreadable], self.group)[0])
+        unreadable, broken = all_sum([record.epoch_unreadable, self._broken_weights()],
+                                     self.group)
+        if broken and epoch:  # an update can break the weights with a finite loss
+            raise TrainingDiverged(record.step, epoch, self.lr, "the weights are not finite")
+        unreadable = int(unreadable)
         stats = EpochStats(epoch, _mean(record.epoch_losses) if epoch else None, val,
                            record.epoch_seconds, unreadable)
         record.history.append(asdict(stats))
@@ -342,6 +406,10 @@ class _Run:
             self._save_state()
         elif self.group.is_main:
             self.curve.write()
+
+    def _broken_weights(self) -> int:
+        """1 when any parameter is NaN or infinite, else 0 (summed over processes by callers)."""
+        return int(not all(bool(torch.isfinite(p).all()) for p in self.stepper.module.parameters()))
 
     def _validate(self) -> dict[str, Any]:
         """Held-out recall, measured by rank 0 while the others wait."""
@@ -380,6 +448,13 @@ class _Run:
         self.record = _Record(**state.progress)
         self.curve.rows = list(self.record.curve)
         self.log(f"resumed from {path} at step {state.step}/{self.total_steps}")
+
+    def _abandon(self) -> None:
+        """After divergence: keep the curve up to it, and no resume state to continue it (its
+        settings, --lr included, would have to stay the same, and its weights may be broken)."""
+        if self.group.is_main:
+            self.curve.write(final=True)
+            run_file(self.cfg.out, "resume.pt").unlink(missing_ok=True)
 
     def _finish(self) -> TrainResult:
         self.loaded.model.eval()

@@ -58,8 +58,16 @@ def bad_files(root: Path) -> list[str]:
     (root / "loop-b.jpg").symlink_to(root / "loop-a.jpg")
     server = socket.socket(socket.AF_UNIX)
     server.bind(str(root / "socket.jpg"))  # a file that exists but cannot be opened
+    header = bytearray(good.read_bytes())  # plain.jpg's SOF0 says 20000x20000: a bomb's header
+    at = header.index(b"\xff\xc0") + 5
+    header[at:at + 4] = (20_000).to_bytes(2, "big") * 2
+    (root / "bomb-header.jpg").write_bytes(bytes(header))
+    os.mkfifo(root / "pipe.txt")  # reading it waits for a writer, forever
+    (root / "zero.txt").symlink_to("/dev/zero")  # never ends
+    (root / "passwd.txt").symlink_to("/etc/passwd")  # outside the indexed folder
     names = ["truncated.jpg", "corrupt.png", "empty.jpg", "text-named.jpg", "bomb.png",
-             "broken-link.jpg", "loop-a.jpg", "loop-b.jpg", "socket.jpg"]
+             "broken-link.jpg", "loop-a.jpg", "loop-b.jpg", "socket.jpg", "bomb-header.jpg",
+             "pipe.txt", "zero.txt", "passwd.txt"]
     if DROP_CAPS or os.geteuid() != 0:
         write_photo(root / "locked.jpg", (5, 5, 5)).chmod(0)
         (root / "locked-folder").mkdir()
@@ -90,6 +98,7 @@ def test_every_bad_file_is_reported_once_and_good_files_are_searchable(tmp_path)
     reported = [line for line in proc.stderr.splitlines() if line.startswith("skipped ")]
     assert len(reported) == len(bad)  # once each
     assert any("exceeds the 100000-pixel cap" in line for line in reported)
+    assert any("bomb-header.jpg: 20000x20000 exceeds" in line for line in reported)
 
     info = json.loads(subprocess.run([sys.executable, str(ROOT / "cli.py"), "info", "--db",
                                       str(db), "--json"], capture_output=True, text=True,

@@ -175,3 +175,45 @@ def test_an_image_without_captions_is_a_miss_for_image_to_text():
     got = retrieval_metrics(images, images[:2].copy(), np.array([0, 1]))
     assert got["image_to_text"]["R@10"] == pytest.approx(2 / 3)
     assert got["text_to_image"]["R@1"] == 1.0
+
+
+class ConstantEncoder(HashEncoder):
+    """Every image and text the same vector: a collapsed model, or a diverged one (NaN)."""
+
+    def __init__(self, value: float) -> None:
+        super().__init__()
+        self.value = value
+
+    def encode_images(self, images):
+        return np.full((len(images), self.dim), self.value, dtype=np.float32)
+
+    def encode_texts(self, texts):
+        return np.full((len(texts), self.dim), self.value, dtype=np.float32)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, 8 ** -0.5], ids=["nan", "inf", "ties"])
+def test_a_broken_or_collapsed_encoder_scores_zero_not_one(tmp_path, value):
+    paths = write_captioned_images(tmp_path, 4)
+    pairs = [Pair(p, tuple(p.with_suffix(".txt").read_text().split("\n")[:2])) for p in paths]
+
+    got = evaluate_pairs(ConstantEncoder(value), pairs)
+
+    for direction in ("text_to_image", "image_to_text"):
+        assert got[direction]["R@1"] == 0.0, direction
+    assert got["text_to_image"]["median_rank"] == 4.0  # behind every wrong image: last
+    assert got["image_to_text"]["median_rank"] == 7.0  # the best of 2 captions, behind 6 others
+
+
+def test_a_nan_score_ranks_last_and_never_ahead_of_a_finite_one():
+    images = np.eye(4, dtype=np.float32)
+    texts = images.copy()
+    texts[0] = np.nan  # caption 0's vector broke: its image must not count as found
+    images[3] = np.nan  # image 3 broke: it must not rank ahead of the others' images
+
+    got = retrieval_metrics(images, texts, np.arange(4))
+
+    # text->image: caption 0 ranks its image last (4), captions 1, 2 first, caption 3 last
+    assert got["text_to_image"]["R@1"] == pytest.approx(2 / 4)
+    assert got["text_to_image"]["median_rank"] == pytest.approx(2.5)
+    # image->text: image 0's caption is NaN (last), images 1 and 2 find theirs, image 3 is NaN
+    assert got["image_to_text"]["R@1"] == pytest.approx(2 / 4)

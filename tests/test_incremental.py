@@ -117,6 +117,22 @@ def test_changed_sidecar_updates_the_caption_without_encoding_the_image(run, lib
     assert collection.store.items(ids)[int(ids[0])].caption == "second caption, longer"
 
 
+def test_deleted_sidecar_clears_the_caption_without_encoding_the_image(run, library, tmp_path):
+    (library / "p03.txt").write_text("a caption that will be deleted")
+    (library / "p04.txt").write_text("a caption that stays")
+    run()
+    os.unlink(library / "p03.txt")
+    report = run()
+    assert (report.images, report.touched, report.removed, report.unchanged) == (0, 1, 1, 25)
+    collection = Collection.open(tmp_path / "index")
+    captions = {}
+    for name in ("p03.jpg", "p04.jpg"):
+        ids = collection.store.item_ids_where("image", str(library / name))
+        captions[name] = collection.store.items(ids)[int(ids[0])].caption
+    assert captions == {"p03.jpg": None, "p04.jpg": "a caption that stays"}
+    assert run().touched == 0  # noticed once: the next run has nothing to clear
+
+
 def test_a_second_writer_is_refused_with_one_line(tmp_path):
     first = Collection.open(tmp_path / "index")
     second = Collection.open(tmp_path / "index")

@@ -32,6 +32,7 @@ def test_folder_reads_sidecar_lines_recursively(tmp_path):
     assert pairs == [Pair(a, ("a red square", "the same, reworded")),
                      Pair(b, ("one caption",))]
     assert pairs.missing == []
+    assert pairs.empty_captions == 0  # a blank line between captions is no caption
 
 
 def test_csv_resolves_relative_paths_and_merges_rows(tmp_path):
@@ -232,3 +233,46 @@ def test_malformed_coco_is_a_dataset_error_naming_the_problem(tmp_path, doc, mat
     source.write_text(json.dumps(doc))
     with pytest.raises(DatasetError, match=match):
         load_pairs(source)
+
+
+# --- empty captions: dropped, and counted -----------------------------------------------------
+
+
+def test_blank_table_captions_are_dropped_and_counted(tmp_path):
+    a, b, c = (image(tmp_path / f"{n}.jpg") for n in "abc")
+    table = tmp_path / "pairs.csv"
+    table.write_text("filepath,caption\na.jpg,red\na.jpg,\nb.jpg,   \nc.jpg,blue\nc.jpg\n")
+
+    pairs = load_pairs(table)
+
+    assert pairs == [Pair(a.resolve(), ("red",)), Pair(c.resolve(), ("blue",))]
+    assert pairs.empty_captions == 3  # a's empty cell, b's blank one, c's missing one
+    assert pairs.uncaptioned == [b.resolve()]
+
+
+def test_blank_jsonl_captions_and_list_items_are_counted(tmp_path):
+    a, b = image(tmp_path / "a.jpg"), image(tmp_path / "b.jpg")
+    table = tmp_path / "pairs.jsonl"
+    table.write_text("\n".join(json.dumps(r) for r in [
+        {"filepath": "a.jpg", "caption": ["red", " ", None]},
+        {"filepath": "b.jpg", "caption": None}]))
+
+    pairs = load_pairs(table)
+
+    assert pairs == [Pair(a.resolve(), ("red",))]
+    assert (pairs.empty_captions, pairs.uncaptioned) == (3, [b.resolve()])
+
+
+def test_a_blank_sidecar_or_coco_caption_is_an_empty_caption(tmp_path):
+    a, b = image(tmp_path / "a.jpg"), image(tmp_path / "b.jpg")
+    a.with_suffix(".txt").write_text("red\n")
+    b.with_suffix(".txt").write_text("\n  \n")
+    folder = load_pairs(tmp_path)
+    source = coco(tmp_path / "captions.json", [{"id": 1, "file_name": "a.jpg"}],
+                  [{"image_id": 1, "caption": "red"}, {"image_id": 1, "caption": " "}])
+    table = load_pairs(source)
+
+    assert folder == [Pair(a, ("red",))]
+    assert (folder.empty_captions, folder.uncaptioned) == (1, [b])
+    assert table == [Pair(a.resolve(), ("red",))]
+    assert (table.empty_captions, table.uncaptioned) == (1, [])

@@ -197,3 +197,51 @@ def test_version_and_documented_environment(cli):
     help_text = cli("index", "--help").stdout
     assert "RETRIEVER_DB" in help_text and "RETRIEVER_MODEL" in help_text
     assert "--install-completion" in cli("--help").stdout
+
+
+@pytest.mark.parametrize("query", [
+    Query(text="a", add=(Term(float("nan"), text="b"),)),
+    Query(text="a", add=(Term(float("inf"), text="b"),)),
+    Query(text="a", sub=(Term(float("-inf"), text="b"),)),
+    Query(text="a", min_score=float("nan")),
+    Query(text="a", min_score=float("inf")),
+    Query(item=2**64),
+    Query(text="a", add=(Term(item=-(2**70)),)),
+], ids=["nan weight", "inf weight", "-inf weight", "nan min-score", "inf min-score",
+        "item past 64 bits", "term item past 64 bits"])
+def test_non_finite_and_out_of_range_values_are_usage_errors(query):
+    with pytest.raises(UsageError):
+        query.check()
+
+
+@pytest.mark.parametrize("spec", ["nan:cat", "inf:cat", "-inf:cat", "1e999:cat", "NaN:cat"])
+def test_non_finite_weights_from_the_command_line_are_refused(spec):
+    with pytest.raises(UsageError, match="must be positive and finite"):
+        Query(text="a", add=(parse_term(spec),)).check()
+
+
+def test_a_huge_text_query_is_cut_before_tokenizing(indexed, tiny_encoder, monkeypatch):
+    """A 20 MB query must not be tokenized whole: the encoder sees what the model can read."""
+    from retriever.query import CHARS_PER_TOKEN
+
+    _, collection = indexed
+    seen: list[int] = []
+    original = tiny_encoder.encode_texts
+
+    def counted(texts):
+        seen.extend(len(t) for t in texts)
+        return original(texts)
+
+    monkeypatch.setattr(tiny_encoder, "encode_texts", counted)
+    huge = "red paint " * 2_000_000  # 20 MB
+    found = search(collection, tiny_encoder, Query(text=huge, k=5))
+    cut = search(collection, tiny_encoder, Query(
+        text=huge[: CHARS_PER_TOKEN * tiny_encoder.context_length], k=5))
+    assert seen and max(seen) <= CHARS_PER_TOKEN * tiny_encoder.context_length
+    assert [(r.id, r.score) for r in found] == [(r.id, r.score) for r in cut]
+
+
+def test_k_beyond_the_index_is_the_whole_index(indexed, tiny_encoder):
+    _, collection = indexed
+    everything = search(collection, tiny_encoder, Query(text="red", k=2**62))
+    assert len(everything) == len(search(collection, tiny_encoder, Query(text="red", k=1000)))

@@ -151,16 +151,28 @@ def announce_as(directory: Path, pid: int, url: str = "http://127.0.0.1:1") -> N
         {"url": url, "pid": pid, "directory": str(directory.resolve())}))
 
 
+def listening_process() -> tuple[subprocess.Popen, str]:
+    """Another process listening on a loopback port, and its url."""
+    code = ("import socket, sys, time; s = socket.socket(); s.bind(('127.0.0.1', 0)); "
+            "s.listen(); print(s.getsockname()[1], flush=True); time.sleep(60)")
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    return process, f"http://127.0.0.1:{process.stdout.readline().strip()}"
+
+
 def test_find_server_ignores_a_stale_or_foreign_file(tmp_path):
     assert find_server(tmp_path) is None  # no file
     (tmp_path / SERVE_FILE).write_text("{half a fi")
     assert find_server(tmp_path) is None  # not JSON
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    announce_as(tmp_path, dead.pid)
-    assert find_server(tmp_path) is None  # a killed server's file
-    announce_as(tmp_path, os.getpid())
-    assert find_server(tmp_path) == "http://127.0.0.1:1"  # the same file, a live pid
+    with listen("127.0.0.1", 0) as sock:
+        sock.listen()
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        announce_as(tmp_path, dead.pid, url)
+        assert find_server(tmp_path) is None  # a killed server's file
+        announce_as(tmp_path, os.getpid(), url)
+        assert find_server(tmp_path) == url  # the same file, a live pid holding the socket
     copy = tmp_path / "copy"
     copy.mkdir()
     (copy / SERVE_FILE).write_text((tmp_path / SERVE_FILE).read_text())
@@ -171,10 +183,10 @@ def test_find_server_ignores_a_stale_or_foreign_file(tmp_path):
 def test_find_server_ignores_a_stopped_server(tmp_path):
     """A server stopped with Ctrl-Z still accepts connections (the kernel's backlog) and would
     never answer: every search would wait for the whole timeout."""
-    sleeper = subprocess.Popen(["sleep", "60"])
+    sleeper, url = listening_process()
     try:
-        announce_as(tmp_path, sleeper.pid)
-        assert find_server(tmp_path) == "http://127.0.0.1:1"
+        announce_as(tmp_path, sleeper.pid, url)
+        assert find_server(tmp_path) == url
         sleeper.send_signal(signal.SIGSTOP)
         deadline = time.monotonic() + 10
         while find_server(tmp_path) is not None and time.monotonic() < deadline:

@@ -323,7 +323,8 @@ def test_searches_see_files_indexed_while_serving(tiny_encoder, tmp_path):
 def test_info_counts_what_the_index_holds(client, media):
     info = client.get("/api/info").json()
     assert (info["images"], info["files"]) == (5, 8)  # 5 photos + red.txt + 2 notes
-    assert info["model"] == {"name": "retriever-tiny", "pretrained": "none", "dim": 64}
+    assert {key: info["model"][key] for key in ("name", "pretrained", "dim")} == {
+        "name": "retriever-tiny", "pretrained": "none", "dim": 64}
     assert info["directory"] == str(media[1].directory.resolve())
 
 
@@ -361,3 +362,131 @@ def test_a_port_in_use_is_one_line_naming_the_fix():
         with pytest.raises(errors.UsageError, match=f"cannot listen on 127.0.0.1:{port} "
                            r"\(Address already in use\): pass another --port"):
             listen("127.0.0.1", port)
+
+
+DEEP = b"[" * 100_000 + b"]" * 100_000
+HOSTILE_BODIES = [
+    # (raw JSON body, words in the error): non-finite numbers, deep nesting
+    (b'{"text": "x", "add": [{"text": "y", "weight": NaN}]}', "weight must be a number"),
+    (b'{"text": "x", "add": [{"text": "y", "weight": Infinity}]}', "weight must be a number"),
+    (b'{"text": "x", "sub": [{"text": "y", "weight": -Infinity}]}', "weight must be a number"),
+    (b'{"text": "x", "add": [{"text": "y", "weight": 1e400}]}', "weight must be a number"),
+    (b'{"text": "x", "min_score": NaN}', "min_score must be a number"),
+    (b'{"text": "x", "min_score": -Infinity}', "min_score must be a number"),
+    (b'{"text": "x", "after": Infinity}', "after must be a number"),
+    (b'{"text": "x", "k": 1e400}', "k must be a whole number"),
+    (b'{"text": "x", "k": Infinity}', "k must be a whole number"),
+    (b'{"item": NaN}', "item must be a whole number"),
+    (b'{"text": "x", "add": [{"item": 99999999999999999999}]}', "item must be a whole number"),
+    (DEEP, "nests too deeply"),
+    (b'{"text": ' * 50_000 + b'"x"' + b"}" * 50_000, "nests too deeply"),
+    (b'{"text": "x", "add": ' + DEEP + b"}", "nests too deeply"),
+]
+
+
+@pytest.mark.parametrize(("body", "words"), HOSTILE_BODIES,
+                         ids=[b[:40].decode() for b, _ in HOSTILE_BODIES])
+def test_non_finite_and_deep_json_are_400(client, body, words):
+    response = client.post("/api/search", content=body,
+                           headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert words in response.json()["error"]
+
+
+def test_a_huge_weight_is_that_term_alone(client):
+    """1e39 overflows float32: the sum is made in float64, so the term simply dominates."""
+    alone = results(client.post("/api/search", json={"text": "blue", "k": 5}))
+    huge = results(client.post("/api/search", json={
+        "text": "x", "add": [{"text": "blue", "weight": 1e39}], "k": 5}))
+    assert [r["id"] for r in huge] == [r["id"] for r in alone]
+    assert [r["score"] for r in huge] == pytest.approx([r["score"] for r in alone], abs=1e-5)
+
+
+def test_weights_near_the_float_limit_weigh_as_their_ratios(client):
+    """Only the weights' ratios matter: two terms at 1e308 (their sum overflows a float)
+    beside one at 1 give what the two alone, at equal weights, give."""
+    huge = results(client.post("/api/search", json={
+        "text": "x", "k": 5, "add": [{"text": "blue", "weight": 1e308},
+                                     {"text": "red", "weight": 1e308}]}))
+    plain = results(client.post("/api/search", json={
+        "text": "blue", "k": 5, "add": [{"text": "red"}]}))
+    assert [r["id"] for r in huge] == [r["id"] for r in plain]
+    assert [r["score"] for r in huge] == pytest.approx([r["score"] for r in plain], abs=1e-5)
+
+
+def test_a_json_body_over_its_cap_is_413(client):
+    response = client.post("/api/search", json={"text": "x" * (2 * 1024 * 1024)})
+    assert response.status_code == 413 and "send a shorter query" in response.json()["error"]
+
+
+def file_route(client, path: Path) -> int | None:
+    """The status of /api/items/ID/file for the indexed file `path`; None if not indexed."""
+    found = results(client.get("/api/search", params={"text": "x", "k": 1000}))
+    ids = [r["id"] for r in found if r["path"] == str(path)]
+    return client.get(f"/api/items/{ids[0]}/file").status_code if ids else None
+
+
+@pytest.fixture
+def served(tiny_encoder, tmp_path):
+    """A fresh index whose files a test may swap, a secret outside it, and a client."""
+    secret = tmp_path / "secret" / "passwd.txt"
+    secret.parent.mkdir()
+    secret.write_text("root:x:0:0:secret\n")
+    root = make_media(tmp_path / "media")
+    (root / "notes" / "passwd.txt").symlink_to(secret)  # planted before indexing
+    (root / "notes" / "alias.txt").symlink_to("todo.txt")  # a link to an indexed file
+    (root / "private").mkdir()
+    (root / "private" / "plan.txt").write_text("the plan")
+    collection = open_index(root, tiny_encoder)
+    with client_for(collection, tiny_encoder) as client:
+        yield root, secret, client
+    collection.close()
+
+
+def test_a_symlink_out_of_the_indexed_folders_is_not_served(served):
+    root, secret, client = served
+    assert file_route(client, root / "notes" / "passwd.txt") in (None, 404)  # or not indexed
+    assert file_route(client, root / "notes" / "alias.txt") in (None, 200)  # inside: served
+
+
+@pytest.mark.parametrize("swap", ["file for a symlink", "folder for a symlink", "bytes edited"])
+def test_a_file_swapped_after_indexing_is_not_served(served, swap):
+    root, secret, client = served
+    found = results(client.get("/api/search", params={"text": "x", "k": 1000}))
+    plan = next(r["id"] for r in found if r["path"] == str(root / "private" / "plan.txt"))
+    photo = next(r["id"] for r in found if r["path"] == str(root / "photos" / "blue.jpg"))
+    if swap == "file for a symlink":
+        (root / "private" / "plan.txt").unlink()
+        (root / "private" / "plan.txt").symlink_to(secret)
+    elif swap == "folder for a symlink":  # a file of the same name and size
+        (secret.parent / "plan.txt").write_text("the sec!")
+        (root / "private" / "plan.txt").unlink()
+        (root / "private").rmdir()
+        (root / "private").symlink_to(secret.parent)
+    else:
+        (root / "private" / "plan.txt").write_text("the PLAN")
+    (root / "photos" / "blue.jpg").unlink()
+    (root / "photos" / "blue.jpg").symlink_to(root / "photos" / "red.jpg")
+    for url in (f"/api/items/{plan}/file", f"/api/items/{photo}/file",
+                f"/api/items/{photo}/thumbnail"):
+        response = client.get(url)
+        assert response.status_code == 404, url
+        assert "root:x" not in response.text and "sec!" not in response.text
+        assert "secret" not in response.text  # nor where the link points
+
+
+def test_a_read_only_index_answers_searches_and_thumbnails_without_writing(
+        tmp_path, tiny_encoder, monkeypatch):
+    root = make_media(tmp_path / "media")
+    open_index(root, tiny_encoder).close()
+    before = sorted(p.name for p in (root / ".retriever").iterdir())
+    monkeypatch.setattr("retriever.collection._writable", lambda directory: False)
+    collection = Collection.open(root / ".retriever")
+    assert collection.read_only
+    with client_for(collection, tiny_encoder) as web:
+        hits = results(web.get("/api/search", params={"text": "red", "target": "images"}))
+        thumb = web.get(hits[0]["thumbnail"])
+        assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
+        assert Image.open(io.BytesIO(thumb.content)).size[0] > 0
+    collection.close()
+    assert sorted(p.name for p in (root / ".retriever").iterdir()) == before  # no thumbs/

@@ -3,18 +3,21 @@
 import csv
 import json
 import math
+import re
 from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 
 from retriever.clip_encoder import ClipEncoder
 from retriever.demo import DEMO_IMAGES, demo_config
-from retriever.errors import UsageError
+from retriever.errors import TrainingDiverged, UsageError
 from retriever.images import open_image
 from retriever.models import ModelSpec, load_model
 from retriever.pairs import load_pairs
 from retriever.synthetic import write_captioned_images
+from retriever.train_step import Stepper
 from retriever.training import train
 
 OBJECTIVES = {
@@ -149,15 +152,136 @@ def test_fine_tuning_a_checkpoint_starts_from_its_weights(few_scenes, tmp_path):
     assert load_model(ModelSpec(pretrained=str(again.checkpoint))).extra["training"]["lr"] == 1e-5
 
 
+NAN, INF = float("nan"), float("inf")
+
+
 @pytest.mark.parametrize(("change", "flag"), [
     ({"objective": "distance", "distance_weight": 0.5}, "--distance-weight"),
     ({"objective": "triplet"}, "--objective"),
-    ({"batch_size": 1}, "--batch-size"),
+    ({"batch_size": 1}, "--batch-size 1:"),
+    ({"lr": NAN}, "--lr nan: must be a positive finite number"),
+    ({"lr": INF}, "--lr inf:"),
+    ({"lr": 0.0}, "--lr 0.0:"),
+    ({"lr": -1e-4}, "--lr -0.0001:"),
+    ({"epochs": 0}, "--epochs 0:"),
+    ({"warmup": NAN}, "--warmup nan:"),
+    ({"warmup": 1.0}, "--warmup 1.0:"),
+    ({"weight_decay": -0.1}, "--weight-decay -0.1:"),
+    ({"weight_decay": INF}, "--weight-decay inf:"),
+    ({"val_fraction": 1.0}, "--val-fraction 1.0:"),
+    ({"val_fraction": NAN}, "--val-fraction nan:"),
+    ({"objective": "distance", "margin": 0.0}, "--margin 0.0:"),
+    ({"margin": NAN}, "--margin nan:"),
+    ({"distance_weight": NAN}, "--distance-weight nan:"),
+    ({"distance_weight": -1.0}, "--distance-weight -1.0:"),
+    ({"grad_accum": 0}, "--grad-accum 0:"),
+    ({"nproc": 0}, "--nproc 0:"),
+    ({"val_every": -1}, "--val-every -1:"),
+    ({"save_every": -1}, "--save-every -1:"),
+    ({"num_workers": -1}, "--num-workers -1:"),
+    ({"samples_per_epoch": 0}, "--samples-per-epoch 0:"),
 ])
-def test_bad_settings_fail_before_loading_anything(tmp_path, change, flag):
+def test_bad_settings_fail_before_loading_anything(tmp_path, monkeypatch, change, flag):
+    def no_loading(*args, **kwargs):
+        raise AssertionError("loaded a model before checking the settings")
+
+    monkeypatch.setattr("retriever.training.load_model", no_loading)
     cfg = replace(demo_config(tmp_path / "absent", tmp_path / "m.pt"), **change)
-    with pytest.raises(UsageError, match=flag):
+    with pytest.raises(UsageError, match=re.escape(flag)):
         train(cfg)
+
+
+def test_an_out_that_is_a_folder_is_refused_before_anything_is_written(cli, tmp_path):
+    (tmp_path / "runs").mkdir()
+    result = cli("train", tmp_path / "absent", "--out", tmp_path / "runs")
+    assert result.exit_code == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert f"--out {tmp_path / 'runs'} is a folder" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]  # no runs.curve.csv beside it
+
+
+def test_an_out_under_a_file_is_refused(tmp_path):
+    (tmp_path / "notes.txt").write_text("")
+    cfg = demo_config(tmp_path / "absent", tmp_path / "notes.txt" / "m.pt")
+    with pytest.raises(UsageError, match="is a file, not a folder"):
+        train(cfg)
+
+
+def test_the_cli_refuses_a_nan_learning_rate_in_one_line(cli, tmp_path):
+    result = cli("train", tmp_path, "--out", tmp_path / "m.pt", "--lr", "nan")
+    assert result.exit_code == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "--lr nan: must be a positive finite number" in result.stderr
+
+
+# --- divergence -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def twelve(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("twelve")
+    write_captioned_images(folder, 12, seed=1)
+    return folder
+
+
+def test_a_diverging_run_exits_non_zero_in_one_line_and_writes_no_checkpoint(cli, twelve,
+                                                                               tmp_path):
+    out = tmp_path / "m.pt"
+    result = cli("train", twelve, "--out", out, "--model", "retriever-tiny", "--pretrained",
+                 "none", "--lr", "1e30", "--epochs", "2", "--batch-size", "4",
+                 "--save-every", "1")
+
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [result.stderr.strip().splitlines()[-1]]  # one line, and the last
+    assert "training diverged at step 2 (epoch 1): the loss is nan" in errors[0]
+    assert "lower --lr" in errors[0]
+    assert "Traceback" not in result.output and "checkpoint:" not in result.stdout
+    assert not out.exists()
+    # the curve shows the run up to its end; the state saved at step 1 is gone with it
+    with (tmp_path / "m.curve.csv").open() as f:
+        losses = [float(r["loss"]) for r in csv.DictReader(f) if r["loss"]]
+    assert len(losses) == 2 and math.isfinite(losses[0]) and math.isnan(losses[1])
+    assert not (tmp_path / "m.resume.pt").exists()
+
+
+def test_weights_broken_by_the_last_step_are_never_saved(twelve, tmp_path, monkeypatch):
+    real_step = Stepper.step
+
+    def breaking_step(self, batch, lr):
+        result = real_step(self, batch, lr)  # a finite loss, then weights no model can use
+        with torch.no_grad():
+            next(self.module.parameters()).fill_(math.inf)
+        return result
+
+    monkeypatch.setattr(Stepper, "step", breaking_step)
+    out = tmp_path / "m.pt"
+    cfg = replace(demo_config(twelve, out), epochs=1, batch_size=12, val_fraction=0.0)
+
+    with pytest.raises(TrainingDiverged, match="weights are not finite") as caught:
+        train(cfg)
+
+    assert (caught.value.step, caught.value.epoch) == (1, 1)  # the only step
+    assert not out.exists() and not (tmp_path / "m.resume.pt").exists()
+
+
+def test_empty_captions_are_dropped_with_a_word(twelve, tmp_path):
+    images = sorted(twelve.glob("*.jpg"))
+    rows = [f"{p},{p.with_suffix('.txt').read_text().splitlines()[0]}" for p in images]
+    rows += [f"{images[0]},  ", f"{images[0]},"]  # images[0] keeps its caption
+    uncaptioned = tmp_path / "copy.jpg"
+    uncaptioned.write_bytes(images[1].read_bytes())
+    rows += [f"{uncaptioned},"]  # an image whose only caption is empty
+    table = tmp_path / "pairs.csv"
+    table.write_text("filepath,caption\n" + "\n".join(rows) + "\n")
+    lines: list[str] = []
+
+    train(replace(demo_config(table, tmp_path / "m.pt"), epochs=1, batch_size=12,
+                  val_fraction=0.0), log=lines.append)
+
+    assert (f"dropped 3 empty captions in {table} and skipped 1 images that had no other "
+            f"caption") in lines
+    assert "12 training images, 0 held out for validation" in lines
 
 
 def test_val_every_scores_the_held_out_set_between_epochs(few_scenes, tmp_path):

@@ -1,0 +1,106 @@
+"""An index keeps the model it was built with: not only its names, its config and weights.
+
+A model-config JSON or weights file edited in place keeps its path, so the recorded names
+still match; the recorded fingerprint (config + weights) does not, and the changed model is
+refused before anything is written or searched. A trained model is recorded as its
+checkpoint, so the index built right after training (`retriever demo`) is searched with it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import open_clip
+import pytest
+
+from retriever.clip_encoder import ClipEncoder
+from retriever.collection import Collection
+from retriever.demo import DemoConfig, run_demo
+from retriever.errors import ModelMismatch
+from retriever.indexer import IndexOptions, index_media
+from retriever.models import ModelSpec, load_model, model_fingerprint
+
+from .conftest import COLOURS, write_photo
+
+EDITS = {  # another dimension, and the same dimension with another architecture
+    "embed_dim 64 -> 32": lambda cfg: cfg.update(embed_dim=32),
+    "one text layer fewer": lambda cfg: cfg["text_cfg"].update(layers=1),
+}
+
+
+@pytest.fixture
+def photos(tmp_path) -> Path:
+    for name, colour in COLOURS.items():
+        write_photo(tmp_path / "photos" / f"{name}.jpg", colour)
+    return tmp_path / "photos"
+
+
+@pytest.mark.parametrize("edit", EDITS.values(), ids=EDITS.keys())
+def test_a_model_config_edited_in_place_is_refused_before_anything_is_written(
+        tmp_path, photos, cli, edit):
+    config = tmp_path / "my-model.json"
+    cfg = open_clip.get_model_config("retriever-tiny")
+    config.write_text(json.dumps(cfg))
+    db = tmp_path / "index"
+    first = cli("index", photos, "--db", db, "--model", config, "--pretrained", "none")
+    assert first.exit_code == 0, first.output
+    edit(cfg)
+    config.write_text(json.dumps(cfg))
+    write_photo(photos / "new.jpg", (9, 9, 9))  # work for the next run, which must not do it
+    collection = Collection.open(db)
+    before = (collection.store.generation(), collection.store.counts())
+    again = cli("index", photos, "--db", db)
+    assert again.exit_code == 1
+    assert "changed on disk" in again.output and str(config) in again.output
+    assert (collection.store.generation(), collection.store.counts()) == before
+    searched = cli("search", "a red disc", "--db", db)
+    assert searched.exit_code == 1 and "changed on disk" in searched.output
+
+
+def test_a_store_without_a_fingerprint_records_the_model_it_is_given(tmp_path, photos,
+                                                                     tiny_encoder):
+    collection = Collection.open(tmp_path / "index")
+    index_media(collection, tiny_encoder, IndexOptions((photos,)))
+    record = collection.model()
+    assert record is not None and record.fingerprint == model_fingerprint(tiny_encoder.loaded)
+    from dataclasses import replace
+
+    collection.store.set_model(replace(record, fingerprint=None))  # as stores before v4 are
+    index_media(collection, tiny_encoder, IndexOptions((photos,)))
+    assert collection.model() == record
+
+
+def test_weights_changed_behind_the_same_checkpoint_path_are_refused(tmp_path, photos):
+    from retriever.models import save_checkpoint
+
+    loaded = load_model(ModelSpec("retriever-tiny", "none"))
+    checkpoint = tmp_path / "tuned.pt"
+    save_checkpoint(checkpoint, loaded)
+    collection = Collection.open(tmp_path / "index")
+    index_media(collection, ClipEncoder(load_model(ModelSpec(pretrained=str(checkpoint)))),
+                IndexOptions((photos,)))
+    for parameter in loaded.model.parameters():
+        parameter.data.mul_(1.5)
+    save_checkpoint(checkpoint, loaded)  # same path, same names, other weights
+    changed = ClipEncoder(load_model(ModelSpec(pretrained=str(checkpoint))))
+    with pytest.raises(ModelMismatch, match="changed on disk"):
+        index_media(collection, changed, IndexOptions((photos,)))
+
+
+def test_the_demo_index_is_searched_with_the_trained_checkpoint(tmp_path, cli, monkeypatch):
+    """The README's follow-up to `make demo`: `cd retriever-demo/media && retriever search`.
+    It must load the trained weights the index was built with, not the random ones training
+    started from: an indexed photo then finds itself at 1.0."""
+    result = run_demo(DemoConfig(tmp_path / "demo", images=24, epochs=1), log=lambda _: None)
+    checkpoint = tmp_path / "demo" / "retriever-tiny-demo.pt"
+    collection = Collection.open(result.media / ".retriever")
+    model = collection.model()
+    assert model is not None and model.pretrained == str(checkpoint.resolve())
+    monkeypatch.chdir(result.media)
+    monkeypatch.setenv("RETRIEVER_BACKEND", "auto")  # as a user runs it: the ONNX export
+    photo = sorted((result.media / "photos").glob("*.jpg"))[5]
+    found = cli("search", "--image", photo, "--to", "images", "--json", "-k", "1")
+    assert found.exit_code == 0, found.output
+    top = json.loads(found.stdout.splitlines()[0])
+    assert top["path"] == str(photo) and top["score"] > 0.999
