@@ -264,7 +264,11 @@ class Store:
     # --- writing ----------------------------------------------------------------------------
 
     def write_files(self, batch: Sequence[tuple[FileRecord, Sequence[ItemRecord]]]) -> WriteResult:
-        """Insert or replace each file with its items and vectors, all in one transaction."""
+        """Insert or replace each file with its items and vectors, all in one transaction.
+        A vector holding NaN or inf is a caller's bug (the indexer reports such files): it is
+        refused, whole batch and all, rather than stored to rank nonsense forever."""
+        if not all(np.isfinite(it.vector).all() for _, items in batch for it in items):
+            raise ValueError("refusing to store a vector with NaN or inf")
         result = WriteResult()
         new_items: list[Item] = []
         with Session(self.engine) as s, s.begin():

@@ -74,6 +74,19 @@ class TrainingDiverged(RetrieverError):
                 f"e.g. {self.lr / 10:g}")
 
 
+class NonFiniteVectors(RetrieverError):
+    """A model gave vectors holding NaN or inf (diverged training, broken weights): nothing it
+    encodes is stored, since every search over such a vector ranks nonsense."""
+
+    def __init__(self, model: str) -> None:
+        super().__init__(model)
+        self.model = model  # "name (pretrained)"
+
+    def __str__(self) -> str:
+        return (f"{self.model} gives vectors with NaN or inf (diverged or damaged weights); "
+                f"nothing was stored: index with a sound model")
+
+
 class StoreError(RetrieverError):
     """The index's SQLite store cannot be opened or written (and none of the cases below)."""
 

@@ -37,7 +37,7 @@ import numpy as np
 from index.store import FailureRecord, FileRecord, FileState, ItemRecord, ModelRecord, Store
 from retriever.collection import Collection
 from retriever.encoders import Encoder
-from retriever.errors import ImageError, UsageError
+from retriever.errors import ImageError, NonFiniteVectors, UsageError
 from retriever.images import DEFAULT_MAX_PIXELS, taken_at
 from retriever.media import (
     IMAGE,
@@ -107,6 +107,7 @@ def index_media(
     progress = progress or NullProgress()
     roots = check_roots(options.roots)
     store = collection.store
+    _check_output(encoder)
     collection.bind_model(
         ModelRecord(encoder.model_id.name, encoder.model_id.pretrained, encoder.dim,
                     encoder.fingerprint)
@@ -317,7 +318,7 @@ def _index_chunk(
         elif read.pixels is not None:
             images.append((record, read.pixels))
         elif read.passages is not None:
-            ready.append(_encode_text(record, read.passages, encoder, report))
+            ready += _encode_text(record, read.passages, encoder, report)
         else:  # its bytes were stored when the reader looked, and replaced since: read again
             ready += _index_again(encoder, reread(read.media), report)
     ready += _encode_images(images, encoder, report)
@@ -332,7 +333,7 @@ def _index_again(encoder: Encoder, read: _Read, report: IndexReport) -> Batch:
         return []
     if read.pixels is not None:
         return _encode_images([(read.record, read.pixels)], encoder, report)
-    return [_encode_text(read.record, read.passages or [], encoder, report)]
+    return _encode_text(read.record, read.passages or [], encoder, report)
 
 
 def _file_record(media: MediaFile, fh: BinaryIO, options: IndexOptions) -> FileRecord:
@@ -355,30 +356,55 @@ def _stored_copy(store: Store, record: FileRecord, pending: Batch) -> Entry | No
     return replace(record, width=source.width, height=source.height), items
 
 
+def _check_output(encoder: Encoder) -> None:
+    """Refuse, before anything is written, a model whose vectors are not finite: one image
+    (mid-grey) and one text encoded show it for a diverged or damaged model."""
+    size = encoder.pixels.size
+    probe = np.zeros((1, 3, size, size), np.float32)  # (1, 3, S, S)
+    if not (np.isfinite(encoder.encode_pixels(probe)).all()
+            and np.isfinite(encoder.encode_texts(["a photo"])).all()):
+        raise NonFiniteVectors(f"{encoder.model_id.name} ({encoder.model_id.pretrained})")
+
+
 def _encode_images(
     images: list[tuple[FileRecord, Pixels]], encoder: Encoder, report: IndexReport
 ) -> Batch:
     if not images:
         return []
     vectors = encoder.encode_pixels(np.stack([p.data for _, p in images]))  # (n, dim)
-    report.images += len(images)
-    report.encoded += len(images)
-    return [
-        (replace(record, width=p.width, height=p.height), [ItemRecord(IMAGE, 0, None, vector)])
-        for (record, p), vector in zip(images, vectors, strict=True)
-    ]
+    encoded: Batch = []
+    for (record, p), vector in zip(images, vectors, strict=True):
+        if _failed_to_encode(record, vector[None], report):
+            continue
+        encoded.append((replace(record, width=p.width, height=p.height),
+                        [ItemRecord(IMAGE, 0, None, vector)]))
+    report.images += len(encoded)
+    report.encoded += len(encoded)
+    return encoded
 
 
 def _encode_text(
     record: FileRecord, passages: list[Passage], encoder: Encoder, report: IndexReport,
-) -> Entry:
+) -> Batch:
     vectors = encoder.encode_texts([p.text for p in passages])  # (len(passages), dim)
+    if _failed_to_encode(record, vectors, report):
+        return []
     report.texts += 1
     report.encoded += 1
     report.passages += len(passages)
-    return record, [
+    return [(record, [
         ItemRecord(TEXT, p.position, p.text, v) for p, v in zip(passages, vectors, strict=True)
-    ]
+    ])]
+
+
+def _failed_to_encode(record: FileRecord, vectors: np.ndarray, report: IndexReport) -> bool:
+    """A file whose vectors (n, dim) hold NaN or inf is reported and not stored."""
+    if np.isfinite(vectors).all():
+        return False
+    report.failures.append(FailureRecord(
+        record.path, f"{record.path}: the model gave it a vector with NaN or inf",
+        record.size, record.mtime))
+    return True
 
 
 def _remove_missing(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import open_clip
 import pytest
 
@@ -104,3 +105,57 @@ def test_the_demo_index_is_searched_with_the_trained_checkpoint(tmp_path, cli, m
     assert found.exit_code == 0, found.output
     top = json.loads(found.stdout.splitlines()[0])
     assert top["path"] == str(photo) and top["score"] > 0.999
+
+
+def broken(loaded, poison: float = float("nan")):
+    """`loaded` with every weight of its last image and text layers set to `poison`."""
+    import torch
+
+    with torch.no_grad():
+        for name, parameter in loaded.model.named_parameters():
+            if name.startswith(("visual.proj", "text_projection")):
+                parameter.fill_(poison)
+    return loaded
+
+
+@pytest.mark.parametrize("poison", [float("nan"), float("inf")])
+def test_a_model_giving_non_finite_vectors_stores_nothing(tmp_path, photos, cli, poison):
+    from retriever.models import save_checkpoint
+
+    checkpoint = tmp_path / "diverged.pt"
+    save_checkpoint(checkpoint, broken(load_model(ModelSpec("retriever-tiny", "none")), poison))
+    db = tmp_path / "index"
+    result = cli("index", photos, "--db", db, "--pretrained", checkpoint)
+    assert result.exit_code == 1
+    lines = [line for line in result.stderr.splitlines() if not line.startswith("note: ")]
+    assert len(lines) == 1 and "NaN or inf" in lines[0], result.stderr
+    collection = Collection.open(db)
+    assert collection.model() is None and collection.store.counts().files == 0
+
+
+def test_a_file_the_model_gives_a_non_finite_vector_is_reported_and_skipped(
+        tmp_path, photos, tiny_encoder, monkeypatch):
+    real = tiny_encoder.encode_pixels
+
+    def nan_for_red(pixels):  # red.jpg is the only image whose mean red channel is high
+        vectors = real(pixels)
+        vectors[pixels[:, 0].mean(axis=(1, 2)) > pixels[:, 2].mean(axis=(1, 2)) + 0.5] = np.nan
+        return vectors
+
+    monkeypatch.setattr(tiny_encoder, "encode_pixels", nan_for_red)
+    collection = Collection.open(tmp_path / "index")
+    report = index_media(collection, tiny_encoder, IndexOptions((photos,)))
+    assert [f.path for f in report.failures] == [str(photos / "red.jpg")]
+    assert report.images == 2 and collection.store.counts().images == 2
+    ids, vectors = collection.store.vectors("image")
+    assert np.isfinite(vectors).all()
+
+
+def test_the_store_refuses_a_non_finite_vector(tmp_path):
+    from index.store import IMAGE, FileRecord, ItemRecord, Store
+
+    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    bad = ItemRecord(IMAGE, 0, None, np.array([np.nan, 1.0], np.float32))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        store.write_files([(FileRecord("/x.jpg", IMAGE, "h", 1, 1.0), [bad])])
+    assert store.counts().files == 0
