@@ -24,8 +24,8 @@ from typer.core import TyperGroup
 
 from retriever import __version__
 from retriever.errors import RetrieverError
-from retriever.images import DEFAULT_MAX_PIXELS
-from retriever.passages import DEFAULT_MAX_TEXT_BYTES
+from retriever.media.images import DEFAULT_MAX_PIXELS
+from retriever.media.passages import DEFAULT_MAX_TEXT_BYTES
 
 # Text from files (paths, captions, passages) and from error messages is shown, never
 # interpreted: C0/C1 controls, DEL and Unicode line/bidi controls become escapes (\n, \x1b).
@@ -165,16 +165,16 @@ def index(
     Example: retriever index ~/Pictures ~/Notes --exclude 'tmp/*'
     """
     from index.ann import TYPES, AnnConfig
-    from retriever.backends import open_encoder as open_backend
-    from retriever.collection import Collection
-    from retriever.encoders import Encoder
+    from retriever.encoding.backends import open_encoder as open_backend
+    from retriever.encoding.encoders import Encoder
+    from retriever.encoding.specs import ModelSpec
     from retriever.errors import UsageError
-    from retriever.indexer import IndexOptions, index_media
-    from retriever.locations import index_dir_for
-    from retriever.media import check_roots
+    from retriever.library.collection import Collection
+    from retriever.library.indexer import IndexOptions, index_media
+    from retriever.library.locations import index_dir_for
+    from retriever.media.scan import check_roots
     from retriever.progress import RichProgress
-    from retriever.query import INDEX_FIX, open_encoder
-    from retriever.specs import ModelSpec
+    from retriever.search.query import INDEX_FIX, open_encoder
 
     roots = check_roots(folders)
     options = IndexOptions(tuple(roots), tuple(exclude or ()), batch_size, max_pixels,
@@ -257,8 +257,8 @@ def search(
     retriever search --image photo.jpg --to texts --json;
     retriever search "receipt" --after 2024-01-01 --html results.html
     """
-    from retriever.locations import find_index_dir
-    from retriever.query import Query, parse_date, parse_term
+    from retriever.library.locations import find_index_dir
+    from retriever.search.query import Query, parse_date, parse_term
 
     target = {"image": "images", "text": "texts"}.get(kind or "", kind or to)
     request = Query(
@@ -268,11 +268,11 @@ def search(
         before=parse_date(before, "--before") if before else None, min_score=min_score)
     request.check()
     if html_file is not None:
-        from retriever.report import check_target
+        from retriever.search.html_page import check_target
 
         check_target(html_file)  # before the search: a bad --html wastes no model load
     if backend != "auto":  # checked before a server could answer and ignore it
-        from retriever.backends import check_backend
+        from retriever.encoding.backends import check_backend
 
         check_backend(backend)
     index_dir = find_index_dir(db)
@@ -283,7 +283,7 @@ def search(
     if results is None:
         results = _search_here(index_dir, request, model, pretrained, backend)
     if html_file is not None:
-        from retriever.report import write_html
+        from retriever.search.html_page import write_html
 
         title = f"retriever: {query or image or f'item {item}'}"
         stderr.print(f"wrote {visible(str(write_html(results, html_file, title)))}",
@@ -302,12 +302,12 @@ def search(
 
 def _search_server(index_dir: Path, request: Any) -> list[Any] | None:
     """Results from the server announced in `index_dir`, or None when none answers."""
-    from retriever.remote import ServerUnavailable, find_server, remote_search, request_for
+    from retriever.search.remote import ServerUnavailable, find_server, remote_search, request_for
 
     url = find_server(index_dir)
     if url is None:
         return None
-    from retriever.query import Result
+    from retriever.search.query import Result
 
     try:
         fields, upload = request_for(request)
@@ -318,9 +318,9 @@ def _search_server(index_dir: Path, request: Any) -> list[Any] | None:
 
 def _search_here(index_dir: Path, request: Any, model: str | None, pretrained: str | None,
                  backend: str) -> list[Any]:
-    from retriever.collection import Collection
-    from retriever.query import open_encoder, search
-    from retriever.specs import ModelSpec
+    from retriever.encoding.specs import ModelSpec
+    from retriever.library.collection import Collection
+    from retriever.search.query import open_encoder, search
 
     collection = Collection.open(index_dir)
     asked = ModelSpec(model, pretrained) if model or pretrained else None
@@ -343,8 +343,8 @@ def _plain(text: str | None) -> Text:
 
 def _print_previews(results: list[Any]) -> None:
     from retriever.errors import ImageError
-    from retriever.images import thumbnail_bytes
-    from retriever.preview import inline_image, terminal_protocol
+    from retriever.media.images import thumbnail_bytes
+    from retriever.search.preview import inline_image, terminal_protocol
 
     protocol = terminal_protocol()
     if protocol is None or not stdout.is_terminal:
@@ -368,8 +368,8 @@ def info(db: DbOpt = None, json_out: JsonOpt = False) -> None:
 
     Example: retriever info --json
     """
-    from retriever.collection import Collection
-    from retriever.locations import find_index_dir
+    from retriever.library.collection import Collection
+    from retriever.library.locations import find_index_dir
 
     collection = Collection.open(find_index_dir(db))
     store = collection.store
@@ -463,11 +463,11 @@ def train(
     Example: retriever train photos/ --out tuned.pt --model ViT-B-32 --pretrained my.bin;
     then: retriever index photos/ --pretrained tuned.pt
     """
-    from retriever.distributed import env_rank
-    from retriever.models import ModelSpec
+    from retriever.encoding.models import ModelSpec
     from retriever.progress import RichProgress
-    from retriever.training import TrainConfig
-    from retriever.training import train as run_training
+    from retriever.training.distributed import env_rank
+    from retriever.training.loop import TrainConfig
+    from retriever.training.loop import train as run_training
 
     cfg = TrainConfig(data=data, out=out, model=ModelSpec(model, pretrained),
                       objective=objective, distance_weight=distance_weight,  # type: ignore[arg-type]
@@ -508,11 +508,11 @@ def evaluate(
 
     Example: retriever eval held-out/ --pretrained tuned.pt --json
     """
-    from retriever.clip_encoder import ClipEncoder
-    from retriever.evaluation import evaluate_pairs
-    from retriever.models import ModelSpec, load_model
-    from retriever.pairs import load_pairs
+    from retriever.encoding.clip_encoder import ClipEncoder
+    from retriever.encoding.models import ModelSpec, load_model
     from retriever.progress import RichProgress
+    from retriever.training.evaluation import evaluate_pairs
+    from retriever.training.pairs import load_pairs
 
     pairs = load_pairs(data, image_col, caption_col, image_root)
     encoder = ClipEncoder(load_model(ModelSpec(model, pretrained)))
@@ -572,10 +572,10 @@ def serve(
 
     Example: retriever serve --port 8765, then open http://127.0.0.1:8765
     """
-    from retriever.collection import Collection
-    from retriever.locations import find_index_dir
-    from retriever.query import open_encoder
-    from retriever.server import (
+    from retriever.library.collection import Collection
+    from retriever.library.locations import find_index_dir
+    from retriever.search.query import open_encoder
+    from retriever.search.server import (
         LOOPBACK_HOSTS,
         ServerSettings,
         check_port,

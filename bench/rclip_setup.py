@@ -80,7 +80,7 @@ def ensure_checkpoint() -> Path:
         return CHECKPOINT
     import torch
 
-    from retriever.models import ModelSpec, load_model, save_checkpoint
+    from retriever.encoding.models import ModelSpec, load_model, save_checkpoint
 
     CHECKPOINT.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(CHECKPOINT, load_model(ModelSpec(ARCH, "none"), torch.device("cpu")))
@@ -100,7 +100,7 @@ def ensure_onnx() -> None:
         return
     import torch
 
-    from retriever.models import ModelSpec, load_model
+    from retriever.encoding.models import ModelSpec, load_model
 
     model = load_model(ModelSpec(ARCH, str(CHECKPOINT.resolve())), torch.device("cpu")).model
     visual.parent.mkdir(parents=True, exist_ok=True)

@@ -305,8 +305,8 @@ OURS_ENCODE = """
 import time
 from pathlib import Path
 t0 = time.perf_counter()
-from retriever.backends import open_encoder
-from retriever.specs import ModelSpec
+from retriever.encoding.backends import open_encoder
+from retriever.encoding.specs import ModelSpec
 spec = ModelSpec({arch!r}, {checkpoint!r})
 forward = open_encoder(spec, {backend!r}, Path({cache!r}), {batch}).encode_pixels
 setup = time.perf_counter() - t0
@@ -500,7 +500,7 @@ def _fill(directory: Path, items: int, checkpoint: str) -> None:
 
     from bench.vector_search import clustered
     from index.store import IMAGE, FileRecord, ItemRecord, ModelRecord
-    from retriever.collection import Collection
+    from retriever.library.collection import Collection
 
     vectors = clustered(items, DIM, seed=3)  # (items, DIM) unit float32
     collection = Collection.open(directory)
@@ -619,7 +619,7 @@ def encode_table(rows: list[dict]) -> list[str]:
              f"{batches}, after one warm-up batch, in a fresh process per row: no file reading, "
              "decoding or resizing. rclip: the ONNX Runtime session rclip builds "
              "(model_download.load_visual_query_session: CPU provider, intra-op threads = "
-             "cores) on its visual.onnx; retriever: `retriever.backends.open_encoder(...)"
+             "cores) on its visual.onnx; retriever: `retriever.encoding.backends.open_encoder(...)"
              ".encode_pixels`. 'setup s': time in the process to a ready encoder (imports, model "
              "load; for onnx rows also the export, and the int8 quantization if not cached).", "",
              "| tool | backend | images/s | x rclip | setup s |", "|---|---|---|---|---|"]

@@ -92,7 +92,8 @@ def _v3_taken_at(conn: Connection) -> None:
 
 
 def _v4_model_fingerprint(conn: Connection) -> None:
-    # sha256 of the model's config and weights (retriever.models.model_fingerprint): a config
+    # sha256 of the model's config and weights (retriever.encoding.models.model_fingerprint):
+    # a config
     # or weights file edited in place changes it, and the index refuses the changed model.
     # NULL for stores made before: the next `retriever index` records it.
     conn.execute(text("ALTER TABLE collection_model ADD COLUMN fingerprint TEXT"))

@@ -12,15 +12,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from retriever.clip_encoder import ClipEncoder
-from retriever.collection import Collection
-from retriever.indexer import IndexOptions, IndexReport, index_media
-from retriever.locations import INDEX_DIRNAME
-from retriever.models import ModelSpec
+from retriever.encoding.clip_encoder import ClipEncoder
+from retriever.encoding.models import ModelSpec
+from retriever.library.collection import Collection
+from retriever.library.indexer import IndexOptions, IndexReport, index_media
+from retriever.library.locations import INDEX_DIRNAME
 from retriever.progress import NullProgress, Progress
-from retriever.query import Query, Result, search
-from retriever.synthetic import write_captioned_images, write_text_documents
-from retriever.training import TrainConfig, TrainResult, train
+from retriever.search.query import Query, Result, search
+from retriever.training.loop import TrainConfig, TrainResult, train
+from retriever.training.synthetic import write_captioned_images, write_text_documents
 
 DEMO_MODEL = ModelSpec("retriever-tiny", "none")  # bundled config, trained from scratch here
 DEMO_IMAGES = 240  # 72 distinct scenes (colour x shape x place), each drawn ~3 times

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from retriever.clip_encoder import ClipEncoder
-from retriever.models import ModelSpec, load_model
+from retriever.encoding.clip_encoder import ClipEncoder
+from retriever.encoding.models import ModelSpec, load_model
 
 TINY = ModelSpec("retriever-tiny", "none")  # bundled config: 32 px ViT, 64-d, context 32
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 60), "blue": (30, 60, 220)}

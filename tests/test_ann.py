@@ -87,7 +87,7 @@ def test_auto_follows_size_and_budget():
 
 def test_a_collection_switches_to_ivf_when_it_grows(tmp_path, monkeypatch):
     from index.store import IMAGE, FileRecord, ItemRecord
-    from retriever.collection import Collection
+    from retriever.library.collection import Collection
 
     monkeypatch.setattr(ann, "FLAT_UP_TO", 1000)
     vectors = clustered(3000)

@@ -39,7 +39,7 @@ def test_store_rows_equal_saved_index_vectors(indexed):
     """Read the FAISS files as written (opening a Collection would rebuild a stale one)."""
     from index.store import IMAGE, TEXT, Store
     from index.vectors import VectorIndex
-    from retriever.collection import VECTOR_FILES
+    from retriever.library.collection import VECTOR_FILES
 
     folder, _ = indexed
     store = Store(f"sqlite:///{folder / '.retriever' / 'store.db'}")

@@ -23,8 +23,8 @@ from sqlalchemy import event
 
 from index.checksums import ChecksumMismatch, Summing, checksum, verified
 from index.store import IMAGE, KINDS, TEXT, FileRecord, ItemRecord, ModelRecord, Store
-from retriever.collection import VECTOR_FILES, Collection
 from retriever.errors import BadStoreUrl, DiskFull, IndexReadOnly, StoreDamaged
+from retriever.library.collection import VECTOR_FILES, Collection
 
 from .conftest import write_photo
 
@@ -278,7 +278,7 @@ def listing(folder: Path) -> dict[str, int]:
 @pytest.fixture
 def read_only(monkeypatch):
     """As if the user could not write the index folder (the tests run as root, which may)."""
-    monkeypatch.setattr("retriever.collection._writable", lambda directory: False)
+    monkeypatch.setattr("retriever.library.collection._writable", lambda directory: False)
 
 
 def test_a_read_only_index_is_searched_and_nothing_is_written(index, read_only):
@@ -322,7 +322,7 @@ def test_a_read_only_store_older_than_the_code_says_so(index, read_only):
 def test_a_read_only_index_is_served(index, read_only, tiny_encoder):
     from starlette.testclient import TestClient
 
-    from retriever.server import create_app
+    from retriever.search.server import create_app
 
     collection = Collection.open(index)
     with TestClient(create_app(collection, tiny_encoder), base_url="http://127.0.0.1") as web:

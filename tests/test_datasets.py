@@ -11,12 +11,12 @@ import pytest
 import torch
 import webdataset as wds
 
-from retriever.datasets import Feed, PairData, ShardData, count_samples, shard_urls
+from retriever.encoding.models import ModelSpec, load_model
 from retriever.errors import UsageError
-from retriever.models import ModelSpec, load_model
-from retriever.pairs import load_pairs
-from retriever.synthetic import ALL_SCENES, draw_scene, write_captioned_images
-from retriever.training import TrainConfig, train
+from retriever.training.datasets import Feed, PairData, ShardData, count_samples, shard_urls
+from retriever.training.loop import TrainConfig, train
+from retriever.training.pairs import load_pairs
+from retriever.training.synthetic import ALL_SCENES, draw_scene, write_captioned_images
 
 SHARDS, PER_SHARD = 4, 6  # 24 good samples, plus two bad ones in the first shard
 

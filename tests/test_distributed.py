@@ -25,14 +25,14 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from retriever.datasets import Batch
-from retriever.distributed import Group, join, leave
-from retriever.losses import Objective
-from retriever.models import ModelSpec, load_model
-from retriever.optimizer import build_optimizer
-from retriever.synthetic import ALL_SCENES, write_captioned_images
-from retriever.train_step import Stepper
-from retriever.training import TrainConfig, train
+from retriever.encoding.models import ModelSpec, load_model
+from retriever.training.datasets import Batch
+from retriever.training.distributed import Group, join, leave
+from retriever.training.loop import TrainConfig, train
+from retriever.training.losses import Objective
+from retriever.training.optimizer import build_optimizer
+from retriever.training.step import Stepper
+from retriever.training.synthetic import ALL_SCENES, write_captioned_images
 
 TINY = ModelSpec("retriever-tiny", "none")
 LR = 1e-4  # updates of ~1e-4 per weight: 10x the weight tolerance (see the docstring)

@@ -3,13 +3,13 @@ import statistics
 import numpy as np
 import pytest
 
-from retriever.encoders import Encoder
+from retriever.encoding.encoders import Encoder
+from retriever.encoding.models import ModelId
 from retriever.errors import DatasetError
-from retriever.evaluation import evaluate_pairs, retrieval_metrics
-from retriever.images import open_image
-from retriever.models import ModelId
-from retriever.pairs import Pair
-from retriever.synthetic import write_captioned_images
+from retriever.media.images import open_image
+from retriever.training.evaluation import evaluate_pairs, retrieval_metrics
+from retriever.training.pairs import Pair
+from retriever.training.synthetic import write_captioned_images
 
 
 def unit_rows(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
@@ -67,7 +67,7 @@ def test_metrics_chunking_gives_the_same_answer(monkeypatch):
     images, texts = unit_rows(rng, 30, 6), unit_rows(rng, 60, 6)
     text_to_image = np.repeat(np.arange(30), 2)
     whole = retrieval_metrics(images, texts, text_to_image)
-    monkeypatch.setattr("retriever.evaluation.QUERY_CHUNK", 7)
+    monkeypatch.setattr("retriever.training.evaluation.QUERY_CHUNK", 7)
     assert retrieval_metrics(images, texts, text_to_image) == whole
 
 
@@ -147,7 +147,7 @@ def test_evaluate_pairs_encodes_readable_images_and_all_their_captions(tmp_path,
     broken.write_bytes(b"not a jpeg")
     pairs = [Pair(p, tuple(p.with_suffix(".txt").read_text().split("\n")[:2])) for p in paths]
     pairs.insert(2, Pair(broken, ("a broken image",)))
-    monkeypatch.setattr("retriever.evaluation.ENCODE_CHUNK", 4)
+    monkeypatch.setattr("retriever.training.evaluation.ENCODE_CHUNK", 4)
     encoder = HashEncoder()
 
     got = evaluate_pairs(encoder, pairs)

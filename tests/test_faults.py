@@ -17,10 +17,10 @@ import numpy as np
 
 from index.store import IMAGE, KINDS, Store
 from index.vectors import VectorIndex
-from retriever.clip_encoder import ClipEncoder
-from retriever.collection import VECTOR_FILES, Collection
-from retriever.models import load_model
-from retriever.query import Query, search
+from retriever.encoding.clip_encoder import ClipEncoder
+from retriever.encoding.models import load_model
+from retriever.library.collection import VECTOR_FILES, Collection
+from retriever.search.query import Query, search
 
 from .conftest import TINY, write_photo
 

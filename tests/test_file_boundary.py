@@ -17,14 +17,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from retriever import indexer
-from retriever.collection import Collection
+from retriever.encoding.pixels import load_pixels
 from retriever.errors import ImageError, UsageError
-from retriever.images import decode_image, taken_at
-from retriever.indexer import IndexOptions, IndexReport, index_media
-from retriever.media import open_regular, scan
-from retriever.passages import read_text
-from retriever.pixels import load_pixels
+from retriever.library import indexer
+from retriever.library.collection import Collection
+from retriever.library.indexer import IndexOptions, IndexReport, index_media
+from retriever.media.images import decode_image, taken_at
+from retriever.media.passages import read_text
+from retriever.media.scan import open_regular, scan
 
 from .conftest import write_photo
 

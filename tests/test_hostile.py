@@ -20,7 +20,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 import cli
-from retriever.remote import SERVE_FILE
+from retriever.search.remote import SERVE_FILE
 
 from .test_server import indexed_media
 
@@ -46,7 +46,7 @@ def assert_one_line_error(result, code: int) -> None:
     assert not isinstance(result.exception, Exception) or isinstance(
         result.exception, SystemExit), f"{type(result.exception).__name__}: {result.exception}"
     assert "Traceback" not in result.output
-    # "note: retriever-tiny built with random weights" (retriever.models) may come first
+    # "note: retriever-tiny built with random weights" (retriever.encoding.models) may come first
     lines = [line for line in result.stderr.splitlines() if not line.startswith("note: ")]
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert result.exit_code == code, result.stderr
@@ -181,8 +181,8 @@ HOSTILE_TEXT = [
 @pytest.fixture(scope="module")
 def hostile(tmp_path_factory, tiny_encoder):
     """An index of files named and filled with markup and control characters."""
-    from retriever.collection import Collection
-    from retriever.indexer import IndexOptions, index_media
+    from retriever.library.collection import Collection
+    from retriever.library.indexer import IndexOptions, index_media
 
     from .conftest import write_photo
 
@@ -240,8 +240,8 @@ def test_json_keeps_the_text_exact(hostile):
 def test_previews_in_a_terminal_print_file_text_plainly(hostile, tiny_encoder, monkeypatch,
                                                         capsys):
     """The inline-image branch: the escape codes drawing thumbnails are ours, the text not."""
-    from retriever.collection import Collection
-    from retriever.query import Query, search
+    from retriever.library.collection import Collection
+    from retriever.search.query import Query, search
 
     monkeypatch.setenv("TERM", "xterm-kitty")
     monkeypatch.setattr(cli, "stdout", Console(force_terminal=True, highlight=False,

@@ -6,10 +6,10 @@ import os
 
 import pytest
 
-from retriever.collection import Collection
 from retriever.errors import IndexBusy, ModelMismatch
-from retriever.indexer import IndexOptions, index_media
-from retriever.query import Query, search
+from retriever.library.collection import Collection
+from retriever.library.indexer import IndexOptions, index_media
+from retriever.search.query import Query, search
 
 from .conftest import write_photo
 
@@ -143,8 +143,8 @@ def test_a_second_writer_is_refused_with_one_line(tmp_path):
 
 
 def test_indexing_with_another_model_names_reindex(run, library, tmp_path):
-    from retriever.clip_encoder import ClipEncoder
-    from retriever.models import ModelSpec, load_model
+    from retriever.encoding.clip_encoder import ClipEncoder
+    from retriever.encoding.models import ModelSpec, load_model
 
     run()
     other = ClipEncoder(load_model(ModelSpec("RN50", "none")))

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from retriever.losses import Objective, distance_loss, infonce_loss, positive_distance
+from retriever.training.losses import Objective, distance_loss, infonce_loss, positive_distance
 
 
 def unit(rows: int, dim: int, seed: int) -> torch.Tensor:

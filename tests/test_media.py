@@ -7,9 +7,9 @@ import pytest
 from PIL import Image
 
 from retriever.errors import FolderNotFound, ImageError
-from retriever.images import open_image
-from retriever.media import IMAGE, TEXT, scan
-from retriever.passages import read_text, split_passages
+from retriever.media.images import open_image
+from retriever.media.passages import read_text, split_passages
+from retriever.media.scan import IMAGE, TEXT, scan
 
 from .conftest import write_photo
 

@@ -2,7 +2,8 @@
 
 `clip_benchmark_recall` below is CLIP_benchmark's zero-shot retrieval protocol
 (clip_benchmark/metrics/zeroshot_retrieval.py) written out plainly and independently of
-retriever.evaluation: the full caption x image score matrix, a boolean matrix of positive pairs,
+retriever.training.evaluation: the full caption x image score matrix, a boolean matrix of
+positive pairs,
 torch.topk per query, one-hot of the top-k indices against the positives, and "R@k" = the
 fraction of queries with at least one positive in their top k. Image retrieval ranks images for
 each caption (every caption has one image); text retrieval ranks captions for each image (an
@@ -15,10 +16,10 @@ import numpy as np
 import pytest
 import torch
 
-from retriever.encoders import Encoder
-from retriever.evaluation import evaluate_pairs, retrieval_metrics
-from retriever.models import ModelId
-from retriever.pairs import Pair
+from retriever.encoding.encoders import Encoder
+from retriever.encoding.models import ModelId
+from retriever.training.evaluation import evaluate_pairs, retrieval_metrics
+from retriever.training.pairs import Pair
 
 KS = (1, 5, 10)
 
@@ -106,8 +107,8 @@ def test_evaluate_pairs_end_to_end_equals_clip_benchmark(tmp_path, monkeypatch):
         Image.new("RGB", (1, 1), (i, 0, 0)).save(path)
         pairs.append(Pair(path, tuple(c for c, own in zip(captions, index, strict=True)
                                       if own == i)))
-    monkeypatch.setattr("retriever.evaluation.ENCODE_CHUNK", 16)  # several encode chunks
-    monkeypatch.setattr("retriever.evaluation.QUERY_CHUNK", 7)  # several score chunks
+    monkeypatch.setattr("retriever.training.evaluation.ENCODE_CHUNK", 16)  # several encode chunks
+    monkeypatch.setattr("retriever.training.evaluation.QUERY_CHUNK", 7)  # several score chunks
 
     got = evaluate_pairs(TableEncoder(images, dict(zip(captions, texts, strict=True))), pairs)
 

@@ -15,12 +15,12 @@ import numpy as np
 import open_clip
 import pytest
 
-from retriever.clip_encoder import ClipEncoder
-from retriever.collection import Collection
 from retriever.demo import DemoConfig, run_demo
+from retriever.encoding.clip_encoder import ClipEncoder
+from retriever.encoding.models import ModelSpec, load_model, model_fingerprint
 from retriever.errors import ModelMismatch
-from retriever.indexer import IndexOptions, index_media
-from retriever.models import ModelSpec, load_model, model_fingerprint
+from retriever.library.collection import Collection
+from retriever.library.indexer import IndexOptions, index_media
 
 from .conftest import COLOURS, write_photo
 
@@ -73,7 +73,7 @@ def test_a_store_without_a_fingerprint_records_the_model_it_is_given(tmp_path, p
 
 
 def test_weights_changed_behind_the_same_checkpoint_path_are_refused(tmp_path, photos):
-    from retriever.models import save_checkpoint
+    from retriever.encoding.models import save_checkpoint
 
     loaded = load_model(ModelSpec("retriever-tiny", "none"))
     checkpoint = tmp_path / "tuned.pt"
@@ -120,7 +120,7 @@ def broken(loaded, poison: float = float("nan")):
 
 @pytest.mark.parametrize("poison", [float("nan"), float("inf")])
 def test_a_model_giving_non_finite_vectors_stores_nothing(tmp_path, photos, cli, poison):
-    from retriever.models import save_checkpoint
+    from retriever.encoding.models import save_checkpoint
 
     checkpoint = tmp_path / "diverged.pt"
     save_checkpoint(checkpoint, broken(load_model(ModelSpec("retriever-tiny", "none")), poison))

@@ -15,9 +15,9 @@ import pytest
 import torch
 from PIL import Image
 
-from retriever.clip_encoder import ClipEncoder
+from retriever.encoding.clip_encoder import ClipEncoder
+from retriever.encoding.models import ModelSpec, load_model, save_checkpoint
 from retriever.errors import CheckpointError, ModelMismatch, ModelNotFound, WeightsUnavailable
-from retriever.models import ModelSpec, load_model, save_checkpoint
 
 from .conftest import TINY
 

@@ -17,14 +17,14 @@ from PIL import Image
 
 from index.exact import ExactIndex
 from index.vectors import VectorIndex
-from retriever.backends import export_dir, open_encoder
-from retriever.collection import Collection
-from retriever.indexer import IndexOptions, index_media
-from retriever.onnx_export import export
-from retriever.ort_encoder import VISUAL_INT8, OrtEncoder, max_pair_sum, quantize
-from retriever.pixels import load_pixels
-from retriever.specs import ModelId
-from retriever.tokenizer import ClipTokenizer
+from retriever.encoding.backends import export_dir, open_encoder
+from retriever.encoding.onnx_export import export
+from retriever.encoding.ort_encoder import VISUAL_INT8, OrtEncoder, max_pair_sum, quantize
+from retriever.encoding.pixels import load_pixels
+from retriever.encoding.specs import ModelId
+from retriever.encoding.tokenizer import ClipTokenizer
+from retriever.library.collection import Collection
+from retriever.library.indexer import IndexOptions, index_media
 
 from .conftest import COLOURS, write_photo
 
@@ -123,7 +123,7 @@ def test_int8_weights_leave_no_16_bit_pair_sum_to_saturate(exported):
 INT8_ON_AVX2 = """
 import sys
 import numpy as np
-from retriever.ort_encoder import OrtEncoder
+from retriever.encoding.ort_encoder import OrtEncoder
 from pathlib import Path
 folder, pixels = Path(sys.argv[1]), np.load(sys.argv[2])
 fp32 = OrtEncoder(folder).encode_pixels(pixels)
@@ -188,7 +188,7 @@ def test_auto_backend_index_and_search_equal_torch(tmp_path, cli, monkeypatch, m
 
 
 def test_export_is_cached_per_model_and_redone_when_the_weights_change(tmp_path, tiny_encoder):
-    from retriever.models import save_checkpoint
+    from retriever.encoding.models import save_checkpoint
 
     weights = tmp_path / "tiny.pt"
     save_checkpoint(weights, tiny_encoder.loaded)

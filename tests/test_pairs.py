@@ -5,8 +5,8 @@ import pytest
 from PIL import Image
 
 from retriever.errors import DatasetError
-from retriever.pairs import Pair, load_pairs, split_pairs
-from retriever.synthetic import ALL_SCENES, write_captioned_images, write_text_documents
+from retriever.training.pairs import Pair, load_pairs, split_pairs
+from retriever.training.synthetic import ALL_SCENES, write_captioned_images, write_text_documents
 
 
 def image(path: Path) -> Path:

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from retriever.collection import Collection
+from retriever.encoding.pixels import load_pixels
 from retriever.errors import ItemNotFound, UsageError
-from retriever.indexer import IndexOptions, index_media
-from retriever.pixels import load_pixels
-from retriever.preview import KITTY_CHUNK, inline_image, terminal_protocol
-from retriever.query import Query, Term, parse_date, parse_term, query_vector, search
+from retriever.library.collection import Collection
+from retriever.library.indexer import IndexOptions, index_media
+from retriever.search.preview import KITTY_CHUNK, inline_image, terminal_protocol
+from retriever.search.query import Query, Term, parse_date, parse_term, query_vector, search
 
 from .conftest import write_photo
 
@@ -58,7 +58,7 @@ def test_query_vector_is_the_renormalised_weighted_sum(indexed, tiny_encoder):
     query = Query(text="red", add=(Term(2.0, image=root / "new" / "p4.jpg"),),
                   sub=(Term(0.5, text="people"),))
     e = tiny_encoder.encode_texts(["red", "people"])
-    # query images are decoded the way indexed ones are (retriever.pixels.load_pixels)
+    # query images are decoded the way indexed ones are (retriever.encoding.pixels.load_pixels)
     pixels = load_pixels(root / "new" / "p4.jpg", tiny_encoder.pixels).data
     img = tiny_encoder.encode_pixels(pixels[None])[0]
     want = e[0] + 2.0 * img - 0.5 * e[1]
@@ -222,7 +222,7 @@ def test_non_finite_weights_from_the_command_line_are_refused(spec):
 
 def test_a_huge_text_query_is_cut_before_tokenizing(indexed, tiny_encoder, monkeypatch):
     """A 20 MB query must not be tokenized whole: the encoder sees what the model can read."""
-    from retriever.query import CHARS_PER_TOKEN
+    from retriever.search.query import CHARS_PER_TOKEN
 
     _, collection = indexed
     seen: list[int] = []

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from retriever.demo import demo_config
+from retriever.encoding.models import ModelSpec, load_model
 from retriever.errors import CheckpointError, UsageError
-from retriever.models import ModelSpec, load_model
-from retriever.synthetic import write_captioned_images
-from retriever.training import run_file, train
+from retriever.training.loop import run_file, train
+from retriever.training.synthetic import write_captioned_images
 
 STEPS_PER_EPOCH = 4  # 32 training images (40, 20% held out) in steps of 8
 EPOCHS = 2

@@ -16,13 +16,13 @@ import pytest
 from PIL import Image
 from starlette.testclient import TestClient
 
-import retriever.thumbnails
+import retriever.library.thumbnails
 from index.store import ModelRecord
 from retriever import errors
-from retriever.collection import Collection
-from retriever.indexer import IndexOptions, index_media
-from retriever.query import Query, Term, search
-from retriever.server import WEB, ServerSettings, create_app, listen
+from retriever.library.collection import Collection
+from retriever.library.indexer import IndexOptions, index_media
+from retriever.search.query import Query, Term, search
+from retriever.search.server import WEB, ServerSettings, create_app, listen
 
 from .conftest import COLOURS, write_photo
 
@@ -130,7 +130,7 @@ def test_upload_search_finds_the_same_photo_first(client, media):
 
 
 def test_json_search_is_the_library_search(client, media, tiny_encoder):
-    """Combined terms through the API give exactly what retriever.query.search gives."""
+    """Combined terms through the API give exactly what retriever.search.query.search gives."""
     _, collection = media
     green = item_id(client, "green.jpg")
     body = {"text": "red", "add": [{"item": green, "weight": 0.5}], "sub": [{"text": "blue"}],
@@ -213,7 +213,7 @@ def test_bad_requests_are_one_line_json_errors(client, method, url, kwargs, stat
 
 
 def test_library_errors_name_their_class_for_clients(client):
-    """`type` is the nearest class in retriever.errors: retriever.remote raises that one."""
+    """`type` is the nearest class in retriever.errors: retriever.search.remote raises that one."""
     unknown = client.get("/api/search", params={"item": 999999})
     assert (unknown.status_code, unknown.json()["type"]) == (404, "ItemNotFound")
     big = client.post("/api/search", files={"image": ("big.jpg", b"\xff" * 2 * CAP, "image/jpeg")})
@@ -271,13 +271,13 @@ def test_thumbnail_is_an_upright_jpeg_made_once(tiny_encoder, monkeypatch, tmp_p
     root = make_media(tmp_path / "media")  # a fresh index: no cached thumbnails yet
     collection = open_index(root, tiny_encoder)
     made = []
-    original = retriever.thumbnails.thumbnail_bytes
+    original = retriever.library.thumbnails.thumbnail_bytes
 
     def counted(path: Path, size: int) -> bytes:
         made.append(path)
         return original(path, size)
 
-    monkeypatch.setattr(retriever.thumbnails, "thumbnail_bytes", counted)
+    monkeypatch.setattr(retriever.library.thumbnails, "thumbnail_bytes", counted)
     with client_for(collection, tiny_encoder) as client:
         rotated = item_id(client, "rotated.jpg")
         first = client.get(f"/api/items/{rotated}/thumbnail")
@@ -346,7 +346,7 @@ def test_other_host_names_are_refused(client):
 
 
 def test_every_library_error_maps_to_a_4xx():
-    from retriever.server import STATUS, UploadTooLarge
+    from retriever.search.server import STATUS, UploadTooLarge
 
     kinds = [k for k in vars(errors).values()
              if isinstance(k, type) and issubclass(k, errors.RetrieverError)] + [UploadTooLarge]
@@ -480,7 +480,7 @@ def test_a_read_only_index_answers_searches_and_thumbnails_without_writing(
     root = make_media(tmp_path / "media")
     open_index(root, tiny_encoder).close()
     before = sorted(p.name for p in (root / ".retriever").iterdir())
-    monkeypatch.setattr("retriever.collection._writable", lambda directory: False)
+    monkeypatch.setattr("retriever.library.collection._writable", lambda directory: False)
     collection = Collection.open(root / ".retriever")
     assert collection.read_only
     with client_for(collection, tiny_encoder) as web:

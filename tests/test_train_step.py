@@ -10,16 +10,16 @@ from dataclasses import replace
 import pytest
 import torch
 
-from retriever.datasets import Batch
 from retriever.demo import demo_config
-from retriever.distributed import Group
+from retriever.encoding.models import ModelSpec, load_model
 from retriever.errors import UsageError
-from retriever.losses import Objective
-from retriever.models import ModelSpec, load_model
-from retriever.optimizer import build_optimizer
-from retriever.synthetic import ALL_SCENES, write_captioned_images
-from retriever.train_step import Stepper
-from retriever.training import train
+from retriever.training.datasets import Batch
+from retriever.training.distributed import Group
+from retriever.training.loop import train
+from retriever.training.losses import Objective
+from retriever.training.optimizer import build_optimizer
+from retriever.training.step import Stepper
+from retriever.training.synthetic import ALL_SCENES, write_captioned_images
 
 TINY = ModelSpec("retriever-tiny", "none")
 INFONCE = Objective()

@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from retriever.clip_encoder import ClipEncoder
 from retriever.demo import DEMO_IMAGES, demo_config
+from retriever.encoding.clip_encoder import ClipEncoder
+from retriever.encoding.models import ModelSpec, load_model
 from retriever.errors import TrainingDiverged, UsageError
-from retriever.images import open_image
-from retriever.models import ModelSpec, load_model
-from retriever.pairs import load_pairs
-from retriever.synthetic import write_captioned_images
-from retriever.train_step import Stepper
-from retriever.training import train
+from retriever.media.images import open_image
+from retriever.training.loop import train
+from retriever.training.pairs import load_pairs
+from retriever.training.step import Stepper
+from retriever.training.synthetic import write_captioned_images
 
 OBJECTIVES = {
     "infonce": {},
@@ -185,7 +185,7 @@ def test_bad_settings_fail_before_loading_anything(tmp_path, monkeypatch, change
     def no_loading(*args, **kwargs):
         raise AssertionError("loaded a model before checking the settings")
 
-    monkeypatch.setattr("retriever.training.load_model", no_loading)
+    monkeypatch.setattr("retriever.training.loop.load_model", no_loading)
     cfg = replace(demo_config(tmp_path / "absent", tmp_path / "m.pt"), **change)
     with pytest.raises(UsageError, match=re.escape(flag)):
         train(cfg)

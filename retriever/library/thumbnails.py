@@ -24,9 +24,9 @@ from typing import BinaryIO
 
 from index.atomic import replacing
 from index.store import IMAGE, FileState, ItemView
-from retriever.collection import THUMBS_DIRNAME, Collection
 from retriever.errors import ItemNotFound, UsageError
-from retriever.images import thumbnail_bytes
+from retriever.library.collection import THUMBS_DIRNAME, Collection
+from retriever.media.images import thumbnail_bytes
 
 DEFAULT_SIZE = 256  # px, longest side: sharp in a ~200 px grid cell on a 1.25x screen
 CHUNK = 1 << 20  # bytes hashed per read

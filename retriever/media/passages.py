@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from retriever.media import open_regular
+from retriever.media.scan import open_regular
 
 # Documents larger than this are read up to the cap (a log file dropped into a photo folder
 # must not take the run down); change it with `--max-text-bytes`.

@@ -1,6 +1,6 @@
 """`retriever serve`: a local web page and a JSON API over one collection.
 
-    GET  /, /app.js, /style.css      the page (retriever/web/)
+    GET  /, /app.js, /style.css      the page (retriever/search/web/)
     GET  /api/info                   what the index holds and which model made it
     GET  /api/search?text=..|item=..  search by words or by an indexed item, with filters
     POST /api/search                 a JSON body (adds `add`/`sub` terms), or multipart with an
@@ -9,10 +9,11 @@
     GET  /api/items/{id}/file        the indexed file itself
 
 While it accepts connections on a loopback address, the server names itself in
-`<index>/serve.json` (`announce`), so `retriever search` there asks it (retriever.remote).
+`<index>/serve.json` (`announce`), so `retriever search` there asks it (retriever.search.remote).
 
 The app keeps the model and the FAISS indexes loaded and answers every search with
-`retriever.query.search`, the function the CLI uses. Files are served by item id, looked up in
+`retriever.search.query.search`, the function the CLI uses. Files are served by item id,
+looked up in
 the store: no request value is ever made into a filesystem path. Library errors become
 `{"error": "one line", "type": "UsageError"}` with a 4xx status (`STATUS`); `type` names the
 nearest class in retriever.errors, so a client can raise the same error.
@@ -49,8 +50,7 @@ from starlette.types import Message
 
 from index.atomic import replacing
 from index.store import IMAGE
-from retriever.collection import Collection
-from retriever.encoders import Encoder
+from retriever.encoding.encoders import Encoder
 from retriever.errors import (
     ImageError,
     IndexNotFound,
@@ -59,9 +59,10 @@ from retriever.errors import (
     RetrieverError,
     UsageError,
 )
-from retriever.query import Query, Result, Term, parse_date, search
-from retriever.remote import SERVE_FILE
-from retriever.thumbnails import CHUNK, DEFAULT_SIZE, open_indexed, thumbnail
+from retriever.library.collection import Collection
+from retriever.library.thumbnails import CHUNK, DEFAULT_SIZE, open_indexed, thumbnail
+from retriever.search.query import Query, Result, Term, parse_date, search
+from retriever.search.remote import SERVE_FILE
 
 WEB = Path(__file__).parent / "web"
 ASSETS = {"/": ("index.html", "text/html"), "/app.js": ("app.js", "text/javascript"),
@@ -288,7 +289,8 @@ class Api:
         return FileResponse(made, media_type="image/jpeg", headers=THUMB_HEADERS)
 
     def file(self, request: Request) -> StreamingResponse:
-        """The checked, open file (retriever.thumbnails.open_indexed), not its path reopened."""
+        """The checked, open file (retriever.library.thumbnails.open_indexed), not its path
+        reopened."""
         view, handle = open_indexed(self.live.collection,
                                     _whole(request.path_params["item"], "item"))
         size = os.fstat(handle.fileno()).st_size

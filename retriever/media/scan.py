@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from retriever.errors import FolderNotFound
-from retriever.images import IMAGE_SUFFIXES
+from retriever.media.images import IMAGE_SUFFIXES
 
 TEXT_SUFFIXES = frozenset({".txt", ".md"})
 IMAGE = "image"

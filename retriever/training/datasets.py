@@ -32,10 +32,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
+from retriever.encoding.models import LoadedModel
 from retriever.errors import DatasetError, ImageError, UsageError
-from retriever.images import open_image
-from retriever.models import LoadedModel
-from retriever.pairs import Pair
+from retriever.media.images import open_image
+from retriever.training.pairs import Pair
 
 # Streamed samples held back for shuffling. Shards are usually written in some order (by source,
 # by date); a few thousand samples mix neighbouring shards' worth at ~100 KB per image.

@@ -32,8 +32,8 @@ import open_clip
 import torch
 
 from index.atomic import replacing
+from retriever.encoding.specs import ModelId, ModelSpec
 from retriever.errors import CheckpointError, ModelMismatch, ModelNotFound, WeightsUnavailable
-from retriever.specs import ModelId, ModelSpec
 
 DEFAULT_MODEL = "ViT-B-32"
 DEFAULT_PRETRAINED = "laion2b_s34b_b79k"

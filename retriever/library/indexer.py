@@ -35,11 +35,13 @@ from typing import BinaryIO, cast
 import numpy as np
 
 from index.store import FailureRecord, FileRecord, FileState, ItemRecord, ModelRecord, Store
-from retriever.collection import Collection
-from retriever.encoders import Encoder
+from retriever.encoding.encoders import Encoder
+from retriever.encoding.pixels import Pixels, load_pixels
 from retriever.errors import ImageError, NonFiniteVectors, UsageError
-from retriever.images import DEFAULT_MAX_PIXELS, taken_at
-from retriever.media import (
+from retriever.library.collection import Collection
+from retriever.media.images import DEFAULT_MAX_PIXELS, taken_at
+from retriever.media.passages import DEFAULT_MAX_TEXT_BYTES, Passage, read_text, split_passages
+from retriever.media.scan import (
     IMAGE,
     TEXT,
     TEXT_SUFFIXES,
@@ -49,8 +51,6 @@ from retriever.media import (
     path_key,
     scan,
 )
-from retriever.passages import DEFAULT_MAX_TEXT_BYTES, Passage, read_text, split_passages
-from retriever.pixels import Pixels, load_pixels
 from retriever.progress import NullProgress, Progress
 
 Entry = tuple[FileRecord, list[ItemRecord]]  # a file and its items, ready for the store

@@ -1,10 +1,11 @@
 """Encoders: images and texts in, L2-normalised float32 vectors of one shared space out.
 
 `Encoder` is the whole interface the rest of retriever relies on, and imports no torch.
-`retriever.clip_encoder.ClipEncoder` runs an open_clip model in torch (the GPU path, and
-training); `retriever.ort_encoder.OrtEncoder` runs the same model exported to ONNX Runtime (the
-CPU path, no torch import). `retriever.backends` picks one. Both take the same preprocessed
-pixels (`retriever.pixels`).
+`retriever.encoding.clip_encoder.ClipEncoder` runs an open_clip model in torch (the GPU path, and
+training); `retriever.encoding.ort_encoder.OrtEncoder` runs the same model exported to ONNX
+Runtime (the
+CPU path, no torch import). `retriever.encoding.backends` picks one. Both take the same preprocessed
+pixels (`retriever.encoding.pixels`).
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-from retriever.pixels import PixelConfig
-from retriever.specs import ModelId
+from retriever.encoding.pixels import PixelConfig
+from retriever.encoding.specs import ModelId
 
 
 class Encoder(ABC):
@@ -24,7 +25,7 @@ class Encoder(ABC):
 
     model_id: ModelId
     dim: int
-    fingerprint: str  # sha256 of config + weights (retriever.models.model_fingerprint)
+    fingerprint: str  # sha256 of config + weights (retriever.encoding.models.model_fingerprint)
     context_length: int  # tokens a text may have, start and end markers included
     pixels: PixelConfig  # how images become the model's input
 

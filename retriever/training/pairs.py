@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from retriever.errors import DatasetError
-from retriever.images import IMAGE_SUFFIXES
+from retriever.media.images import IMAGE_SUFFIXES
 
 TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t", ".jsonl": None}
 COCO_SUFFIX = ".json"

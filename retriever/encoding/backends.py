@@ -4,7 +4,7 @@
                encodes images 1.2x faster than torch eager on CPU, a 5-word query in ~12 ms
                (the text tower runs to the query's length only), and starts a text query
                without importing torch (bench/RESULTS.md)
-    torch      open_clip in torch (`retriever.clip_encoder`)
+    torch      open_clip in torch (`retriever.encoding.clip_encoder`)
     onnx       the towers exported to ONNX, fp32: vectors equal torch's (cosine >= 0.9999,
                tested)
     onnx-int8  the image tower with int8 matrix products: 2.8x faster image encoding on this
@@ -26,10 +26,10 @@ import shutil
 from pathlib import Path
 
 from index.exact import gpu_visible
-from retriever.encoders import Encoder
+from retriever.encoding.encoders import Encoder
+from retriever.encoding.ort_encoder import FORMAT, OrtEncoder, is_export, quantize
+from retriever.encoding.specs import ModelId, ModelSpec
 from retriever.errors import UsageError
-from retriever.ort_encoder import FORMAT, OrtEncoder, is_export, quantize
-from retriever.specs import ModelId, ModelSpec
 
 BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
 EXPORTS_DIRNAME = "onnx"
@@ -45,9 +45,9 @@ def open_encoder(model: ModelSpec | ModelId, backend: str, index_dir: Path,
     folder = export_dir(index_dir, model) if isinstance(model, ModelId) else None
     if folder is None or chosen == "torch" or not is_export(folder):
         # the export is missing (or torch was asked for): the model is loaded in torch
-        from retriever.clip_encoder import ClipEncoder
-        from retriever.models import load_model
-        from retriever.onnx_export import export, supported
+        from retriever.encoding.clip_encoder import ClipEncoder
+        from retriever.encoding.models import load_model
+        from retriever.encoding.onnx_export import export, supported
 
         loaded = load_model(ModelSpec(model.name, model.pretrained)
                             if isinstance(model, ModelId) else model)

@@ -2,7 +2,7 @@
 
 While a server accepts connections on a loopback address it names itself in
 `<index>/serve.json`: {"url": "http://127.0.0.1:8765", "pid": 4242, "directory": "/abs/index"}
-(retriever.server.announce). Its model and FAISS indexes are loaded, so a search it answers
+(retriever.search.server.announce). Its model and FAISS indexes are loaded, so a search it answers
 takes milliseconds where a cold CLI spends seconds importing torch and loading them.
 
 serve.json is a file anyone who can write into the index folder can plant, so it is trusted only
@@ -31,8 +31,8 @@ from urllib.parse import urlsplit
 from retriever import errors
 from retriever.errors import RetrieverError, UsageError
 
-if TYPE_CHECKING:  # only for types: retriever.query imports SQLAlchemy and numpy
-    from retriever.query import Query, Term
+if TYPE_CHECKING:  # only for types: retriever.search.query imports SQLAlchemy and numpy
+    from retriever.search.query import Query, Term
 
 SERVE_FILE = "serve.json"
 RESULT_FIELDS = ("id", "path", "score", "kind", "position", "passage", "caption")

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from index.atomic import replacing
 from retriever.errors import ImageError, UsageError
-from retriever.images import thumbnail_bytes
-from retriever.query import Result
+from retriever.media.images import thumbnail_bytes
+from retriever.search.query import Result
 
 THUMBNAIL = 256  # px, longest side
 

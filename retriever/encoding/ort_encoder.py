@@ -1,4 +1,5 @@
-"""`OrtEncoder`: an exported model (see `retriever.onnx_export`) run by ONNX Runtime on CPU.
+"""`OrtEncoder`: an exported model (see `retriever.encoding.onnx_export`) run by ONNX Runtime
+on CPU.
 
 Imports neither torch nor open_clip, so a text query starts in a fraction of a second. Each
 tower's session is created on first use: a text query never loads the image tower.
@@ -14,12 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from retriever.encoders import Encoder
-from retriever.pixels import PixelConfig
-from retriever.specs import ModelId
-from retriever.tokenizer import ClipTokenizer
+from retriever.encoding.encoders import Encoder
+from retriever.encoding.pixels import PixelConfig
+from retriever.encoding.specs import ModelId
+from retriever.encoding.tokenizer import ClipTokenizer
 
-# The export folder's files (written by retriever.onnx_export)
+# The export folder's files (written by retriever.encoding.onnx_export)
 # bump when the files change meaning: older exports are then made again. 2: meta.json has the
 # model's fingerprint
 FORMAT = 2

@@ -54,14 +54,14 @@ from retriever.errors import (
     ModelMismatch,
     UsageError,
 )
-from retriever.locations import ENV_STORE_URL, STORE_FILE
+from retriever.library.locations import ENV_STORE_URL, STORE_FILE
 
 if TYPE_CHECKING:  # FAISS loads only when an index is written or an ANN index searched
     from index.vectors import VectorIndex
 
 VECTOR_FILES = {IMAGE: "images.faiss", TEXT: "texts.faiss"}
 LOCK_FILE = "write.lock"
-THUMBS_DIRNAME = "thumbs"  # retriever.thumbnails' cache
+THUMBS_DIRNAME = "thumbs"  # retriever.library.thumbnails' cache
 T = TypeVar("T")
 
 

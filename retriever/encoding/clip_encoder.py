@@ -9,9 +9,9 @@ import numpy as np
 import open_clip
 import torch
 
-from retriever.encoders import Encoder
-from retriever.models import LoadedModel, model_fingerprint
-from retriever.pixels import PixelConfig
+from retriever.encoding.encoders import Encoder
+from retriever.encoding.models import LoadedModel, model_fingerprint
+from retriever.encoding.pixels import PixelConfig
 
 
 class ClipEncoder(Encoder):

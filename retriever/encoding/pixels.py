@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from retriever.images import DEFAULT_MAX_PIXELS, decode_image
+from retriever.media.images import DEFAULT_MAX_PIXELS, decode_image
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from index.atomic import replacing
-from retriever.evaluation import KS
+from retriever.training.evaluation import KS
 
 DIRECTIONS = {"t2i": "text_to_image", "i2t": "image_to_text"}
 VAL_COLUMNS = [f"val_{short}_R@{k}" for short in DIRECTIONS for k in KS]

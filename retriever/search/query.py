@@ -19,14 +19,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from index.kinds import IMAGE, TEXT
+from retriever.encoding.specs import ModelId, ModelSpec
 from retriever.errors import IndexNotFound, ItemNotFound, ModelMismatch, UsageError
-from retriever.specs import ModelId, ModelSpec
 
 if TYPE_CHECKING:  # Query and Result are on the CLI's path to a running server: keep it light
     import numpy as np
 
-    from retriever.collection import Collection
-    from retriever.encoders import Encoder
+    from retriever.encoding.encoders import Encoder
+    from retriever.library.collection import Collection
 
 TARGETS = {"images": (IMAGE,), "texts": (TEXT,), "all": (IMAGE, TEXT)}
 MAX_ID = 2**63 - 1  # item ids are SQLite integers
@@ -121,7 +121,7 @@ def open_encoder(
     backend: str = "auto",
     quick_start: bool = False,
 ) -> Encoder:
-    """The encoder the collection was built with, on `backend` (see `retriever.backends`);
+    """The encoder the collection was built with, on `backend` (see `retriever.encoding.backends`);
     `asked` (from --model/--pretrained) must agree, else `ModelMismatch` ending with `fix`."""
     record = collection.model()
     if record is None:
@@ -134,7 +134,7 @@ def open_encoder(
                     f"{flag} {value} differs from {recorded}, which {collection.directory} was "
                     f"built with: " + fix.format(flag=flag)
                 )
-    from retriever.backends import open_encoder as open_backend
+    from retriever.encoding.backends import open_encoder as open_backend
 
     encoder = open_backend(ModelId(record.name, record.pretrained), backend,
                            collection.directory, batch_size, quick_start)
@@ -194,7 +194,7 @@ def _embed(collection: Collection, encoder: Encoder, term: Term) -> np.ndarray:
                                f"from a search result")
         return stored[1]
     if term.image is not None:
-        from retriever.pixels import load_pixels
+        from retriever.encoding.pixels import load_pixels
 
         # decoded like indexed images are, so an indexed photo finds itself at score 1
         return encoder.encode_pixels(load_pixels(term.image, encoder.pixels).data[None])[0]

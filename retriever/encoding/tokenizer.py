@@ -1,7 +1,8 @@
 """open_clip's CLIP tokenizer without torch: the same ids from Hugging Face `tokenizers`.
 
 open_clip's `SimpleTokenizer` imports torch, which costs a cold text query seconds. The BPE
-vocabulary and merges it uses are written once, at ONNX export (`retriever.onnx_export`), as a
+vocabulary and merges it uses are written once, at ONNX export
+(`retriever.encoding.onnx_export`), as a
 `tokenizer.json` that the Rust `tokenizers` library loads in milliseconds. Text is cleaned the
 way open_clip cleans it (ftfy, HTML unescape twice, whitespace collapsed, lower case); tests
 compare the ids with open_clip's on mixed text.

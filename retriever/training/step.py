@@ -3,7 +3,8 @@ micro-batches, computing exactly the gradient of the loss over the whole step ba
 
 Over processes: each process embeds its own pairs; the embeddings are gathered (gradients flow
 back to each process's own rows) so every loss term sees the whole step's negatives. Each
-process computes its rows' share of the loss (retriever.losses); the shares add up to the loss
+process computes its rows' share of the loss (retriever.training.losses); the shares add up
+to the loss
 over the step. DDP averages gradients over processes, so each share is scaled by the number of
 processes first: the averaged gradient is then the gradient of the full loss.
 
@@ -22,10 +23,10 @@ from typing import Any, Literal
 
 import torch
 
-from retriever.datasets import Batch
-from retriever.distributed import Group, all_counts, all_sum, gather
-from retriever.losses import Objective
-from retriever.optimizer import set_lr
+from retriever.training.datasets import Batch
+from retriever.training.distributed import Group, all_counts, all_sum, gather
+from retriever.training.losses import Objective
+from retriever.training.optimizer import set_lr
 
 # CLIP clamps its learned temperature so logits never exceed 100x the cosine similarity.
 MAX_LOGIT_SCALE = math.log(100)

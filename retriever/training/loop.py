@@ -11,7 +11,7 @@ A non-finite loss or weights stop the run at once with TrainingDiverged: no chec
 resumable state; the curves up to that step stay for diagnosis.
 
 With `nproc` > 1, or when started by torchrun, the processes train as one (DDP): see
-retriever.distributed and retriever.train_step. Only rank 0 logs and writes files.
+retriever.training.distributed and retriever.training.step. Only rank 0 logs and writes files.
 """
 
 from __future__ import annotations
@@ -29,9 +29,13 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from retriever.clip_encoder import ClipEncoder
-from retriever.curves import Curve
-from retriever.datasets import (
+from retriever.encoding.clip_encoder import ClipEncoder
+from retriever.encoding.models import RANDOM, LoadedModel, ModelSpec, default_device, load_model
+from retriever.encoding.models import save_checkpoint as save_model
+from retriever.errors import DatasetError, RetrieverError, TrainingDiverged, UsageError
+from retriever.progress import Progress, Task
+from retriever.training.curves import Curve
+from retriever.training.datasets import (
     Batch,
     Feed,
     PairData,
@@ -40,16 +44,12 @@ from retriever.datasets import (
     count_samples,
     shard_urls,
 )
-from retriever.distributed import Group, all_sum, barrier, join, launch, launched, leave
-from retriever.errors import DatasetError, RetrieverError, TrainingDiverged, UsageError
-from retriever.evaluation import SILENT, evaluate_pairs
-from retriever.losses import Objective
-from retriever.models import RANDOM, LoadedModel, ModelSpec, default_device, load_model
-from retriever.models import save_checkpoint as save_model
-from retriever.optimizer import build_optimizer, lr_at
-from retriever.pairs import Pair, load_pairs, split_pairs
-from retriever.progress import Progress, Task
-from retriever.resume import (
+from retriever.training.distributed import Group, all_sum, barrier, join, launch, launched, leave
+from retriever.training.evaluation import SILENT, evaluate_pairs
+from retriever.training.losses import Objective
+from retriever.training.optimizer import build_optimizer, lr_at
+from retriever.training.pairs import Pair, load_pairs, split_pairs
+from retriever.training.resume import (
     TrainState,
     capture_rng,
     check_settings,
@@ -57,7 +57,7 @@ from retriever.resume import (
     restore_rng,
     save_state,
 )
-from retriever.train_step import MAX_LOGIT_SCALE, Precision, Stepper
+from retriever.training.step import MAX_LOGIT_SCALE, Precision, Stepper
 
 __all__ = ["MAX_LOGIT_SCALE", "EpochStats", "TrainConfig", "TrainResult", "train"]
 

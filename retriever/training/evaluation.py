@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from retriever.encoders import Encoder
+from retriever.encoding.encoders import Encoder
 from retriever.errors import DatasetError, ImageError
-from retriever.images import open_image
-from retriever.pairs import Pair
+from retriever.media.images import open_image
 from retriever.progress import NullProgress, Progress
+from retriever.training.pairs import Pair
 
 KS = (1, 5, 10)
 QUERY_CHUNK = 1024  # queries scored at once: bounds the (chunk, candidates) score matrix

@@ -1,10 +1,11 @@
-"""Export an open_clip model's two towers to ONNX, for `retriever.ort_encoder` (needs torch).
+"""Export an open_clip model's two towers to ONNX, for `retriever.encoding.ort_encoder`
+(needs torch).
 
-One export is a folder (see `retriever.backends` for where it lives):
+One export is a folder (see `retriever.encoding.backends` for where it lives):
 
     visual.onnx  + visual.onnx.data     image tower: (n, 3, S, S) float32 -> (n, dim)
     textual.onnx + textual.onnx.data    text tower:  (n, L) int64 token ids -> (n, dim)
-    tokenizer.json                      the CLIP BPE for `retriever.tokenizer`, no torch
+    tokenizer.json                      the CLIP BPE for `retriever.encoding.tokenizer`, no torch
     meta.json                           model id, dim, context length, pixel config
     visual.int8-7bit.onnx               only once `--backend onnx-int8` asked for it (quantize)
 
@@ -33,11 +34,11 @@ from typing import Any
 import open_clip
 import torch
 
+from retriever.encoding.models import LoadedModel, model_fingerprint
+from retriever.encoding.ort_encoder import FORMAT, META, TEXTUAL, TOKENIZER, VISUAL, is_export
+from retriever.encoding.pixels import PixelConfig
+from retriever.encoding.tokenizer import tokenizer_json
 from retriever.errors import UsageError
-from retriever.models import LoadedModel, model_fingerprint
-from retriever.ort_encoder import FORMAT, META, TEXTUAL, TOKENIZER, VISUAL, is_export
-from retriever.pixels import PixelConfig
-from retriever.tokenizer import tokenizer_json
 
 OPSET = 18
 

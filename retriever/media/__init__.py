@@ -1,0 +1,2 @@
+"""Media on disk: finding files (scan), opening one image (images), reading and cutting text
+(passages)."""
