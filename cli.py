@@ -198,7 +198,7 @@ def index(
         report = index_media(collection, encoder, options, RichProgress())
     for failure in report.failures:
         stderr.print(f"skipped {visible(failure.reason)}", markup=False)
-    counts = collection.store.counts()
+    counts = collection.counts()
     if json_out:
         stdout.print(json.dumps({"directory": str(collection.directory), **counts.__dict__,
                                  "run": report.to_json()}), markup=False)
@@ -371,24 +371,19 @@ def info(db: DbOpt = None, json_out: JsonOpt = False) -> None:
     from retriever.library.collection import Collection
     from retriever.library.locations import find_index_dir
 
-    collection = Collection.open(find_index_dir(db))
-    store = collection.store
-    counts, record, run = store.counts(), store.model(), store.last_run()
-    failures = [f.__dict__ for f in store.failures().values()]
-    summary = {**counts.__dict__, "model": record.__dict__ if record else None,
-               "directory": str(collection.directory),
-               "last_run": run.__dict__ if run else None, "failures": failures}
+    summary = Collection.open(find_index_dir(db)).summary()
     if json_out:
-        stdout.print(json.dumps(summary), markup=False)
+        stdout.print(json.dumps(summary.to_json()), markup=False)
         return
+    record, run = summary.model, summary.last_run
     model = f"{record.name} ({record.pretrained}, {record.dim}-d)" if record else "none yet"
-    lines = [f"index     {collection.directory}", f"model     {model}",
-             f"files     {counts.files}", f"images    {counts.images}",
-             f"texts     {counts.texts} passages"]
+    lines = [f"index     {summary.directory}", f"model     {model}",
+             f"files     {summary.files}", f"images    {summary.images}",
+             f"texts     {summary.texts} passages"]
     if run:
         done = {k: v for k, v in run.stats.items() if k != "failures" and v}
         lines.append(f"last run  {run.status}: " + ", ".join(f"{k} {v}" for k, v in done.items()))
-    lines += [f"failed    {f['path']}: {f['reason']}" for f in failures]
+    lines += [f"failed    {f.path}: {f.reason}" for f in summary.failures]
     stdout.print("\n".join(visible(line) for line in lines), markup=False)
 
 

@@ -29,6 +29,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -40,9 +41,13 @@ from index.store import (
     IMAGE,
     KINDS,
     TEXT,
+    Counts,
+    FailureRecord,
     FileRecord,
     ItemRecord,
+    ItemView,
     ModelRecord,
+    RunRecord,
     Store,
     read_only_message,
 )
@@ -57,6 +62,8 @@ from retriever.errors import (
 from retriever.library.locations import ENV_STORE_URL, STORE_FILE
 
 if TYPE_CHECKING:  # FAISS loads only when an index is written or an ANN index searched
+    import numpy as np
+
     from index.vectors import VectorIndex
 
 VECTOR_FILES = {IMAGE: "images.faiss", TEXT: "texts.faiss"}
@@ -100,6 +107,35 @@ class Collection:
 
     def model(self) -> ModelRecord | None:
         return self.store.model()
+
+    # --- reading, for search, the server and `info` (nothing outside index/ and
+    # retriever/library/ touches the store itself) -------------------------------------------
+
+    def generation(self) -> int:
+        """Bumped by every write: a reader that saw another one is looking at older data."""
+        return self.store.generation()
+
+    def counts(self) -> Counts:
+        return self.store.counts()
+
+    def items(self, ids: Sequence[int]) -> dict[int, ItemView]:
+        """What search results show of each item id (those still stored)."""
+        return self.store.items(ids)
+
+    def item_vector(self, item_id: int) -> tuple[str, np.ndarray] | None:
+        """(kind, (dim,) unit vector) of one stored item, or None."""
+        return self.store.item_vector(item_id)
+
+    def ids_where(self, kind: str, prefix: str | None = None, after: float | None = None,
+                  before: float | None = None) -> np.ndarray:
+        """Ids (n,) int64 of `kind` items under path `prefix`, taken in [after, before)."""
+        return self.store.item_ids_where(kind, prefix, after, before)
+
+    def summary(self) -> Summary:
+        """What the collection holds, its model, and the last run: `info` and /api/info."""
+        counts, run = self.counts(), self.store.last_run()
+        return Summary(str(self.directory), counts.images, counts.texts, counts.files,
+                       self.store.model(), run, list(self.store.failures().values()))
 
     def bind_model(self, record: ModelRecord) -> None:
         """Record the collection's model, or refuse one that is not the recorded (see
@@ -322,6 +358,25 @@ def _file_errors(directory: Path) -> Iterator[None]:
             raise UsageError(f"the index folder {directory} cannot be made ({err.strerror}: "
                              f"a file is in the way): pass a folder path") from err
         raise
+
+
+@dataclass(frozen=True)
+class Summary:
+    directory: str
+    images: int  # image items
+    texts: int  # text passages
+    files: int
+    model: ModelRecord | None  # None before the first run
+    last_run: RunRecord | None
+    failures: list[FailureRecord]  # files that could not be indexed, path order
+
+    def to_json(self) -> dict:
+        """`retriever info --json`: counts first, then model, directory, last run, failures."""
+        return {"images": self.images, "texts": self.texts, "files": self.files,
+                "model": asdict(self.model) if self.model else None,
+                "directory": self.directory,
+                "last_run": asdict(self.last_run) if self.last_run else None,
+                "failures": [asdict(f) for f in self.failures]}
 
 
 def _names(record: ModelRecord) -> tuple[str, str]:

@@ -157,7 +157,7 @@ def search(collection: Collection, encoder: Encoder, query: Query) -> list[Resul
     hits = sorted(hits, reverse=True)[: query.k]
     if query.min_score is not None:
         hits = [(s, i) for s, i in hits if s >= query.min_score]
-    views = collection.store.items([i for _, i in hits])
+    views = collection.items([i for _, i in hits])
     return [
         Result(i, v.path, score, v.kind, v.position, v.passage, v.caption)
         for score, i in hits
@@ -188,7 +188,7 @@ def query_vector(collection: Collection, encoder: Encoder, query: Query) -> np.n
 
 def _embed(collection: Collection, encoder: Encoder, term: Term) -> np.ndarray:
     if term.item is not None:
-        stored = collection.store.item_vector(term.item)
+        stored = collection.item_vector(term.item)
         if stored is None:
             raise ItemNotFound(f"no item {term.item} in {collection.directory}: pass an id "
                                f"from a search result")
@@ -206,7 +206,7 @@ def _allowed(collection: Collection, kind: str, query: Query) -> np.ndarray | No
     if query.path_prefix is None and query.after is None and query.before is None:
         return None
     prefix = os.path.abspath(query.path_prefix) if query.path_prefix else None
-    return collection.store.item_ids_where(kind, prefix, query.after, query.before)
+    return collection.ids_where(kind, prefix, query.after, query.before)
 
 
 def _same(asked: str, recorded: str) -> bool:

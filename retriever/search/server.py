@@ -122,13 +122,13 @@ class Live:
         self.lock = threading.Lock()
         self.collection = collection
         self.encoder = encoder
-        self.generation = collection.store.generation()
+        self.generation = collection.generation()
         self.model = collection.model()  # what `encoder` was loaded from
 
     @contextmanager
     def current(self) -> Iterator[Collection]:
         with self.lock:
-            now = self.collection.store.generation()
+            now = self.collection.generation()
             if now != self.generation:
                 old = self.collection
                 self.collection, self.generation = Collection.open(old.directory, old.ann), now
@@ -259,10 +259,8 @@ class Api:
 
     def info(self, request: Request) -> JSONResponse:
         with self.live.current() as collection:
-            model = collection.store.model()
-            return JSONResponse({"directory": str(collection.directory.resolve()),
-                                 "model": model.__dict__ if model else None,
-                                 **collection.store.counts().__dict__})
+            summary = collection.summary().to_json()
+            return JSONResponse({**summary, "directory": str(collection.directory.resolve())})
 
     def search_get(self, request: Request) -> JSONResponse:
         return self._search(self._query(request.query_params, FIELDS))
