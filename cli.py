@@ -6,36 +6,31 @@ everything else about how work is done lives in `retriever/` and `index/`.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import logging
-import re
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
-from rich.text import Text
 from typer.core import TyperGroup
 
 from retriever import __version__
-from retriever.errors import RetrieverError
+from retriever.errors import AskedModelDiffers, BadSetting, RetrieverError
 from retriever.media.images import DEFAULT_MAX_PIXELS
+from retriever.media.ocr import check_tesseract
 from retriever.media.passages import DEFAULT_MAX_TEXT_BYTES
+from retriever.media.video import DEFAULT_EVERY, DEFAULT_MAX_FRAMES
+from retriever.search.output import plain as _plain
+from retriever.search.output import visible  # file text and error messages: shown, never read
 
-# Text from files (paths, captions, passages) and from error messages is shown, never
-# interpreted: C0/C1 controls, DEL and Unicode line/bidi controls become escapes (\n, \x1b).
-CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
-SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
-
-
-def visible(text: str) -> str:
-    """`text` on one line with every control character written as an escape."""
-    return CONTROLS.sub(lambda m: SHORT_ESCAPES.get(m[0]) or ascii(m[0])[1:-1], text)
+if TYPE_CHECKING:
+    from retriever.library.indexing import IndexOutcome
 
 
 # click's exceptions, or typer's copy of click (typer 0.28 vendors it)
@@ -81,7 +76,12 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 DbOpt = Annotated[Path | None, typer.Option(
     "--db", help="Index folder (default: <first folder>/.retriever, or $RETRIEVER_DB; search "
-    "and info look upwards from the current folder).", envvar="RETRIEVER_DB", show_envvar=True)]
+    "and info look upwards from the current folder, then in `retriever indexes`).",
+    envvar="RETRIEVER_DB", show_envvar=True)]
+StoreOpt = Annotated[str | None, typer.Option(
+    "--store", help="Where the metadata and vectors are: a SQLAlchemy URL, e.g. "
+    "postgresql+psycopg://user@host/dbname (default: store.db in the index folder).",
+    envvar="RETRIEVER_STORE_URL", show_envvar=True)]
 MODEL_HELP = "open_clip model name (ViT-B-32), hf-hub:org/repo, or a model-config JSON."
 PRETRAINED_HELP = ("open_clip pretrained tag, hf-hub:org/repo, a weights/checkpoint file, or "
                    "'none' for random weights. Default: the model's default tag.")
@@ -94,7 +94,8 @@ SearchModelOpt = Annotated[str | None, typer.Option(
     "--model", help="Expect the index to be built with this model.")]
 SearchPretrainedOpt = Annotated[str | None, typer.Option(
     "--pretrained", help="Expect the index to be built with these weights.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
+JsonOpt = Annotated[bool, typer.Option(
+    "--json", help="JSON Lines: one JSON object per line (per result, for search).")]
 BackendOpt = Annotated[str, typer.Option(
     "--backend", help="auto (torch on a CUDA GPU, else ONNX Runtime), torch, onnx, or onnx-int8 "
     "(faster image encoding, slightly different vectors).", envvar="RETRIEVER_BACKEND",
@@ -109,10 +110,30 @@ def reports_errors(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except RetrieverError as error:
-            stderr.print(f"error: {visible(str(error))}", markup=False)
+            stderr.print(f"error: {visible(worded(error))}", markup=False)
             raise typer.Exit(error.exit_code) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def worded(error: RetrieverError) -> str:
+    """The error's one line: a setting the library names by its field is named by its flag
+    here, and a model that differs from the index's gets this command line's fix."""
+    if isinstance(error, BadSetting):
+        return f"{flag(error.setting)} {error.value}: {error.problem}"
+    if isinstance(error, AskedModelDiffers):
+        asked = flag(error.setting)
+        fix = (f"pass --reindex to re-encode everything with it, or drop {asked}"
+               if error.purpose == "index"
+               else f"drop {asked} to use the index's model, or pass another --db")
+        return (f"{asked} {error.asked} differs from {error.recorded}, which {error.directory} "
+                f"was built with: {fix}")
+    return str(error)
+
+
+def flag(setting: str) -> str:
+    """The option that sets a library setting: batch_size -> --batch-size."""
+    return "--" + setting.replace("_", "-")
 
 
 def _version(value: bool) -> None:
@@ -129,78 +150,87 @@ def main_options(
     """Search your own photos and documents by text or by image."""
 
 
+# `index`'s options (IndexOptions, IndexRequest and AnnConfig settings)
+FoldersArg = Annotated[list[Path], typer.Argument(help="Folders of images and text documents.")]
+IndexBatchOpt = Annotated[int, typer.Option(
+    help="Files per store commit; the encoder splits them in batches sized for this CPU.")]
+ExcludeOpt = Annotated[list[str] | None, typer.Option(
+    "--exclude", help="Glob of paths to skip (repeatable), e.g. 'raw/*' or '*.md'.")]
+MaxPixelsOpt = Annotated[int, typer.Option(
+    help="Refuse images with more pixels (decompression bombs).")]
+MaxTextBytesOpt = Annotated[int, typer.Option(help="Read text documents up to this many bytes.")]
+FollowSymlinksOpt = Annotated[bool, typer.Option(
+    help="Index symlinked files whose target is outside FOLDERS (skipped by default).")]
+ReindexOpt = Annotated[bool, typer.Option(
+    help="Drop everything indexed and re-encode with --model/--pretrained.")]
+WaitOpt = Annotated[bool, typer.Option(
+    help="If another run is writing this index, wait for it instead of exiting.")]
+IndexTypeOpt = Annotated[str, typer.Option(
+    help="auto (exact up to 50k vectors, then IVF), flat, ivf or ivfpq.")]
+RecallTargetOpt = Annotated[float, typer.Option(
+    help="Recall@10 against exact search that IVF's nprobe is tuned to.")]
+MemoryBudgetOpt = Annotated[int | None, typer.Option(
+    "--memory-budget-mb", min=1, help="auto: use compressed IVF-PQ when vectors exceed this.")]
+VideoEveryOpt = Annotated[float, typer.Option(
+    help="Seconds: a video gets at least one frame this often (and one per scene).")]
+VideoMaxFramesOpt = Annotated[int, typer.Option(
+    help="Frames kept per video at most (evenly spaced past that).")]
+OcrOpt = Annotated[bool, typer.Option(
+    "--ocr", help="Read words in images with Tesseract; they are searched as texts.")]
+EngineOpt = Annotated[str, typer.Option(
+    "--engine", help="local (this process), or ray: read and encode on a Ray cluster "
+    "(pip install 'retriever[ray]').")]
+RayAddressOpt = Annotated[str | None, typer.Option(
+    "--ray-address", help="With --engine ray: the cluster (HOST:6379, from `ray start --head`); "
+    "default: a Ray of this machine for the run.")]
+
+
 @app.command()
 @reports_errors
 def index(
-    folders: Annotated[list[Path], typer.Argument(help="Folders of images and text documents.")],
-    db: DbOpt = None,
-    model: ModelOpt = None,
-    pretrained: PretrainedOpt = None,
-    batch_size: Annotated[int, typer.Option(help="Files per batch (encoder and store).")] = 64,
-    exclude: Annotated[list[str] | None, typer.Option(
-        "--exclude", help="Glob of paths to skip (repeatable), e.g. 'raw/*' or '*.md'.")] = None,
-    max_pixels: Annotated[int, typer.Option(
-        help="Refuse images with more pixels (decompression bombs).")] = DEFAULT_MAX_PIXELS,
-    max_text_bytes: Annotated[int, typer.Option(
-        help="Read text documents up to this many bytes.")] = DEFAULT_MAX_TEXT_BYTES,
-    follow_symlinks_outside: Annotated[bool, typer.Option(
-        help="Index symlinked files whose target is outside FOLDERS (skipped by default).")
-    ] = False,
-    reindex: Annotated[bool, typer.Option(
-        help="Drop everything indexed and re-encode with --model/--pretrained.")] = False,
-    wait: Annotated[bool, typer.Option(
-        help="If another run is writing this index, wait for it instead of exiting.")] = False,
-    index_type: Annotated[str, typer.Option(
-        help="auto (exact up to 50k vectors, then IVF), flat, ivf or ivfpq.")] = "auto",
-    recall_target: Annotated[float, typer.Option(
-        help="Recall@10 against exact search that IVF's nprobe is tuned to.")] = 0.95,
-    memory_budget_mb: Annotated[int | None, typer.Option(
-        "--memory-budget-mb", min=1,
-        help="auto: use compressed IVF-PQ when vectors exceed this.")] = None,
-    backend: BackendOpt = "auto",
-    json_out: JsonOpt = False,
+    folders: FoldersArg, db: DbOpt = None, store: StoreOpt = None, model: ModelOpt = None,
+    pretrained: PretrainedOpt = None, batch_size: IndexBatchOpt = 64, exclude: ExcludeOpt = None,
+    max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
+    max_text_bytes: MaxTextBytesOpt = DEFAULT_MAX_TEXT_BYTES,
+    follow_symlinks_outside: FollowSymlinksOpt = False, reindex: ReindexOpt = False,
+    wait: WaitOpt = False, index_type: IndexTypeOpt = "auto",
+    recall_target: RecallTargetOpt = 0.95, memory_budget_mb: MemoryBudgetOpt = None,
+    video_every: VideoEveryOpt = DEFAULT_EVERY,
+    video_max_frames: VideoMaxFramesOpt = DEFAULT_MAX_FRAMES, ocr: OcrOpt = False,
+    backend: BackendOpt = "auto", json_out: JsonOpt = False, engine: EngineOpt = "local",
+    ray_address: RayAddressOpt = None,
 ) -> None:
-    """Embed every image and text passage under FOLDERS; again, only what changed.
+    """Embed every image, video frame and text passage under FOLDERS; again, only what changed.
 
-    Example: retriever index ~/Pictures ~/Notes --exclude 'tmp/*'
+    Example: retriever index ~/Pictures ~/Notes --exclude 'tmp/*' --ocr --video-every 5
     """
-    from index.ann import TYPES, AnnConfig
-    from retriever.encoding.backends import open_encoder as open_backend
-    from retriever.encoding.encoders import Encoder
+    from index.ann import AnnConfig
     from retriever.encoding.specs import ModelSpec
-    from retriever.errors import UsageError
-    from retriever.library.collection import Collection
-    from retriever.library.indexer import IndexOptions, index_media
-    from retriever.library.locations import index_dir_for
-    from retriever.media.scan import check_roots
+    from retriever.library.indexer import IndexOptions
+    from retriever.library.indexing import IndexRequest, index_folders
+    from retriever.media.video import VideoOptions
     from retriever.progress import RichProgress
-    from retriever.search.query import INDEX_FIX, open_encoder
 
-    roots = check_roots(folders)
-    options = IndexOptions(tuple(roots), tuple(exclude or ()), batch_size, max_pixels,
-                           max_text_bytes, follow_symlinks_outside)
-    if index_type not in TYPES:
-        raise UsageError(f"--index-type {index_type!r}: use one of {', '.join(TYPES)}")
-    if not 0 < recall_target <= 1:  # NaN fails this too
-        raise UsageError(f"--recall-target {recall_target} is not a recall: pass one in (0, 1]")
-    budget = memory_budget_mb * 2**20 if memory_budget_mb else None
-    collection = Collection.open(index_dir_for(roots, db),
-                                 AnnConfig(index_type, recall_target, budget))
-    asked = ModelSpec(model, pretrained)
-    with collection.writing(wait):
-        if reindex:
-            collection.reset()
-        encoder: Encoder
-        if collection.model() is None:
-            encoder = open_backend(asked, backend, collection.directory, batch_size)
-        else:  # an existing index keeps its model; a different --model is refused before loading
-            encoder = open_encoder(collection, asked, batch_size, INDEX_FIX, backend)
-        report = index_media(collection, encoder, options, RichProgress())
+    options = IndexOptions(tuple(folders), tuple(exclude or ()), batch_size, max_pixels,
+                           max_text_bytes, follow_symlinks_outside,
+                           video=VideoOptions(video_every, max_frames=video_max_frames), ocr=ocr)
+    if ocr:  # before a model loads: one line saying how to install Tesseract
+        check_tesseract()
+    ann = AnnConfig(index_type, recall_target,
+                    memory_budget_mb * 2**20 if memory_budget_mb else None)
+    started = time.monotonic()
+    outcome = index_folders(IndexRequest(options, db, ModelSpec(model, pretrained), backend, ann,
+                                         reindex, wait, store_url=store, engine=engine,
+                                         ray_address=ray_address), RichProgress())
+    _print_indexed(outcome, json_out, time.monotonic() - started)
+
+
+def _print_indexed(outcome: IndexOutcome, json_out: bool, seconds: float) -> None:
+    report, counts = outcome.report, outcome.counts
     for failure in report.failures:
         stderr.print(f"skipped {visible(failure.reason)}", markup=False)
-    counts = collection.counts()
     if json_out:
-        stdout.print(json.dumps({"directory": str(collection.directory), **counts.__dict__,
+        stdout.print(json.dumps({"directory": str(outcome.directory), **counts.__dict__,
                                  "run": report.to_json()}), markup=False)
         return
     stdout.print(
@@ -208,64 +238,75 @@ def index(
         f"passages); reused {report.reused}, touched {report.touched}, unchanged "
         f"{report.unchanged}, removed {report.removed}, failed {len(report.failures)}"
         + (f" (+{report.known_failures} known, unchanged)" if report.known_failures else "")
-        + f"\n{visible(str(collection.directory))}: {counts.images} images, {counts.texts} "
-        f"passages in {counts.files} files", markup=False)
+        + f" in {seconds:.1f} s\n{visible(str(outcome.directory))}: {counts.images} images, "
+        f"{counts.texts} passages in {counts.files} files", markup=False)
+
+
+QueryArg = Annotated[str | None, typer.Argument(help="What to look for, in words.")]
+ImageOpt = Annotated[Path | None, typer.Option(
+    "--image", help="Search with an image instead of words.")]
+ItemOpt = Annotated[int | None, typer.Option(
+    "--item", help="Search with an indexed item (an id from --json results).")]
+AddOpt = Annotated[list[str] | None, typer.Option(
+    "--add", help="More like this: words, an image file or item:ID, weight as W:... "
+    "(repeatable).")]
+SubOpt = Annotated[list[str] | None, typer.Option(
+    "--sub", help="Less like this, same forms as --add (repeatable).")]
+ToOpt = Annotated[str | None, typer.Option(
+    "--to", help="images (the default, for words and images alike: an image finds more like "
+    "it), texts (documents' passages; use it to find notes by a photo), videos, or all (images "
+    "and passages, interleaved by rank in two sections).")]
+WithVideosOpt = Annotated[bool, typer.Option(
+    "--with-videos", help="With --to images: find video frames too.")]
+TypeOpt = Annotated[str | None, typer.Option(
+    "--type", help="image, text or video: the same as --to images / texts / videos.")]
+KOpt = Annotated[int, typer.Option("-k", help="Number of results.")]
+InOpt = Annotated[str | None, typer.Option("--in", help="Only results under this folder.")]
+AfterOpt = Annotated[str | None, typer.Option(
+    "--after", help="Only files taken (EXIF date, else modified) on/after YYYY-MM-DD.")]
+BeforeOpt = Annotated[str | None, typer.Option(
+    "--before", help="Only files taken (EXIF date, else modified) before YYYY-MM-DD.")]
+MinScoreOpt = Annotated[float | None, typer.Option(
+    "--min-score", help="Drop results scoring below this cosine similarity.")]
+NoServerOpt = Annotated[bool, typer.Option(
+    "--no-server", help="Search in this process even when `retriever serve` is running "
+    "on the index.")]
+PathsOnlyOpt = Annotated[bool, typer.Option("--paths-only", help="Print bare paths.")]
+HtmlOpt = Annotated[Path | None, typer.Option(
+    "--html", help="Also write a self-contained results page to this file.")]
+PreviewOpt = Annotated[bool, typer.Option(
+    "--preview", help="Show thumbnails inline (kitty or iTerm2 terminals).")]
 
 
 @app.command()
 @reports_errors
 def search(
-    query: Annotated[str | None, typer.Argument(help="What to look for, in words.")] = None,
-    image: Annotated[Path | None, typer.Option(
-        "--image", help="Search with an image instead of words.")] = None,
-    item: Annotated[int | None, typer.Option(
-        "--item", help="Search with an indexed item (an id from --json results).")] = None,
-    add: Annotated[list[str] | None, typer.Option(
-        "--add", help="More like this: words, an image file or item:ID, weight as W:... "
-        "(repeatable).")] = None,
-    sub: Annotated[list[str] | None, typer.Option(
-        "--sub", help="Less like this, same forms as --add (repeatable).")] = None,
-    to: Annotated[str, typer.Option("--to", help="images, texts or all.")] = "all",
-    kind: Annotated[str | None, typer.Option(
-        "--type", help="image or text: the same as --to images / --to texts.")] = None,
-    k: Annotated[int, typer.Option("-k", help="Number of results.")] = 10,
-    under: Annotated[str | None, typer.Option(
-        "--in", help="Only results under this folder.")] = None,
-    after: Annotated[str | None, typer.Option(
-        "--after", help="Only files taken (EXIF date, else modified) on/after YYYY-MM-DD.")] = None,
-    before: Annotated[str | None, typer.Option(
-        "--before", help="Only files taken (EXIF date, else modified) before YYYY-MM-DD.")] = None,
-    min_score: Annotated[float | None, typer.Option(
-        "--min-score", help="Drop results scoring below this cosine similarity.")] = None,
-    db: DbOpt = None,
-    model: SearchModelOpt = None,
-    pretrained: SearchPretrainedOpt = None,
-    backend: BackendOpt = "auto",
-    no_server: Annotated[bool, typer.Option(
-        "--no-server", help="Search in this process even when `retriever serve` is running "
-        "on the index.")] = False,
-    json_out: JsonOpt = False,
-    paths_only: Annotated[bool, typer.Option("--paths-only", help="Print bare paths.")] = False,
-    html_file: Annotated[Path | None, typer.Option(
-        "--html", help="Also write a self-contained results page to this file.")] = None,
-    preview: Annotated[bool, typer.Option(
-        "--preview", help="Show thumbnails inline (kitty or iTerm2 terminals).")] = False,
+    query: QueryArg = None, image: ImageOpt = None, item: ItemOpt = None, add: AddOpt = None,
+    sub: SubOpt = None, to: ToOpt = None, kind: TypeOpt = None, k: KOpt = 10,
+    under: InOpt = None, after: AfterOpt = None, before: BeforeOpt = None,
+    min_score: MinScoreOpt = None, db: DbOpt = None, model: SearchModelOpt = None,
+    pretrained: SearchPretrainedOpt = None, backend: BackendOpt = "auto",
+    no_server: NoServerOpt = False, json_out: JsonOpt = False, paths_only: PathsOnlyOpt = False,
+    html_file: HtmlOpt = None, preview: PreviewOpt = False, tag: TagFilterOpt = None,
+    with_videos: WithVideosOpt = False, store: StoreOpt = None,
 ) -> None:
-    """Find images and text passages by words, by an image, or by both, weighted.
+    """Find images, video moments and text passages by words, by an image, or both, weighted.
 
     Examples: retriever search "beach" --add sunset --sub people --to images;
     retriever search --image photo.jpg --to texts --json;
     retriever search "receipt" --after 2024-01-01 --html results.html
     """
     from retriever.library.locations import find_index_dir
-    from retriever.search.query import Query, parse_date, parse_term
+    from retriever.search.query import Query, parse_date, parse_term, resolve_target
+    from retriever.search.remote import search_server
 
-    target = {"image": "images", "text": "texts"}.get(kind or "", kind or to)
     request = Query(
-        text=query, image=image, item=item, target=target, k=k, path_prefix=under,
-        add=tuple(parse_term(a) for a in add or ()), sub=tuple(parse_term(s) for s in sub or ()),
+        text=query, image=image, item=item, target=resolve_target(to, kind), k=k,
+        path_prefix=under, add=tuple(parse_term(a, "--add") for a in add or ()),
+        sub=tuple(parse_term(s, "--sub") for s in sub or ()),
         after=parse_date(after, "--after") if after else None,
-        before=parse_date(before, "--before") if before else None, min_score=min_score)
+        before=parse_date(before, "--before") if before else None, min_score=min_score,
+        tag=tag, video_frames=with_videos)
     request.check()
     if html_file is not None:
         from retriever.search.html_page import check_target
@@ -275,19 +316,25 @@ def search(
         from retriever.encoding.backends import check_backend
 
         check_backend(backend)
-    index_dir = find_index_dir(db)
+    index_dir = find_index_dir(db, store_url=store)
     # a running `retriever serve` has the model and index loaded; --model/--pretrained are
     # checked here only, so they search locally
     local = no_server or model is not None or pretrained is not None
-    results = None if local else _search_server(index_dir, request)
+    results = None if local else search_server(index_dir, request)
     if results is None:
-        results = _search_here(index_dir, request, model, pretrained, backend)
+        results = _search_here(index_dir, request, model, pretrained, backend, store)
     if html_file is not None:
         from retriever.search.html_page import write_html
 
         title = f"retriever: {query or image or f'item {item}'}"
         stderr.print(f"wrote {visible(str(write_html(results, html_file, title)))}",
                      markup=False)
+    _print_results(results, json_out, paths_only, preview)
+
+
+def _print_results(results: list[Any], json_out: bool, paths_only: bool, preview: bool) -> None:
+    if not results:
+        stderr.print("no results (a filter or --min-score may exclude them all)", markup=False)
     if json_out:
         for result in results:
             stdout.print(json.dumps(result.to_json()), markup=False)
@@ -297,73 +344,30 @@ def search(
     elif preview:
         _print_previews(results)
     else:
-        stdout.print(_results_table(results))
+        from retriever.search.output import print_results
 
-
-def _search_server(index_dir: Path, request: Any) -> list[Any] | None:
-    """Results from the server announced in `index_dir`, or None when none answers."""
-    from retriever.search.remote import ServerUnavailable, find_server, remote_search, request_for
-
-    url = find_server(index_dir)
-    if url is None:
-        return None
-    from retriever.search.query import Result
-
-    try:
-        fields, upload = request_for(request)
-        return [Result(**row) for row in remote_search(url, fields, upload)]
-    except ServerUnavailable:
-        return None
+        print_results(stdout, results)
 
 
 def _search_here(index_dir: Path, request: Any, model: str | None, pretrained: str | None,
-                 backend: str) -> list[Any]:
+                 backend: str, store: str | None) -> list[Any]:
     from retriever.encoding.specs import ModelSpec
-    from retriever.library.collection import Collection
-    from retriever.search.query import open_encoder, search
+    from retriever.progress import RichProgress
+    from retriever.search.query import search_index
 
-    collection = Collection.open(index_dir)
     asked = ModelSpec(model, pretrained) if model or pretrained else None
-    return search(collection, open_encoder(collection, asked, backend=backend, quick_start=True),
-                  request)
-
-
-def _results_table(results: list[Any]) -> Table:
-    table = Table("score", "kind", "path", "caption / passage")
-    for r in results:
-        where = r.path if r.kind == "image" else f"{r.path} #{r.position}"
-        table.add_row(f"{r.score:.3f}", r.kind, _plain(where), _plain(r.caption or r.passage))
-    return table
-
-
-def _plain(text: str | None) -> Text:
-    """A table cell of text from a file: never read as markup, controls made visible."""
-    return Text(visible(text or ""))
+    return search_index(index_dir, request, asked, backend, store, RichProgress())
 
 
 def _print_previews(results: list[Any]) -> None:
-    from retriever.errors import ImageError
-    from retriever.media.images import thumbnail_bytes
-    from retriever.search.preview import inline_image, terminal_protocol
+    from retriever.search.output import print_previews
 
-    protocol = terminal_protocol()
-    if protocol is None or not stdout.is_terminal:
-        stderr.print("--preview needs a kitty or iTerm2 terminal on stdout; showing the table",
-                     markup=False)
-        stdout.print(_results_table(results))
-        return
-    for r in results:
-        if r.kind == "image":
-            with contextlib.suppress(ImageError, OSError):  # the row still prints below
-                sys.stdout.write(inline_image(thumbnail_bytes(Path(r.path), 160, "PNG"),
-                                              protocol) + "\n")
-        text = r.caption if r.kind == "image" else f"#{r.position}: {r.passage}"
-        stdout.print(visible(f"{r.score:.3f}  {r.path}  {text or ''}"), markup=False)
+    print_previews(stdout, stderr, results)
 
 
 @app.command()
 @reports_errors
-def info(db: DbOpt = None, json_out: JsonOpt = False) -> None:
+def info(db: DbOpt = None, json_out: JsonOpt = False, store: StoreOpt = None) -> None:
     """Show what an index holds, which model built it, and what the last run did.
 
     Example: retriever info --json
@@ -371,9 +375,10 @@ def info(db: DbOpt = None, json_out: JsonOpt = False) -> None:
     from retriever.library.collection import Collection
     from retriever.library.locations import find_index_dir
 
-    summary = Collection.open(find_index_dir(db)).summary()
+    collection = Collection.open(find_index_dir(db, store_url=store), store_url=store)
+    summary, places = collection.summary(), collection.locations()
     if json_out:
-        stdout.print(json.dumps(summary.to_json()), markup=False)
+        stdout.print(json.dumps({**summary.to_json(), "locations": places}), markup=False)
         return
     record, run = summary.model, summary.last_run
     model = f"{record.name} ({record.pretrained}, {record.dim}-d)" if record else "none yet"
@@ -383,101 +388,131 @@ def info(db: DbOpt = None, json_out: JsonOpt = False) -> None:
     if run:
         done = {k: v for k, v in run.stats.items() if k != "failures" and v}
         lines.append(f"last run  {run.status}: " + ", ".join(f"{k} {v}" for k, v in done.items()))
-    lines += [f"failed    {f.path}: {f.reason}" for f in summary.failures]
+    lines += [f"{name:<9} {value}" for name, value in places.items()]
+    # a failure's reason starts with its path (as `index` prints it)
+    lines += [f"failed    {f.reason if f.reason.startswith(f.path) else f'{f.path}: {f.reason}'}"
+              for f in summary.failures]
     stdout.print("\n".join(visible(line) for line in lines), markup=False)
 
 
 @app.command()
 @reports_errors
+def indexes(json_out: JsonOpt = False) -> None:
+    """List the indexes this user made and the folders each covers (the registry).
+
+    `search`, `info` and `serve` run inside any of these folders find their index.
+    Example: retriever indexes --json
+    """
+    from retriever.library.locations import ROOTS_FILE, registered, registry_path
+
+    known = registered()
+    for index_dir, roots in sorted(known.items()):
+        here = (index_dir / ROOTS_FILE).is_file()
+        row = {"index": str(index_dir), "roots": [str(r) for r in roots], "exists": here}
+        stdout.print(json.dumps(row) if json_out else visible(
+            f"{index_dir}{'' if here else ' (gone)'}: " + ", ".join(map(str, roots))),
+            markup=False)
+    if not known:
+        stderr.print(f"no indexes registered in {visible(str(registry_path()))}: run "
+                     f"`retriever index FOLDER`", markup=False)
+
+
+# `train`'s options, one per TrainConfig field of the same name
+DataArg = Annotated[str, typer.Argument(
+    help="Folder of images with sidecar captions (photo.jpg + photo.txt, one caption per "
+    "line), a .csv/.tsv/.jsonl with filepath and caption columns, a COCO captions .json, "
+    "or WebDataset tar shards (a .tar, a folder of them, shard-{000..099}.tar, a URL).")]
+OutOpt = Annotated[Path, typer.Option("--out", help="Checkpoint to write.")]
+ObjectiveOpt = Annotated[str, typer.Option(help="infonce (CLIP) or distance (margin).")]
+DistanceWeightOpt = Annotated[float, typer.Option(
+    help="infonce: add this x the squared distance of matching pairs.")]
+MarginOpt = Annotated[float, typer.Option(help="distance: push negatives this far.")]
+EpochsOpt = Annotated[int, typer.Option(help="Passes over the training images.")]
+TrainBatchOpt = Annotated[int, typer.Option(
+    help="Pairs per process per micro-batch; a step sees batch-size x grad-accum x "
+    "nproc pairs.")]
+LrOpt = Annotated[float | None, typer.Option(
+    help="Peak learning rate (default 1e-3 from scratch, 1e-5 fine-tuning).")]
+WarmupOpt = Annotated[float, typer.Option(
+    help="Fraction of all steps spent ramping the learning rate up.")]
+WeightDecayOpt = Annotated[float, typer.Option(help="AdamW weight decay.")]
+ValFractionOpt = Annotated[float, typer.Option(help="Images held out for recall.")]
+ValDataOpt = Annotated[Path | None, typer.Option(
+    help="Held-out captioned images (any format above but shards) instead of a split.")]
+ValClassesOpt = Annotated[Path | None, typer.Option(
+    help="Also measure zero-shot classification accuracy at every validation on this folder "
+    "of class folders (as `eval --task classification`).")]
+ValEveryOpt = Annotated[int, typer.Option(
+    help="Also measure held-out recall every N steps (0: before training and after "
+    "each epoch only).")]
+SeedOpt = Annotated[int, typer.Option(help="Seed for split, order and weights.")]
+ImageColOpt = Annotated[str, typer.Option(help="Table column of image paths.")]
+CaptionColOpt = Annotated[str, typer.Option(help="Table column of captions.")]
+ImageRootOpt = Annotated[Path | None, typer.Option(
+    help="COCO .json: folder its file_names are in (default: the JSON's folder).")]
+SamplesPerEpochOpt = Annotated[int | None, typer.Option(
+    help="Shards: pairs per epoch (default: sizes.json beside them, or counted).")]
+AugmentOpt = Annotated[bool, typer.Option(
+    "--augment", help="Train through open_clip's random-crop preprocessing.")]
+NumWorkersOpt = Annotated[int, typer.Option(
+    help="DataLoader workers decoding images, per process.")]
+NprocOpt = Annotated[int, typer.Option(
+    help="Train in N processes on this machine as one (DDP: one per GPU, or gloo on "
+    "CPU). torchrun --nproc_per_node N -m cli train ... does the same.")]
+GradAccumOpt = Annotated[int, typer.Option(
+    help="Micro-batches per step: a batch N x larger in the same memory.")]
+LockImageOpt = Annotated[bool, typer.Option(
+    "--lock-image", help="LiT: freeze the image tower, train the text tower.")]
+LockTextOpt = Annotated[bool, typer.Option(
+    "--lock-text", help="Freeze the text tower, train the image tower.")]
+GradCheckpointingOpt = Annotated[bool, typer.Option(
+    "--grad-checkpointing", help="Recompute activations in backward: less memory.")]
+PrecisionOpt = Annotated[str, typer.Option(
+    help="fp32, bf16 or fp16 autocast (default: fp32 on CPU, bf16 or fp16 on GPU).")]
+SaveEveryOpt = Annotated[int, typer.Option(
+    help="Also save the resumable state (OUT stem + .resume.pt) every N steps; it is "
+    "always saved after each epoch.")]
+ResumeOpt = Annotated[Path | None, typer.Option(
+    help="Continue an interrupted run from its .resume.pt (same settings).")]
+
+
+@app.command()
+@reports_errors
 def train(
-    data: Annotated[str, typer.Argument(
-        help="Folder of images with sidecar captions (photo.jpg + photo.txt, one caption per "
-        "line), a .csv/.tsv/.jsonl with filepath and caption columns, a COCO captions .json, "
-        "or WebDataset tar shards (a .tar, a folder of them, shard-{000..099}.tar, a URL).")],
-    out: Annotated[Path, typer.Option("--out", help="Checkpoint to write.")],
-    model: ModelOpt = None,
-    pretrained: PretrainedOpt = None,
-    objective: Annotated[str, typer.Option(help="infonce (CLIP) or distance (margin).")] = (
-        "infonce"),
-    distance_weight: Annotated[float, typer.Option(
-        help="infonce: add this x the squared distance of matching pairs.")] = 0.0,
-    margin: Annotated[float, typer.Option(help="distance: push negatives this far.")] = 1.2,
-    epochs: Annotated[int, typer.Option(help="Passes over the training images.")] = 10,
-    batch_size: Annotated[int, typer.Option(
-        help="Pairs per process per micro-batch; a step sees batch-size x grad-accum x "
-        "nproc pairs.")] = 32,
-    lr: Annotated[float | None, typer.Option(
-        help="Peak learning rate (default 1e-3 from scratch, 1e-5 fine-tuning).")] = None,
-    warmup: Annotated[float, typer.Option(
-        help="Fraction of all steps spent ramping the learning rate up.")] = 0.1,
-    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.1,
-    val_fraction: Annotated[float, typer.Option(help="Images held out for recall.")] = 0.1,
-    val_data: Annotated[Path | None, typer.Option(
-        help="Held-out captioned images (any format above but shards) instead of a split.")
-    ] = None,
-    val_every: Annotated[int, typer.Option(
-        help="Also measure held-out recall every N steps (0: before training and after "
-        "each epoch only).")] = 0,
-    seed: Annotated[int, typer.Option(help="Seed for split, order and weights.")] = 0,
-    image_col: Annotated[str, typer.Option(help="Table column of image paths.")] = "filepath",
-    caption_col: Annotated[str, typer.Option(help="Table column of captions.")] = "caption",
-    image_root: Annotated[Path | None, typer.Option(
-        help="COCO .json: folder its file_names are in (default: the JSON's folder).")] = None,
-    samples_per_epoch: Annotated[int | None, typer.Option(
-        help="Shards: pairs per epoch (default: sizes.json beside them, or counted).")] = None,
-    augment: Annotated[bool, typer.Option(
-        "--augment", help="Train through open_clip's random-crop preprocessing.")] = False,
-    num_workers: Annotated[int, typer.Option(
-        help="DataLoader workers decoding images, per process.")] = 0,
-    nproc: Annotated[int, typer.Option(
-        help="Train in N processes on this machine as one (DDP: one per GPU, or gloo on "
-        "CPU). torchrun --nproc_per_node N -m cli train ... does the same.")] = 1,
-    grad_accum: Annotated[int, typer.Option(
-        help="Micro-batches per step: a batch N x larger in the same memory.")] = 1,
-    lock_image: Annotated[bool, typer.Option(
-        "--lock-image", help="LiT: freeze the image tower, train the text tower.")] = False,
-    lock_text: Annotated[bool, typer.Option(
-        "--lock-text", help="Freeze the text tower, train the image tower.")] = False,
-    grad_checkpointing: Annotated[bool, typer.Option(
-        "--grad-checkpointing", help="Recompute activations in backward: less memory.")
-    ] = False,
-    precision: Annotated[str, typer.Option(
-        help="fp32, bf16 or fp16 autocast (default: fp32 on CPU, bf16 or fp16 on GPU).")
-    ] = "auto",
-    save_every: Annotated[int, typer.Option(
-        help="Also save the resumable state (OUT stem + .resume.pt) every N steps; it is "
-        "always saved after each epoch.")] = 0,
-    resume: Annotated[Path | None, typer.Option(
-        help="Continue an interrupted run from its .resume.pt (same settings).")] = None,
+    data: DataArg, out: OutOpt, model: ModelOpt = None, pretrained: PretrainedOpt = None,
+    objective: ObjectiveOpt = "infonce", distance_weight: DistanceWeightOpt = 0.0,
+    margin: MarginOpt = 1.2, epochs: EpochsOpt = 10, batch_size: TrainBatchOpt = 32,
+    lr: LrOpt = None, warmup: WarmupOpt = 0.1, weight_decay: WeightDecayOpt = 0.1,
+    val_fraction: ValFractionOpt = 0.1, val_data: ValDataOpt = None, val_every: ValEveryOpt = 0,
+    val_classes: ValClassesOpt = None, seed: SeedOpt = 0, image_col: ImageColOpt = "filepath",
+    caption_col: CaptionColOpt = "caption",
+    image_root: ImageRootOpt = None, samples_per_epoch: SamplesPerEpochOpt = None,
+    augment: AugmentOpt = False, num_workers: NumWorkersOpt = 0, nproc: NprocOpt = 1,
+    grad_accum: GradAccumOpt = 1, lock_image: LockImageOpt = False,
+    lock_text: LockTextOpt = False, grad_checkpointing: GradCheckpointingOpt = False,
+    precision: PrecisionOpt = "auto", save_every: SaveEveryOpt = 0, resume: ResumeOpt = None,
 ) -> None:
     """Train or fine-tune the shared image-text space on captioned images.
 
     Writes the checkpoint, and beside it OUT-stem.curve.csv and .curve.png (loss, temperature,
-    learning rate, held-out recall per step).
+    learning rate, held-out recall per step; with --val-classes, classification accuracy).
 
     Example: retriever train photos/ --out tuned.pt --model ViT-B-32 --pretrained my.bin;
     then: retriever index photos/ --pretrained tuned.pt
     """
+    settings = dict(locals())  # the parameters: each TrainConfig field but `model` is one
+    from dataclasses import fields
+
     from retriever.encoding.models import ModelSpec
     from retriever.progress import RichProgress
     from retriever.training.distributed import env_rank
     from retriever.training.loop import TrainConfig
     from retriever.training.loop import train as run_training
 
-    cfg = TrainConfig(data=data, out=out, model=ModelSpec(model, pretrained),
-                      objective=objective, distance_weight=distance_weight,  # type: ignore[arg-type]
-                      margin=margin, epochs=epochs, batch_size=batch_size, lr=lr,
-                      warmup=warmup, weight_decay=weight_decay, val_fraction=val_fraction,
-                      seed=seed, image_col=image_col, caption_col=caption_col,
-                      augment=augment, num_workers=num_workers, grad_accum=grad_accum,
-                      lock_image=lock_image, lock_text=lock_text,
-                      grad_checkpointing=grad_checkpointing,
-                      precision=precision,  # type: ignore[arg-type]
-                      val_data=val_data, image_root=image_root,
-                      samples_per_epoch=samples_per_epoch, val_every=val_every,
-                      save_every=save_every, resume=resume, nproc=nproc)
-    result = run_training(cfg, RichProgress(),
-                          lambda line: stderr.print(visible(line), markup=False))
+    settings["model"] = ModelSpec(model, pretrained)
+    cfg = TrainConfig(**{f.name: settings[f.name] for f in fields(TrainConfig)})
+    bars = RichProgress()  # log lines go above the bars, never glued to one
+    result = run_training(cfg, bars, lambda line: bars.log(visible(line)))
     if env_rank() != 0:  # under torchrun every process runs this command; rank 0 reports
         return
     if result.before:
@@ -487,31 +522,68 @@ def train(
     stdout.print(f"curves: {result.curve_csv} and {result.curve_png}", markup=False)
 
 
+TaskOpt = Annotated[str, typer.Option(
+    help="retrieval: recall both ways on captioned images; classification: zero-shot accuracy "
+    "on a folder holding one folder of images per class (named by the folder, or by the lines "
+    "of a classnames.txt in it).")]
+TemplateOpt = Annotated[list[str] | None, typer.Option(
+    "--template", help="classification: a prompt, {} standing for the class name; repeat it to "
+    "average several (default: five of CLIP's, as `retriever tag`).")]
+TiesOpt = Annotated[str, typer.Option(
+    help="Exact ties: topk (as CLIP_benchmark's torch.topk on CUDA: the lower index first) or "
+    "strict (every tied wrong candidate ranks ahead of the right one).")]
+
+
 @app.command("eval")
 @reports_errors
 def evaluate(
-    data: Annotated[Path, typer.Argument(help="Captioned images, as for `train` (not shards).")],
+    data: Annotated[Path, typer.Argument(
+        help="Captioned images, as for `train` (not shards); with --task classification, a "
+        "folder of class folders.")],
     model: ModelOpt = None,
     pretrained: PretrainedOpt = None,
-    image_col: Annotated[str, typer.Option(help="Table column of image paths.")] = "filepath",
-    caption_col: Annotated[str, typer.Option(help="Table column of captions.")] = "caption",
-    image_root: Annotated[Path | None, typer.Option(
-        help="COCO .json: folder its file_names are in (default: the JSON's folder).")] = None,
+    task: TaskOpt = "retrieval",
+    template: TemplateOpt = None,
+    ties: TiesOpt = "topk",
+    image_col: ImageColOpt = "filepath",
+    caption_col: CaptionColOpt = "caption",
+    image_root: ImageRootOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Measure text->image and image->text recall (R@1/5/10, median rank) on captioned images.
+    """Measure text->image and image->text recall (R@1/5/10, median rank) on captioned images,
+    or zero-shot classification accuracy (top-1, top-5, mean per-class recall) by CLIP_benchmark's
+    protocol.
 
-    Example: retriever eval held-out/ --pretrained tuned.pt --json
+    Example: retriever eval held-out/ --pretrained tuned.pt --json;
+    retriever eval animals/ --task classification --template 'a photo of a {}.'
     """
     from retriever.encoding.clip_encoder import ClipEncoder
     from retriever.encoding.models import ModelSpec, load_model
+    from retriever.library.tags import DEFAULT_TEMPLATES
     from retriever.progress import RichProgress
-    from retriever.training.evaluation import evaluate_pairs
+    from retriever.training.classification import (
+        check_templates,
+        evaluate_classes,
+        read_class_folder,
+    )
+    from retriever.training.evaluation import check_ties, evaluate_pairs
     from retriever.training.pairs import load_pairs
 
-    pairs = load_pairs(data, image_col, caption_col, image_root)
-    encoder = ClipEncoder(load_model(ModelSpec(model, pretrained)))
-    metrics = evaluate_pairs(encoder, pairs, RichProgress())
+    tie_rule = check_ties(ties)  # every setting and the data checked before the model loads
+    if task not in ("retrieval", "classification"):
+        raise BadSetting("task", task, "use retrieval or classification")
+    if template and task != "classification":
+        raise BadSetting("template", repr(template[0]), "is for --task classification")
+    if task == "classification":
+        check_templates(template or DEFAULT_TEMPLATES)
+        folder = read_class_folder(data)
+        encoder = ClipEncoder(load_model(ModelSpec(model, pretrained)))
+        metrics = evaluate_classes(encoder, folder, template or DEFAULT_TEMPLATES,
+                                   RichProgress(), tie_rule)
+    else:
+        pairs = load_pairs(data, image_col, caption_col, image_root)
+        encoder = ClipEncoder(load_model(ModelSpec(model, pretrained)))
+        metrics = evaluate_pairs(encoder, pairs, RichProgress(), tie_rule)
     if json_out:
         stdout.print(json.dumps(metrics), markup=False)
     else:
@@ -537,8 +609,9 @@ def demo(
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"--out {out_dir} is a file: pass a folder to write the demo in")
 
-    result = run_demo(DemoConfig(out_dir, images, epochs), RichProgress(),
-                      lambda line: stderr.print(visible(line), markup=False))
+    bars = RichProgress()
+    result = run_demo(DemoConfig(out_dir, images, epochs), bars,
+                      lambda line: bars.log(visible(line)))
     stdout.print(visible(f"indexed {result.index.images} images and {result.index.passages} "
                          f"text passages from {result.media}"), markup=False)
     for label, results in result.searches:
@@ -561,6 +634,7 @@ def serve(
         help="Address to listen on. The default keeps it to this machine; another address "
         "(0.0.0.0) shows your indexed files to anyone who can reach it.")] = "127.0.0.1",
     db: DbOpt = None,
+    store: StoreOpt = None,
     backend: BackendOpt = "auto",
 ) -> None:
     """Search in a browser: a local web page and JSON API over the index (see README, Web UI).
@@ -568,8 +642,9 @@ def serve(
     Example: retriever serve --port 8765, then open http://127.0.0.1:8765
     """
     from retriever.library.collection import Collection
+    from retriever.library.index_encoder import index_encoder
     from retriever.library.locations import find_index_dir
-    from retriever.search.query import open_encoder
+    from retriever.progress import RichProgress
     from retriever.search.server import (
         LOOPBACK_HOSTS,
         ServerSettings,
@@ -580,9 +655,10 @@ def serve(
     )
 
     check_port(port)
-    collection = Collection.open(find_index_dir(db))
+    collection = Collection.open(find_index_dir(db, store_url=store), store_url=store)
     sock = listen(host, port)  # a port in use fails before the model loads
-    app_ = create_app(collection, open_encoder(collection, backend=backend),
+    app_ = create_app(collection, index_encoder(collection, backend=backend,
+                                                progress=RichProgress()),
                       ServerSettings.for_host(host))
     if host not in LOOPBACK_HOSTS:
         stderr.print(f"warning: --host {host} serves your indexed files to the network",
@@ -596,13 +672,138 @@ def serve(
 
 def _metrics_table(first: dict, second: dict | None = None, *names: str, title: str = "") -> Table:
     columns = names or ("value",)
-    table = Table("direction", "metric", *columns, title=title or None)
-    for direction in ("text_to_image", "image_to_text"):
-        for metric in ("R@1", "R@5", "R@10", "median_rank"):
-            values = [m[direction][metric] for m in (first, second) if m]
-            shown = [f"{v:.0f}" if metric == "median_rank" else f"{100 * v:.1f}%" for v in values]
-            table.add_row(direction.replace("_to_", "->"), metric, *shown)
+    table = Table("task", "metric", *columns, title=title or None)
+    shown = [_shown_metrics(m) for m in (first, second) if m]
+    for task, rows in shown[0].items():
+        for metric in rows:
+            table.add_row(task, metric, *(s.get(task, {}).get(metric, "-") for s in shown))
     return table
+
+
+def _shown_metrics(metrics: dict) -> dict[str, dict[str, str]]:
+    """{row group: {metric: value as read}}: retrieval both ways and/or classification (its
+    own output, or under "classification" in training's held-out metrics)."""
+    from retriever.training.classification import Accuracy
+    from retriever.training.evaluation import DIRECTIONS, recalls
+
+    shown = ({DIRECTIONS[d]: r.shown() for d, r in recalls(metrics).items()}
+             if "text_to_image" in metrics else {})
+    classes = metrics.get("classification", metrics)
+    if "acc1" in classes:
+        shown["classification"] = Accuracy.from_json(classes).shown()
+    if "captions" in metrics:  # how many queries each way was scored over
+        shown["queries"] = {"captions (text->image)": str(metrics["captions"]),
+                            "images (image->text)": str(metrics["images"])}
+    return shown
+
+
+ThresholdOpt = Annotated[float | None, typer.Option(
+    "--threshold", help="Cosine at or above which two images are near-identical (default: "
+    "measured, see README).")]
+FolderOpt = Annotated[str | None, typer.Option("--in", help="Only images under this folder.")]
+DuplicatesHtmlOpt = Annotated[Path | None, typer.Option(
+    "--html", help="Write a self-contained page showing each group side by side.")]
+
+
+@app.command()
+@reports_errors
+def duplicates(threshold: ThresholdOpt = None, under: FolderOpt = None,
+               html_file: DuplicatesHtmlOpt = None, json_out: JsonOpt = False,
+               db: DbOpt = None, store: StoreOpt = None) -> None:
+    """List groups of near-identical images (best copy first); same bytes are marked.
+
+    Nothing is deleted. Example: retriever duplicates --in ~/Pictures/2024 --html dups.html
+    """
+    import os
+
+    from retriever.errors import UsageError
+    from retriever.library.collection import Collection
+    from retriever.library.duplicates import DEFAULT_THRESHOLD, find_duplicates
+    from retriever.library.locations import find_index_dir
+
+    threshold = DEFAULT_THRESHOLD if threshold is None else threshold
+    if not -1 <= threshold <= 1:  # NaN fails this too
+        raise UsageError(f"--threshold {threshold} is not a cosine: pass one in [-1, 1]")
+    if html_file is not None:
+        from retriever.search.duplicates_page import write_duplicates_html
+        from retriever.search.html_page import check_target
+
+        check_target(html_file)  # before any work: a bad --html wastes nothing
+    collection = Collection.open(find_index_dir(db, store_url=store), store_url=store)
+    groups = find_duplicates(collection, threshold, os.path.abspath(under) if under else None)
+    if html_file is not None:
+        written = write_duplicates_html(groups, html_file, threshold)
+        stderr.print(f"wrote {visible(str(written))}", markup=False)
+    if json_out:
+        for group in groups:
+            stdout.print(json.dumps(group.to_json()), markup=False)
+        return
+    _print_groups(groups)
+
+
+def _print_groups(groups: list[Any]) -> None:
+    table = Table("group", "score", "pixels", "bytes", "path", "note")
+    for number, group in enumerate(groups, 1):
+        for i, c in enumerate(group.copies):
+            note = "best copy" if i == 0 else ""
+            if c.same_bytes_as:
+                note = f"same bytes as {c.same_bytes_as}"
+            table.add_row(str(number) if i == 0 else "", f"{c.score:.3f}",
+                          f"{c.width}x{c.height}" if c.width else "?", f"{c.size:,}",
+                          _plain(c.path), _plain(note))
+    stdout.print(table)
+    copies = sum(len(g.copies) - 1 for g in groups)
+    stdout.print(f"{len(groups)} groups, {copies} copies beyond the best; nothing was deleted",
+                 markup=False)
+
+
+PromptOpt = Annotated[list[str] | None, typer.Option(
+    "--prompt", help="Prompt template with {} for the label (repeatable: averaged). Default: a "
+    "small CLIP-style ensemble.")]
+TagScoreOpt = Annotated[float | None, typer.Option(
+    "--min-score", help="Leave an image untagged if its best label scores below this cosine.")]
+
+
+@app.command()
+@reports_errors
+def tag(labels: Annotated[list[str], typer.Argument(help="Labels to choose among.")],
+        prompt: PromptOpt = None, under: FolderOpt = None, min_score: TagScoreOpt = None,
+        json_out: JsonOpt = False, db: DbOpt = None, store: StoreOpt = None,
+        backend: BackendOpt = "auto", wait: Annotated[bool, typer.Option(
+            help="If `retriever index` is writing the index, wait for it.")] = False) -> None:
+    """Tag each image with its best label(s) by zero-shot CLIP; search them with --tag.
+
+    Tagging again with the same labels replaces those tags. Example: retriever tag receipt
+    screenshot document photo --in ~/Pictures; then: retriever search "total" --tag receipt
+    """
+    import os
+
+    from retriever.library.collection import Collection
+    from retriever.library.index_encoder import index_encoder
+    from retriever.library.locations import find_index_dir
+    from retriever.library.tags import DEFAULT_TEMPLATES, TagRequest, tag_images
+    from retriever.progress import RichProgress
+
+    request = TagRequest(tuple(labels), tuple(prompt or DEFAULT_TEMPLATES),
+                         os.path.abspath(under) if under else None, min_score)
+    request.check()
+    collection = Collection.open(find_index_dir(db, store_url=store), store_url=store)
+    with collection.writing(wait):
+        encoder = index_encoder(collection, backend=backend, progress=RichProgress())
+        tagged = tag_images(collection, encoder, request)
+    for t in tagged:
+        if json_out:
+            stdout.print(json.dumps(t.to_json()), markup=False)
+        else:
+            stdout.print(visible(f"{', '.join(t.labels) or '-':<16} {t.score:.3f}  {t.path}"),
+                         markup=False)
+    counts = {label.strip(): sum(label.strip() in t.labels for t in tagged) for label in labels}
+    stderr.print(visible(f"tagged {sum(bool(t.labels) for t in tagged)} of {len(tagged)} images: "
+                         + ", ".join(f"{k} {v}" for k, v in counts.items())), markup=False)
+
+
+TagFilterOpt = Annotated[str | None, typer.Option(
+    "--tag", help="Only images tagged with this label by `retriever tag`.")]
 
 
 def main() -> None:

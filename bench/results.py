@@ -24,7 +24,10 @@ def machine_line() -> str:
         cpu = model
     except (OSError, StopIteration):
         pass
-    return f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}"
+    from retriever.encoding.cpu import cpu_info
+
+    flags = " ".join(cpu_info().flags) or "none of note"
+    return f"{os.cpu_count()} cores ({cpu}; ISA: {flags}), Python {platform.python_version()}"
 
 
 def write_section(name: str, title: str, body: str, command: str, machine: str) -> None:

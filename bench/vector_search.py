@@ -59,8 +59,8 @@ def measure(n: int, dim: int) -> dict:
     auto = VectorIndex.from_vectors(dim, ids, vectors, AnnConfig())
     build_s = time.perf_counter() - start
     found, qps = timed_search(auto, queries)
-    return {"n": n, "type": auto.kind, "nprobe": getattr(auto.index, "nprobe", "-"),
-            "nlist": getattr(auto.index, "nlist", "-"), "build_s": build_s,
+    return {"n": n, "type": auto.kind, "nprobe": getattr(auto.faiss_index, "nprobe", "-"),
+            "nlist": getattr(auto.faiss_index, "nlist", "-"), "build_s": build_s,
             "recall": recall_at(truth, found), "qps": qps, "exact_qps": exact_qps}
 
 

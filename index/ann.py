@@ -52,54 +52,94 @@ def nlist_for(n: int) -> int:
     return max(1, min(wanted, n // TRAIN_PER_LIST))
 
 
-def build(kind: str, dim: int, vectors: np.ndarray, seed: int = 0) -> faiss.Index:
+def empty(kind: str, dim: int, n: int) -> faiss.Index:
+    """An untrained index of `kind` sized for `n` vectors of dimension `dim`."""
     import faiss
 
-    """An empty, trained index of `kind` for vectors like `vectors` (n, dim) float32."""
     if kind == "flat":
         return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
-    nlist = nlist_for(len(vectors))
+    nlist = nlist_for(n)
     quantizer = faiss.IndexFlatIP(dim)
-    index: faiss.IndexIVF
     if kind == "ivf":
-        index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
-    elif kind == "ivfpq":
+        # faiss's Python wrapper keeps `quantizer` alive with the index
+        return faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    if kind == "ivfpq":
         m = _pq_subquantizers(dim)
-        index = faiss.IndexIVFPQ(quantizer, dim, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
-    else:
-        raise ValueError(f"unknown index type {kind!r}: use one of {', '.join(TYPES)}")
+        return faiss.IndexIVFPQ(quantizer, dim, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
+    raise ValueError(f"unknown index type {kind!r}: use one of {', '.join(TYPES)}")
+
+
+def training_rows(index: faiss.IndexIVF, n: int, seed: int = 0) -> np.ndarray:
+    """Sorted row numbers (of n) an IVF trains on: TRAIN_PER_LIST per centroid, at random."""
     rng = np.random.default_rng(seed)
-    sample = rng.choice(len(vectors), min(len(vectors), nlist * TRAIN_PER_LIST), replace=False)
-    index.train(np.ascontiguousarray(vectors[np.sort(sample)]))
-    return index  # faiss's Python wrapper keeps `quantizer` alive with the index
+    return np.sort(rng.choice(n, min(n, index.nlist * TRAIN_PER_LIST), replace=False))
+
+
+def tuning_rows(n: int, seed: int = 0) -> np.ndarray:
+    """Sorted row numbers (of n) whose vectors are the queries nprobe is tuned on."""
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n, min(TUNE_QUERIES, n), replace=False))
+
+
+def train(index: faiss.IndexIVF, sample: np.ndarray) -> None:
+    """Train an IVF on `sample` (m, dim) float32; k-means runs on every GPU FAISS sees."""
+    import faiss
+
+    if faiss.get_num_gpus() > 0:  # untested here (no GPU): FAISS's own multi-GPU recipe
+        index.clustering_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatIP(index.d))
+    index.train(np.ascontiguousarray(sample, dtype=np.float32))
+
+
+class Neighbours:
+    """Exact top-k ids of fixed queries, merged batch by batch over a streamed corpus."""
+
+    def __init__(self, queries: np.ndarray, k: int) -> None:
+        self.queries, self.k = queries, k  # (q, dim)
+        self.scores = np.full((len(queries), 0), -np.inf, np.float32)  # (q, <=k)
+        self.ids = np.empty((len(queries), 0), np.int64)
+
+    def update(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        scores = np.concatenate([self.scores, self.queries @ vectors.T], axis=1)  # (q, k+b)
+        found = np.concatenate([self.ids, np.broadcast_to(ids, (len(scores), len(ids)))], 1)
+        keep = min(self.k, scores.shape[1])
+        top = np.argpartition(-scores, keep - 1, axis=1)[:, :keep] if keep < scores.shape[1] \
+            else np.broadcast_to(np.arange(keep), scores.shape)
+        order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
+        top = np.take_along_axis(top, order, axis=1)  # (q, keep), best first
+        self.scores = np.take_along_axis(scores, top, axis=1)
+        self.ids = np.take_along_axis(found, top, axis=1)
 
 
 def tune_nprobe(
     index: faiss.Index, ids: np.ndarray, vectors: np.ndarray, target: float, seed: int = 0
 ) -> int:
+    """`tune_on` with the queries and exact neighbours taken from `vectors` (n, dim) under
+    `ids` (n,), all held by `index`."""
+    picked = tuning_rows(len(vectors), seed)
+    queries = np.ascontiguousarray(vectors[picked])
+    exact = Neighbours(queries, TUNE_K + 1)
+    exact.update(ids, vectors)
+    return tune_on(index, queries, ids[picked], exact.ids, target)
+
+
+def tune_on(index: faiss.Index, queries: np.ndarray, own: np.ndarray, exact: np.ndarray,
+            target: float) -> int:
     """Smallest power-of-two nprobe whose recall@10 reaches `target` (with a margin),
-    measured leave-one-out: sampled
-    corpus vectors are the queries and each one's own hit is dropped, so the neighbours sought
-    are those a new query from the same distribution would have. `index` holds `vectors`
-    (n, dim) under `ids` (n,).
+    measured leave-one-out: the queries (q, dim) are corpus vectors (ids `own`, (q,)) and each
+    one's own hit is dropped, so the neighbours sought are those a new query from the same
+    distribution would have. `exact` (q, TUNE_K + 1): each query's exact neighbours' ids.
     """
     import faiss
 
     if not isinstance(index, faiss.IndexIVF) or index.ntotal == 0:
         return 1
-    rng = np.random.default_rng(seed)
-    picked = rng.choice(len(vectors), min(TUNE_QUERIES, len(vectors)), replace=False)
-    queries = np.ascontiguousarray(vectors[picked])  # (q, dim)
-    exact = faiss.IndexFlatIP(index.d)
-    exact.add(vectors)
-    _, positions = exact.search(queries, TUNE_K + 1)  # (q, k+1) rows of `vectors`
-    truth = _drop_self(ids[positions], ids[picked])
+    truth = _drop_self(exact, own)
     aim = target + (1 - target) / 2  # a margin: new queries scatter around the sample's recall
     nprobe, best = 1, -1.0
     while nprobe < index.nlist:
         params = faiss.SearchParametersIVF(nprobe=nprobe)  # type: ignore[call-arg]
         _, found = index.search(queries, TUNE_K + 1, params=params)
-        recall = recall_at(truth, _drop_self(found, ids[picked]))
+        recall = recall_at(truth, _drop_self(found, own))
         # PQ codes cap recall below what any nprobe reaches: stop once probing more stops paying
         if recall >= aim or recall - best < PLATEAU:
             return nprobe

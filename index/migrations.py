@@ -2,6 +2,10 @@
 
 Each migration runs in one transaction together with the row that records it, so a store is
 always at exactly one known version. Never edit a released migration: append a new one.
+
+The DDL is SQLite's, word for word, so SQLite stores are made exactly as they always were; the
+few words PostgreSQL spells otherwise are written {int}, {rowid}, {serial} and {blob} and filled
+in per database (`DIALECT_WORDS`). FLOAT is a double on both.
 """
 
 from __future__ import annotations
@@ -13,25 +17,42 @@ from sqlalchemy import Connection, inspect, text
 
 Migration = tuple[int, str, Callable[[Connection], None]]
 
+# SQLite's INTEGER is 64-bit; INTEGER PRIMARY KEY is its rowid, and AUTOINCREMENT keeps a
+# deleted id from ever coming back, as a PostgreSQL sequence (BIGSERIAL) never gives one twice.
+# Any other database gets SQLite's words, as before.
+DIALECT_WORDS = {
+    "sqlite": {"int": "INTEGER", "rowid": "INTEGER PRIMARY KEY",
+               "serial": "INTEGER PRIMARY KEY AUTOINCREMENT", "blob": "BLOB"},
+    "postgresql": {"int": "BIGINT", "rowid": "BIGSERIAL PRIMARY KEY",
+                   "serial": "BIGSERIAL PRIMARY KEY", "blob": "BYTEA"},
+}
+
+
+def _execute(conn: Connection, *statements: str) -> None:
+    """Run statements written with {int}, {rowid}, {serial}, {blob} in this database's words."""
+    words = DIALECT_WORDS.get(conn.dialect.name, DIALECT_WORDS["sqlite"])
+    for statement in statements:
+        conn.execute(text(statement.format(**words)))
+
 
 def _v1_initial(conn: Connection) -> None:
     statements = [
         """CREATE TABLE collection_model (
-            id INTEGER PRIMARY KEY CHECK (id = 1),
+            id {int} PRIMARY KEY CHECK (id = 1),
             name TEXT NOT NULL,
             pretrained TEXT NOT NULL,
-            dim INTEGER NOT NULL,
+            dim {int} NOT NULL,
             created_at FLOAT NOT NULL
         )""",
         """CREATE TABLE files (
-            id INTEGER PRIMARY KEY,
+            id {rowid},
             path TEXT NOT NULL UNIQUE,
             kind TEXT NOT NULL,
             content_hash TEXT NOT NULL,
-            size INTEGER NOT NULL,
+            size {int} NOT NULL,
             mtime FLOAT NOT NULL,
-            width INTEGER,
-            height INTEGER,
+            width {int},
+            height {int},
             caption TEXT,
             indexed_at FLOAT NOT NULL
         )""",
@@ -39,21 +60,20 @@ def _v1_initial(conn: Connection) -> None:
         # AUTOINCREMENT: an item id is never reused, so a stale FAISS id can never name
         # another item.
         """CREATE TABLE items (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            file_id INTEGER NOT NULL REFERENCES files (id) ON DELETE CASCADE,
+            id {serial},
+            file_id {int} NOT NULL REFERENCES files (id) ON DELETE CASCADE,
             kind TEXT NOT NULL,
-            position INTEGER NOT NULL,
+            position {int} NOT NULL,
             passage TEXT
         )""",
         "CREATE INDEX ix_items_file_id ON items (file_id)",
         "CREATE INDEX ix_items_kind ON items (kind)",
         """CREATE TABLE vectors (
-            item_id INTEGER PRIMARY KEY REFERENCES items (id) ON DELETE CASCADE,
-            data BLOB NOT NULL
+            item_id {int} PRIMARY KEY REFERENCES items (id) ON DELETE CASCADE,
+            data {blob} NOT NULL
         )""",
     ]
-    for statement in statements:
-        conn.execute(text(statement))
+    _execute(conn, *statements)
 
 
 def _v2_runs_failures_generation(conn: Connection) -> None:
@@ -61,27 +81,26 @@ def _v2_runs_failures_generation(conn: Connection) -> None:
         # Bumped by every write transaction; a FAISS file records the generation it was saved
         # at, so a reader can tell a stale file from a current one.
         """CREATE TABLE store_state (
-            id INTEGER PRIMARY KEY CHECK (id = 1),
-            generation INTEGER NOT NULL
+            id {int} PRIMARY KEY CHECK (id = 1),
+            generation {int} NOT NULL
         )""",
         "INSERT INTO store_state (id, generation) VALUES (1, 0)",
         """CREATE TABLE runs (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            id {serial},
             started_at FLOAT NOT NULL,
             finished_at FLOAT,
             status TEXT NOT NULL,
-            stats TEXT NOT NULL DEFAULT '{}'
+            stats TEXT NOT NULL DEFAULT '{{}}'
         )""",
         """CREATE TABLE failures (
             path TEXT PRIMARY KEY,
-            size INTEGER,
+            size {int},
             mtime FLOAT,
             reason TEXT NOT NULL,
-            run_id INTEGER NOT NULL
+            run_id {int} NOT NULL
         )""",
     ]
-    for statement in statements:
-        conn.execute(text(statement))
+    _execute(conn, *statements)
 
 
 def _v3_taken_at(conn: Connection) -> None:
@@ -99,11 +118,34 @@ def _v4_model_fingerprint(conn: Connection) -> None:
     conn.execute(text("ALTER TABLE collection_model ADD COLUMN fingerprint TEXT"))
 
 
+def _v5_tags(conn: Connection) -> None:
+    # Zero-shot tags (`retriever tag`): an image's best label(s) among one label set. The set is
+    # named by its sorted labels as a JSON list, so tagging with the same labels again replaces
+    # that set's tags, and tags from other sets stay.
+    _execute(conn, """CREATE TABLE tags (
+        item_id {int} NOT NULL REFERENCES items (id) ON DELETE CASCADE,
+        label_set TEXT NOT NULL,
+        label TEXT NOT NULL,
+        score FLOAT NOT NULL,
+        PRIMARY KEY (item_id, label_set, label)
+    )""")
+    conn.execute(text("CREATE INDEX ix_tags_label ON tags (label)"))
+
+
+def _v6_item_time(conn: Connection) -> None:
+    # Video frames (kind 'video') are items at a moment of their file: seconds from its start.
+    # NULL for every other kind. OCR text of an image is kind 'image-text'; kinds are plain
+    # strings, so new kinds need no schema change.
+    conn.execute(text("ALTER TABLE items ADD COLUMN time FLOAT"))
+
+
 MIGRATIONS: list[Migration] = [
     (1, "initial: collection_model, files, items, vectors", _v1_initial),
     (2, "store_state generation, runs, failures", _v2_runs_failures_generation),
     (3, "files.taken_at", _v3_taken_at),
     (4, "collection_model.fingerprint", _v4_model_fingerprint),
+    (5, "tags", _v5_tags),
+    (6, "items.time (video frames)", _v6_item_time),
 ]
 LATEST = MIGRATIONS[-1][0]
 
@@ -126,6 +168,7 @@ def migrate(connect: Callable[[], object]) -> list[int]:
     `connect` is `engine.begin`: each migration gets its own transaction.
     """
     with connect() as conn:  # type: ignore[attr-defined]
+        _one_at_a_time(conn)
         conn.execute(text(
             "CREATE TABLE IF NOT EXISTS schema_migrations ("
             "version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at FLOAT NOT NULL)"
@@ -136,6 +179,9 @@ def migrate(connect: Callable[[], object]) -> list[int]:
         if version in done:
             continue
         with connect() as conn:  # type: ignore[attr-defined]
+            _one_at_a_time(conn)
+            if version in applied_versions(conn):  # another process applied it meanwhile
+                continue
             apply(conn)
             conn.execute(
                 text("INSERT INTO schema_migrations VALUES (:v, :n, :t)"),
@@ -143,3 +189,11 @@ def migrate(connect: Callable[[], object]) -> list[int]:
             )
         applied.append(version)
     return applied
+
+
+def _one_at_a_time(conn: Connection) -> None:
+    """PostgreSQL: processes opening a new store together migrate it one after another (a lock
+    held until this transaction ends), as SQLite's single writer makes them do there."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('retriever.migrate:' || "
+                          "current_schema()))"))

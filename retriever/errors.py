@@ -1,9 +1,13 @@
 """Named errors. The library raises these; only the CLI turns them into one-line messages.
 
-Each error carries the fix in its message, so `str(err)` is what a user needs to read.
+Most carry the fix in their message, so `str(err)` is what a user needs to read. Errors with
+fields about a setting (`BadSetting`, `AskedModelDiffers`) name it as the library does; the CLI
+turns the name into its flag and words the fix.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 
 class RetrieverError(Exception):
@@ -34,8 +38,39 @@ class CheckpointError(RetrieverError):
     """A checkpoint file cannot be read or does not fit the model."""
 
 
+class BadSetting(UsageError):
+    """A setting's value cannot be used. `setting` is its name in the library's config
+    (`index_type`); the CLI shows it as its flag (--index-type)."""
+
+    def __init__(self, setting: str, value: str, problem: str) -> None:
+        super().__init__(setting, value, problem)
+        self.setting = setting
+        self.value = value  # as shown: 'btree', 7.0
+        self.problem = problem  # what is wrong and what would do, e.g. "use one of flat, ivf"
+
+    def __str__(self) -> str:
+        return f"{self.setting} {self.value}: {self.problem}"
+
+
 class ModelMismatch(RetrieverError):
     """The model asked for differs from the one an index or checkpoint was built with."""
+
+
+class AskedModelDiffers(ModelMismatch):
+    """A model or weights asked for (to search an index, or to add to it) are not the ones the
+    index was built with. The CLI words the fix: drop the flag, or re-index."""
+
+    def __init__(self, directory: Path, setting: str, asked: str, recorded: str,
+                 purpose: str) -> None:
+        super().__init__(directory, setting, asked, recorded, purpose)
+        self.directory = directory  # the index
+        self.setting = setting  # "model" or "pretrained": which part of the model differs
+        self.asked, self.recorded = asked, recorded  # that part as asked, and as built
+        self.purpose = purpose  # "index" (adding to the index) or "search"
+
+    def __str__(self) -> str:
+        return (f"{self.setting} {self.asked} differs from {self.recorded}, which "
+                f"{self.directory} was built with")
 
 
 class IndexNotFound(RetrieverError):
@@ -58,6 +93,24 @@ class DatasetError(UsageError):
 
 class ImageError(RetrieverError):
     """One media file could not be decoded. Indexing reports it and goes on."""
+
+
+class VideoError(RetrieverError):
+    """A video file FFmpeg cannot open or decode (not a video, truncated, damaged). Indexing
+    reports it and goes on."""
+
+    def __init__(self, message: str, path: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class OcrUnavailable(UsageError):
+    """`--ocr` was asked for and the Tesseract program cannot be run."""
+
+
+class RayUnavailable(UsageError):
+    """`--engine ray` was asked for, and Ray is not installed or no cluster answers at the
+    address given."""
 
 
 class TrainingDiverged(RetrieverError):

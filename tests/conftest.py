@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +14,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from retriever.encoding.clip_encoder import ClipEncoder
-from retriever.encoding.models import ModelSpec, load_model
+from retriever.encoding.models import ModelSpec, load_model, register_bundled_configs
 
+register_bundled_configs()  # tests ask open_clip about retriever-tiny by name, as load_model does
 TINY = ModelSpec("retriever-tiny", "none")  # bundled config: 32 px ViT, 64-d, context 32
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 60), "blue": (30, 60, 220)}
 
@@ -23,6 +25,9 @@ COLOURS = {"red": (220, 30, 30), "green": (30, 200, 60), "blue": (30, 60, 220)}
 def _isolated(monkeypatch, tmp_path_factory):
     """No test reads the user's caches, index or environment."""
     monkeypatch.setenv("HF_HOME", str(tmp_path_factory.mktemp("hf-home")))
+    # the index registry and the ONNX export cache (retriever.userdirs)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path_factory.mktemp("xdg-data")))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
     monkeypatch.delenv("RETRIEVER_DB", raising=False)
     monkeypatch.delenv("RETRIEVER_STORE_URL", raising=False)
     # torch unless a test asks for ONNX: an export costs each new index seconds (tests/test_onnx
@@ -89,3 +94,61 @@ def cli():
         return runner.invoke(app, [str(a) for a in args])
 
     return run
+
+
+@pytest.fixture(scope="session")
+def shapes_checkpoint(tmp_path_factory) -> Path:
+    """retriever-tiny trained on the generated shape scenes with `retriever demo`'s recipe
+    (~15 s on one thread), saved as a checkpoint: a model whose space means something here
+    (colour, shape, place), shared by the tests that need one."""
+    import torch
+
+    from retriever.demo import DEMO_IMAGES, demo_config
+    from retriever.training.loop import train
+    from retriever.training.synthetic import write_captioned_images
+
+    folder = tmp_path_factory.mktemp("shapes")
+    write_captioned_images(folder / "scenes", DEMO_IMAGES, seed=0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(demo_config(folder / "scenes", folder / "shapes.pt"), log=lambda _: None)
+    finally:
+        torch.set_num_threads(threads)
+    return folder / "shapes.pt"
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """The PostgreSQL server of the PostgreSQL variants (tests/postgres.py), or a skip saying
+    why there is none; with $RETRIEVER_TEST_POSTGRES_REQUIRED set (CI), a failure instead."""
+    from .postgres import Unavailable, postgres_server
+
+    with ExitStack() as stack:
+        try:
+            server = stack.enter_context(postgres_server())
+        except Unavailable as why:
+            if os.environ.get("RETRIEVER_TEST_POSTGRES_REQUIRED"):
+                pytest.fail(f"PostgreSQL is required here: {why}")
+            pytest.skip(f"no PostgreSQL: {why}")
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def stores(request, tmp_path):
+    """Store URLs on SQLite, then on PostgreSQL: a test taking this runs on both."""
+    from .postgres import Stores
+
+    server = request.getfixturevalue("postgres") if request.param == "postgresql" else None
+    yield Stores(server, tmp_path)
+    if server is not None:
+        server.drop_databases()
+
+
+@pytest.fixture
+def store_env(stores, monkeypatch):
+    """`stores`, with every collection the test opens on its backend: on PostgreSQL, one
+    database ($RETRIEVER_STORE_URL) whatever the index folder; on SQLite, the folder's."""
+    if stores.server is not None:
+        monkeypatch.setenv("RETRIEVER_STORE_URL", stores.url("index"))
+    return stores

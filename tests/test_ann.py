@@ -30,12 +30,12 @@ def corpus():
 def test_ivf_meets_its_recall_target_on_unseen_queries(corpus):
     ids, vectors, queries, exact = corpus
     ivf = VectorIndex.from_vectors(32, ids, vectors, AnnConfig("ivf", recall_target=0.95))
-    assert ivf.kind == "ivf" and 1 <= ivf.index.nprobe < ivf.index.nlist
+    assert ivf.kind == "ivf" and 1 <= ivf.faiss_index.nprobe < ivf.faiss_index.nlist
     _, truth = exact.search(queries, 10)
     _, found = ivf.search(queries, 10)
     assert recall_at(truth, found) >= 0.93  # target 0.95 on the tuning queries
     a_lower_target = VectorIndex.from_vectors(32, ids, vectors, AnnConfig("ivf", 0.5))
-    assert a_lower_target.index.nprobe < ivf.index.nprobe  # tuning follows the target
+    assert a_lower_target.faiss_index.nprobe < ivf.faiss_index.nprobe  # tuning follows the target
 
 
 def test_ivf_scores_are_exact_inner_products(corpus):

@@ -105,7 +105,8 @@ def test_every_bad_file_is_reported_once_and_good_files_are_searchable(tmp_path)
                                      env=env).stdout)
     assert sorted(Path(f["path"]).name for f in info["failures"]) == sorted(bad)
     search = subprocess.run([sys.executable, str(ROOT / "cli.py"), "search", "anything",
-                             "--db", str(db), "-k", "100", "--json"], capture_output=True,
+                             "--to", "all", "--db", str(db), "-k", "100", "--json"],
+                            capture_output=True,
                             text=True, env=env)
     found = {Path(json.loads(line)["path"]).name for line in search.stdout.splitlines()}
     assert found == set(good)

@@ -18,13 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from .test_server import make_media, open_index
+from .test_server import OLD, make_media, open_index
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update",
                  "--disable-sync"]
 SCREENSHOT_COPY = Path("/tmp/retriever-browser.png")
+SHOTS = Path("/tmp/retriever-browser-shots")  # the filter test's screenshots, to look at
 START_DEADLINE_S = 120  # loading torch and the model on a busy 2-core CI machine
 
 
@@ -82,18 +83,24 @@ def drop_file(page, path: Path) -> None:
     }""", [path.name, list(path.read_bytes())])
 
 
+def open_page(playwright, url: str):
+    """(browser, page at `url`, the page's uncaught errors, a list that grows)."""
+    browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(url)
+    return browser, page, errors
+
+
 def test_search_click_drop_and_screenshot(served, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
     url, root = served
     expect.set_options(timeout=30_000)  # a wait for the page, not a speed requirement
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        browser, page, errors = open_page(playwright, url)
         try:
-            page = browser.new_page(viewport={"width": 1200, "height": 900})
-            errors: list[str] = []
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            page.goto(url)
             expect(page.locator("#info")).to_contain_text("5 images, ")
             first = page.locator("#results .result").first
 
@@ -106,7 +113,8 @@ def test_search_click_drop_and_screenshot(served, tmp_path):
             expect(first.locator(".passage")).to_have_text("buy red paint")
 
             # click a result: the new results are headed by it, marked as the query
-            second = page.locator("#results .result").nth(1)
+            second = page.locator("#results .result.text").nth(1)  # a passage, not red.jpg
+            # (found by its sidecar caption red.txt: a hit on a caption is the photo)
             clicked = second.get_attribute("data-id")
             second.locator(".more").click()
             expect(first).to_have_attribute("data-id", clicked or "?")
@@ -140,3 +148,76 @@ def test_search_click_drop_and_screenshot(served, tmp_path):
             browser.close()
     shutil.copy(shot, SCREENSHOT_COPY)
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+
+
+def test_recent_photos_date_filter_large_view_and_a_shareable_url(served, tmp_path):
+    from datetime import date
+
+    from playwright.sync_api import expect, sync_playwright
+
+    url, root = served
+    old_day = date.fromtimestamp(OLD).isoformat()
+    expect.set_options(timeout=30_000)
+    shots = []
+    with sync_playwright() as playwright:
+        browser, page, errors = open_page(playwright, url)
+        try:
+            # before any search: the newest photos, old.jpg (mtime OLD) last
+            expect(page.locator("h2.section")).to_have_text("Recent photos")
+            expect(page.locator("#results .result.image")).to_have_count(5)
+            expect(page.locator("#results .result").last).to_have_attribute(
+                "data-path", str(root / "photos" / "old.jpg"))
+            shots.append(tmp_path / "1-recent.png")
+            page.screenshot(path=str(shots[-1]))
+
+            # a date filter: only old.jpg was taken before the day after OLD
+            page.fill("#text", "a photo")
+            page.fill("#before", _next_day(old_day))
+            page.press("#text", "Enter")
+            expect(page.locator("#results .result")).to_have_count(1)
+            expect(page.locator("#results .result")).to_have_attribute(
+                "data-path", str(root / "photos" / "old.jpg"))
+            assert f"before={_next_day(old_day)}" in page.url and "text=a+photo" in page.url
+            shots.append(tmp_path / "2-filtered.png")
+            page.screenshot(path=str(shots[-1]))
+
+            # the large view: path, date, open/download links to the file; Esc closes it
+            page.keyboard.press("Escape")
+            page.locator("#results .open").first.focus()
+            page.keyboard.press("Enter")
+            viewer = page.locator("#viewer")
+            expect(viewer).to_be_visible()
+            expect(page.locator("#viewer-path")).to_have_text(str(root / "photos" / "old.jpg"))
+            expect(page.locator("#viewer-date")).not_to_be_empty()
+            page.wait_for_function("() => document.getElementById('viewer-image').naturalWidth > 0")
+            href = page.locator("#viewer-open").get_attribute("href") or ""
+            assert re.fullmatch(r"/api/items/\d+/file", href)
+            with urllib.request.urlopen(url + href) as answer:
+                assert answer.read() == (root / "photos" / "old.jpg").read_bytes()
+            shots.append(tmp_path / "3-large-view.png")
+            page.screenshot(path=str(shots[-1]))
+            page.keyboard.press("Escape")
+            expect(viewer).to_be_hidden()
+
+            # the URL is the search: opened anew, it shows the same filtered results
+            again = browser.new_page(viewport={"width": 1200, "height": 900})
+            again.goto(page.url)
+            expect(again.locator("#before")).to_have_value(_next_day(old_day))
+            expect(again.locator("#results .result")).to_have_count(1)
+            assert errors == []
+        finally:
+            browser.close()
+    keep_shots(shots)
+
+
+def keep_shots(shots: list[Path]) -> None:
+    SHOTS.mkdir(exist_ok=True)
+    for shot in shots:
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        shutil.copy(shot, SHOTS / shot.name)
+
+
+def _next_day(iso: str) -> str:
+    from datetime import date, timedelta
+
+    return (date.fromisoformat(iso) + timedelta(days=1)).isoformat()

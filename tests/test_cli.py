@@ -67,8 +67,11 @@ def test_image_query_returns_text_rows_with_passages(indexed, cli):
     folder, _ = indexed
     found = rows(cli("search", "--image", folder / "photos" / "green.jpg", "--to", "texts",
                      "-k", "4", "--json", "--db", folder / ".retriever"))
-    assert len(found) == 4 and {r["kind"] for r in found} == {"text"}
-    assert all(r["passage"] for r in found)
+    assert len(found) == 4 and {r["section"] for r in found} == {"texts"}
+    assert all(r["passage"] for r in found if r["kind"] == "text")
+    # red.txt is red.jpg's sidecar caption: a hit on it is the photo, never the .txt
+    assert not any(r["path"].endswith("red.txt") for r in found)
+    assert all(r["caption"] == "a red disc on grey" for r in found if r["kind"] == "image")
 
 
 def test_search_finds_the_index_by_walking_up(indexed, cli, monkeypatch):
@@ -78,16 +81,21 @@ def test_search_finds_the_index_by_walking_up(indexed, cli, monkeypatch):
     assert len(paths) == 2 and all(p.startswith(str(folder)) for p in paths)
 
 
-def test_all_merges_both_kinds_by_score(indexed, cli):
+def test_all_interleaves_the_two_sections_by_rank(indexed, cli):
     folder, _ = indexed
-    found = rows(cli("search", "red", "-k", "50", "--json", "--db", folder / ".retriever"))
-    assert {r["kind"] for r in found} == {"image", "text"}
-    assert [r["score"] for r in found] == sorted((r["score"] for r in found), reverse=True)
+    found = rows(cli("search", "red", "--to", "all", "-k", "50", "--json", "--db",
+                     folder / ".retriever"))
+    assert [r["section"] for r in found[:4]] in (["images", "texts"] * 2,
+                                                 ["texts", "images"] * 2)
+    for section in ("images", "texts"):
+        scores = [r["score"] for r in found if r["section"] == section]
+        assert scores == sorted(scores, reverse=True) and scores
+    assert len({r["id"] for r in found}) == len(found)  # a captioned photo appears once
 
 
 def test_in_restricts_to_a_subfolder(indexed, cli):
     folder, _ = indexed
-    found = rows(cli("search", "red", "--in", folder / "notes", "--json", "--db",
+    found = rows(cli("search", "red", "--in", folder / "notes", "--to", "texts", "--json", "--db",
                      folder / ".retriever"))
     assert found and all(r["path"].startswith(str(folder / "notes")) for r in found)
 
@@ -128,7 +136,9 @@ def test_search_with_another_model_is_refused(indexed, cli):
 @pytest.mark.parametrize(
     ("args", "words"),
     [
-        (("search", "--to", "videos", "x"), "unknown target 'videos'"),
+        (("search", "--to", "movies", "x"), "unknown target 'movies'"),
+        (("search", "--type", "text", "--to", "images", "x"), "ask for different things"),
+        (("search", "x", "--add", "missing.jpg"), "--add missing.jpg: no such file"),
         (("search", "-k", "0", "x"), "-k must be at least 1"),
         (("search", "   "), "the query text is empty"),
         (("search",), "give either a text query, --image FILE or an item"),

@@ -252,10 +252,11 @@ def saved_files(folder: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("url", ["not a url", "nosuchdialect://x/y",
-                                 "postgresql+nosuchdriver://u@h/db", "postgresql://u@h/db"])
+                                 "postgresql+nosuchdriver://u@h/db",
+                                 "postgresql+psycopg2://u@h/db"])
 def test_a_bad_store_url_is_one_line_naming_the_variable(tmp_path, monkeypatch, url, cli):
     monkeypatch.setenv("RETRIEVER_STORE_URL", url)
-    if url == "postgresql://u@h/db":
+    if url == "postgresql+psycopg2://u@h/db":  # (postgresql:// means psycopg 3, installed)
         try:
             import psycopg2  # noqa: F401
             pytest.skip("psycopg2 is installed: the URL is valid")

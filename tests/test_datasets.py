@@ -13,7 +13,13 @@ import webdataset as wds
 
 from retriever.encoding.models import ModelSpec, load_model
 from retriever.errors import UsageError
-from retriever.training.datasets import Feed, PairData, ShardData, count_samples, shard_urls
+from retriever.training.datasets import (
+    LoaderSettings,
+    PairData,
+    ShardData,
+    count_samples,
+    shard_urls,
+)
 from retriever.training.loop import TrainConfig, train
 from retriever.training.pairs import load_pairs
 from retriever.training.synthetic import ALL_SCENES, draw_scene, write_captioned_images
@@ -101,7 +107,7 @@ def test_each_process_streams_its_own_shards_and_counts_bad_samples(shards, load
     urls = shard_urls(shards)
     seen, skipped = [], 0
     for rank in (0, 1):
-        feed = Feed(batch_size=4, world_size=2, rank=rank, seed=5)
+        feed = LoaderSettings(batch_size=4, world_size=2, rank=rank, seed=5)
         data = ShardData(urls, SHARDS * PER_SHARD, loaded, feed)
         assert data.steps_per_epoch == 3  # 24 pairs in steps of 4 x 2 processes
         batches = list(data.epoch(1))
@@ -116,7 +122,7 @@ def test_each_process_streams_its_own_shards_and_counts_bad_samples(shards, load
 
 def test_stream_order_is_seeded_by_seed_and_epoch(shards, loaded):
     def order(seed: int, epoch: int, workers: int = 0) -> list[str]:
-        feed = Feed(batch_size=6, seed=seed, num_workers=workers)
+        feed = LoaderSettings(batch_size=6, seed=seed, num_workers=workers)
         return captions_read(loaded, ShardData(shard_urls(shards), 24, loaded,
                                                feed).epoch(epoch))
 
@@ -129,13 +135,13 @@ def test_stream_order_is_seeded_by_seed_and_epoch(shards, loaded):
 
 
 def test_a_resumed_epoch_skips_the_steps_it_had_done(shards, loaded):
-    data = ShardData(shard_urls(shards), 24, loaded, Feed(batch_size=6, seed=3))
+    data = ShardData(shard_urls(shards), 24, loaded, LoaderSettings(batch_size=6, seed=3))
     whole = captions_read(loaded, data.epoch(2))
     assert captions_read(loaded, data.epoch(2, skip=3)) == whole[18:]
 
 
 def test_too_few_shards_for_the_readers_is_a_usage_error(shards, loaded):
-    feed = Feed(batch_size=4, world_size=2, num_workers=3)
+    feed = LoaderSettings(batch_size=4, world_size=2, num_workers=3)
     with pytest.raises(UsageError, match="--num-workers"):
         ShardData(shard_urls(shards), 24, loaded, feed)
 
@@ -165,8 +171,8 @@ def pairs(tmp_path_factory):
 
 def test_processes_split_each_step_in_rank_order(pairs, loaded):
     """Two processes' shares of a step, concatenated, are one process's whole step."""
-    one = list(PairData(pairs, loaded, Feed(batch_size=8, seed=1)).epoch(3))
-    halves = [list(PairData(pairs, loaded, Feed(batch_size=4, world_size=2, rank=r,
+    one = list(PairData(pairs, loaded, LoaderSettings(batch_size=8, seed=1)).epoch(3))
+    halves = [list(PairData(pairs, loaded, LoaderSettings(batch_size=4, world_size=2, rank=r,
                                                  seed=1)).epoch(3)) for r in (0, 1)]
     assert [len(b.pixels) for b in one] == [7, 7, 6]  # 20 pairs: 3 equal-sized steps
     for whole, first, second in zip(one, *halves, strict=True):
@@ -176,7 +182,7 @@ def test_processes_split_each_step_in_rank_order(pairs, loaded):
 
 def test_pair_order_is_seeded_by_seed_and_epoch(pairs, loaded):
     def tokens(seed: int, epoch: int) -> torch.Tensor:
-        return torch.cat([b.tokens for b in PairData(pairs, loaded, Feed(batch_size=5,
+        return torch.cat([b.tokens for b in PairData(pairs, loaded, LoaderSettings(batch_size=5,
                                                                          seed=seed)).epoch(epoch)])
 
     assert torch.equal(tokens(0, 1), tokens(0, 1))
@@ -185,7 +191,7 @@ def test_pair_order_is_seeded_by_seed_and_epoch(pairs, loaded):
 
 
 def test_augmentation_is_the_same_with_or_without_workers(pairs, loaded):
-    feed = Feed(batch_size=10, seed=2, augment=True)
+    feed = LoaderSettings(batch_size=10, seed=2, augment=True)
     inline = torch.cat([b.pixels for b in PairData(pairs, loaded, feed).epoch(1)])
     workers = PairData(pairs, loaded, replace(feed, num_workers=2)).epoch(1)
     assert torch.equal(inline, torch.cat([b.pixels for b in workers]))

@@ -26,7 +26,7 @@ import torch
 import torch.multiprocessing as mp
 
 from retriever.encoding.models import ModelSpec, load_model
-from retriever.training.datasets import Batch
+from retriever.training.datasets import StepBatch
 from retriever.training.distributed import Group, join, leave
 from retriever.training.loop import TrainConfig, train
 from retriever.training.losses import Objective
@@ -75,7 +75,7 @@ def one_step(case: Case, group: Group, rows: slice, grad_accum: int) -> dict:
     stepper = Stepper(model, build_optimizer(model, LR, 0.1), case.objective, group, "fp32",
                       grad_accum)
     pixels, tokens = global_batch(sum(case.rows))
-    result = stepper.step(Batch(pixels[rows], tokens[rows], 0), LR)
+    result = stepper.step(StepBatch(pixels[rows], tokens[rows], 0), LR)
     assert result is not None
     return {"loss": result.loss, "terms": result.terms, "pairs": result.pairs,
             "grads": {n: p.grad.clone() for n, p in model.named_parameters()

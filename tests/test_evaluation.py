@@ -17,24 +17,28 @@ def unit_rows(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def plain_metrics(images: np.ndarray, texts: np.ndarray, text_to_image: list[int]) -> dict:
-    """The protocol written out with loops; a wrong item tying with a correct one counts as
-    ranked ahead of it."""
+def plain_metrics(images: np.ndarray, texts: np.ndarray, text_to_image: list[int],
+                  ties: str = "topk") -> dict:
+    """The protocol written out with loops. A wrong item tying with a correct one counts as
+    ranked ahead of it when it comes first (topk), or always (strict)."""
     sims = [[float(np.dot(images[i], texts[j])) for j in range(len(texts))]
             for i in range(len(images))]
+
+    def ahead(wrong: float, wrong_index: int, right: float, right_index: int) -> bool:
+        first = ties == "strict" or wrong_index < right_index
+        return wrong > right or (wrong == right and first)
+
     t2i_ranks = []
     for j, own in enumerate(text_to_image):
-        correct = sims[own][j]
         t2i_ranks.append(1 + sum(1 for i in range(len(images))
-                                 if i != own and sims[i][j] >= correct))
+                                 if i != own and ahead(sims[i][j], i, sims[own][j], own)))
     i2t_ranks = []
     for i in range(len(images)):
         ranks = []
         for j, own in enumerate(text_to_image):
             if own == i:
-                ahead = sum(1 for k in range(len(texts))
-                            if text_to_image[k] != i and sims[i][k] >= sims[i][j])
-                ranks.append(1 + ahead)
+                ranks.append(1 + sum(1 for k in range(len(texts)) if text_to_image[k] != i
+                                     and ahead(sims[i][k], k, sims[i][j], j)))
         i2t_ranks.append(min(ranks))
 
     def summary(ranks: list[int]) -> dict:
@@ -60,6 +64,22 @@ def test_metrics_match_a_plain_implementation(seed):
     for direction in ("text_to_image", "image_to_text"):
         assert got[direction] == pytest.approx(expected[direction])
     assert 0 < got["text_to_image"]["R@1"] < 1  # the case is not trivial
+
+
+@pytest.mark.parametrize("ties", ["topk", "strict"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_metrics_with_ties_match_a_plain_implementation(seed, ties, monkeypatch):
+    """Few distinct vectors: many images are duplicates and many captions are shared by
+    several images, so most scores tie exactly."""
+    rng = np.random.default_rng(seed)
+    images = unit_rows(rng, 6, 4)[rng.integers(0, 6, size=30)]  # 30 images, 6 distinct
+    text_to_image = [i for i in range(30) for _ in range(rng.integers(1, 4))]
+    texts = unit_rows(rng, 8, 4)[rng.integers(0, 8, size=len(text_to_image))]
+    monkeypatch.setattr("retriever.training.evaluation.QUERY_CHUNK", 7)
+    got = retrieval_metrics(images, texts, np.array(text_to_image), ties=ties)
+    expected = plain_metrics(images, texts, text_to_image, ties)
+    for direction in ("text_to_image", "image_to_text"):
+        assert got[direction] == pytest.approx(expected[direction])
 
 
 def test_metrics_chunking_gives_the_same_answer(monkeypatch):
@@ -97,11 +117,20 @@ def test_image_to_text_counts_the_best_of_its_captions():
     assert got["text_to_image"]["R@1"] == pytest.approx(2 / 4)
 
 
-def test_collapsed_embeddings_score_zero_not_one():
+def test_collapsed_embeddings_score_zero_under_strict_ties():
     images = np.ones((4, 3), dtype=np.float32) / np.sqrt(3)
-    got = retrieval_metrics(images, images.copy(), np.arange(4))
+    got = retrieval_metrics(images, images.copy(), np.arange(4), ties="strict")
     assert got["text_to_image"]["R@1"] == 0.0
     assert got["text_to_image"]["median_rank"] == 4.0
+
+
+def test_collapsed_embeddings_rank_by_index_under_topk_ties():
+    """All scores equal: like torch.topk, the lower index comes first, so caption j finds its
+    image j at rank j + 1 and only the queries whose answer is index 0 score at 1."""
+    images = np.ones((4, 3), dtype=np.float32) / np.sqrt(3)
+    got = retrieval_metrics(images, images.copy(), np.arange(4))
+    assert got["text_to_image"] == {"R@1": 0.25, "R@5": 1.0, "R@10": 1.0, "median_rank": 2.5}
+    assert got["image_to_text"] == {"R@1": 0.25, "R@5": 1.0, "R@10": 1.0, "median_rank": 2.5}
 
 
 def test_values_are_plain_floats():
@@ -191,17 +220,33 @@ class ConstantEncoder(HashEncoder):
         return np.full((len(texts), self.dim), self.value, dtype=np.float32)
 
 
-@pytest.mark.parametrize("value", [np.nan, np.inf, 8 ** -0.5], ids=["nan", "inf", "ties"])
-def test_a_broken_or_collapsed_encoder_scores_zero_not_one(tmp_path, value):
+@pytest.mark.parametrize(("value", "ties"), [
+    (np.nan, "topk"), (np.inf, "topk"), (np.nan, "strict"), (np.inf, "strict"),
+    (8 ** -0.5, "strict"),
+], ids=["nan", "inf", "nan-strict", "inf-strict", "collapsed-strict"])
+def test_a_broken_or_collapsed_encoder_scores_zero_not_one(tmp_path, value, ties):
     paths = write_captioned_images(tmp_path, 4)
     pairs = [Pair(p, tuple(p.with_suffix(".txt").read_text().split("\n")[:2])) for p in paths]
 
-    got = evaluate_pairs(ConstantEncoder(value), pairs)
+    got = evaluate_pairs(ConstantEncoder(value), pairs, ties=ties)
 
     for direction in ("text_to_image", "image_to_text"):
         assert got[direction]["R@1"] == 0.0, direction
     assert got["text_to_image"]["median_rank"] == 4.0  # behind every wrong image: last
     assert got["image_to_text"]["median_rank"] == 7.0  # the best of 2 captions, behind 6 others
+
+
+def test_a_collapsed_encoder_under_topk_ties_finds_what_comes_first(tmp_path):
+    paths = write_captioned_images(tmp_path, 4)
+    pairs = [Pair(p, tuple(p.with_suffix(".txt").read_text().split("\n")[:2])) for p in paths]
+
+    got = evaluate_pairs(ConstantEncoder(8 ** -0.5), pairs)
+
+    # caption j ranks its image (j // 2) at j // 2 + 1: two of 8 captions find theirs first
+    assert got["text_to_image"] == {"R@1": 0.25, "R@5": 1.0, "R@10": 1.0, "median_rank": 2.5}
+    # image i's first caption is text 2i: rank 2i + 1
+    assert got["image_to_text"] == {"R@1": 0.25, "R@5": 0.75, "R@10": 1.0, "median_rank": 4.0}
+    assert got["ties"] == "topk"
 
 
 def test_a_nan_score_ranks_last_and_never_ahead_of_a_finite_one():
@@ -217,3 +262,17 @@ def test_a_nan_score_ranks_last_and_never_ahead_of_a_finite_one():
     assert got["text_to_image"]["median_rank"] == pytest.approx(2.5)
     # image->text: image 0's caption is NaN (last), images 1 and 2 find theirs, image 3 is NaN
     assert got["image_to_text"]["R@1"] == pytest.approx(2 / 4)
+
+
+@pytest.mark.parametrize("seed", [0, 7])  # seeds where the rounding moved R@1 or the median
+def test_identical_vectors_tie_exactly_whatever_the_product_rounds(seed):
+    """float64 products (dgemm) round some identical columns differently (edge kernels); the
+    copies still tie, so the lower index wins as in a per-pair computation."""
+    rng = np.random.default_rng(seed)
+    images = rng.normal(size=(50, 16))
+    text_to_image = np.repeat(np.arange(50), 6)  # 300 captions drawn from 60 strings
+    texts = rng.normal(size=(60, 16))[rng.integers(0, 60, size=300)]
+    got = retrieval_metrics(images, texts, text_to_image)
+    expected = plain_metrics(images, texts, list(text_to_image))
+    for direction in ("text_to_image", "image_to_text"):
+        assert got[direction] == pytest.approx(expected[direction])

@@ -1,4 +1,5 @@
 """SIGKILL `retriever index` at random moments; nothing committed may be lost or inconsistent.
+On a SQLite store, then on a PostgreSQL one (the killed process's connection simply drops).
 
 RETRIEVER_FAULT_KILLS sets how many kills (default 5; the full run uses 20 or more).
 """
@@ -23,15 +24,18 @@ from retriever.library.collection import VECTOR_FILES, Collection
 from retriever.search.query import Query, search
 
 from .conftest import TINY, write_photo
+from .postgres import Stores
 
 ROOT = Path(__file__).resolve().parents[1]
 KILLS = int(os.environ.get("RETRIEVER_FAULT_KILLS", "5"))
 IMAGES = 120
 
 
-def index_cmd(media: Path, db: Path) -> list[str]:
+def index_cmd(media: Path, db: Path, stores: Stores) -> list[str]:
+    url = stores.for_index(db)  # PostgreSQL: the killed process's store is a database
     return [sys.executable, str(ROOT / "cli.py"), "index", str(media), "--db", str(db),
-            "--model", "retriever-tiny", "--pretrained", "none", "--batch-size", "8"]
+            "--model", "retriever-tiny", "--pretrained", "none", "--batch-size", "8",
+            *(["--store", url] if url else [])]
 
 
 def timed_run(cmd: list[str]) -> float:
@@ -40,9 +44,9 @@ def timed_run(cmd: list[str]) -> float:
     return time.monotonic() - start
 
 
-def contents(db: Path) -> dict[tuple[str, str, int], np.ndarray]:
+def contents(db: Path, stores: Stores) -> dict[tuple[str, str, int], np.ndarray]:
     """(path, kind, position) -> vector, read straight from the store."""
-    store = Store(f"sqlite:///{db / 'store.db'}")
+    store = Store(stores.for_index(db) or f"sqlite:///{db / 'store.db'}")
     out = {}
     for kind in KINDS:
         ids, vectors = store.vectors(kind)
@@ -53,29 +57,38 @@ def contents(db: Path) -> dict[tuple[str, str, int], np.ndarray]:
     return out
 
 
-def check_consistent(db: Path, encoder: ClipEncoder) -> None:
+def check_consistent(db: Path, encoder: ClipEncoder, stores: Stores) -> None:
     """What a reader sees: vector indexes hold exactly the store's vectors; search works."""
-    collection = Collection.open(db)
+    collection = Collection.open(db, store_url=stores.for_index(db))
     for kind in KINDS:
+        # a writer may commit between the two reads: compare them only when the store's
+        # generation shows none did, so both saw one state of the store
+        generation = collection.store.generation()
         stored_ids, _ = collection.store.vectors(kind)
-        assert len(collection.vectors(kind)) == len(stored_ids)
+        loaded = len(collection.vectors(kind))
+        if collection.store.generation() == generation:
+            assert loaded == len(stored_ids)
     if collection.model() is not None:
         for result in search(collection, encoder, Query(text="a photo", k=5)):
             assert collection.store.items([result.id])  # every hit names a stored item
     collection.close()
 
 
-def test_sigkill_loses_nothing_committed(tmp_path):
-    media = tmp_path / "media"
+def write_media(media: Path) -> None:
     for i in range(IMAGES):
         write_photo(media / f"p{i:03d}.jpg", (i, 255 - i, (7 * i) % 256))
     for i in range(12):
         (media / f"n{i:02d}.txt").write_text(f"note {i}: " + "words about photos " * (i + 1))
+
+
+def test_sigkill_loses_nothing_committed(tmp_path, stores):
+    media = tmp_path / "media"
+    write_media(media)
     encoder = ClipEncoder(load_model(TINY))
 
-    full = timed_run(index_cmd(media, tmp_path / "clean"))
-    idle = timed_run(index_cmd(media, tmp_path / "clean"))  # start-up and scan, nothing to do
-    clean = contents(tmp_path / "clean")
+    full = timed_run(index_cmd(media, tmp_path / "clean", stores))
+    idle = timed_run(index_cmd(media, tmp_path / "clean", stores))  # start-up, scan, no work
+    clean = contents(tmp_path / "clean", stores)
 
     rng, kills, partial, chains = random.Random(1234), 0, 0, 0
     db, kept = None, {}
@@ -83,7 +96,7 @@ def test_sigkill_loses_nothing_committed(tmp_path):
         if db is None:  # a chain: kill runs on one index until a run completes by itself
             chains += 1
             db, kept = tmp_path / f"killed-{chains}", {}
-        proc = subprocess.Popen(index_cmd(media, db), stdout=subprocess.DEVNULL,
+        proc = subprocess.Popen(index_cmd(media, db, stores), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
         try:  # aim at the indexing itself: start-up takes most of a run on 2 cores
             proc.wait(timeout=rng.uniform(0.8 * idle, full))
@@ -92,11 +105,11 @@ def test_sigkill_loses_nothing_committed(tmp_path):
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             finished = False
-        now = contents(db) if (db / "store.db").exists() else {}
+        now = contents(db, stores) if stores.server or (db / "store.db").exists() else {}
         assert kept.keys() <= now.keys(), "a file indexed before a kill went missing"
         for key, vector in now.items():
             np.testing.assert_allclose(vector, clean[key], atol=1e-5)
-        check_consistent(db, encoder)
+        check_consistent(db, encoder, stores)
         if finished:
             assert now.keys() == clean.keys()
             db = None
@@ -107,18 +120,18 @@ def test_sigkill_loses_nothing_committed(tmp_path):
 
     # The last chain completes, with readers searching while it writes.
     assert db is not None
-    proc = subprocess.Popen(index_cmd(media, db), stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(index_cmd(media, db, stores), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     searches = 0
     while proc.poll() is None:
-        check_consistent(db, encoder)
+        check_consistent(db, encoder, stores)
         searches += 1
         time.sleep(0.2)  # a reader now and then, not a second core spinning
     assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
     print(f"\nfaults: {kills} kills in {chains} chains ({partial} with a partial index), "
           f"{len(kept)} of {len(clean)} items committed at the last kill, "
           f"{searches} consistent searches during the final run")
-    final = contents(db)
+    final = contents(db, stores)
     assert final.keys() == clean.keys()
     for key, vector in final.items():
         np.testing.assert_allclose(vector, clean[key], atol=1e-5)

@@ -94,8 +94,8 @@ CASES = [
     (("search", "x", "--after", "yesterday", "--db", "{db}"), {}, 2),
     (("search", "x", "--after", "2024-13-45", "--db", "{db}"), {}, 2),
     (("search", "x", "--after", "2024-02-01", "--before", "2024-01-01", "--db", "{db}"), {}, 2),
-    (("search", "x", "--to", "videos", "--db", "{db}"), {}, 2),
-    (("search", "x", "--type", "video", "--db", "{db}"), {}, 2),
+    (("search", "x", "--to", "movies", "--db", "{db}"), {}, 2),
+    (("search", "x", "--type", "movie", "--db", "{db}"), {}, 2),
     (("search", "--image", "{missing}", "--db", "{db}"), {}, 2),
     (("search", "--image", "{dir}", "--db", "{db}"), {}, 2),
     (("search", "--image", "/dev/null", "--db", "{db}"), {}, 2),
@@ -232,9 +232,10 @@ def test_paths_only_prints_one_line_per_result_with_controls_escaped(hostile):
 
 def test_json_keeps_the_text_exact(hostile):
     found = [json.loads(line) for line in search_hostile(hostile, "--json").stdout.splitlines()]
+    # each .txt is its photo's sidecar caption: found as the photo, the caption exact
     assert {"passage [/b] end", "passage \x1b[2J\x1b[31mred end"} <= {
-        r["passage"] for r in found}
-    assert any(r["path"].endswith("new\nline.txt") for r in found)
+        r["caption"] for r in found}
+    assert any(r["path"].endswith("new\nline.jpg") for r in found)
 
 
 def test_previews_in_a_terminal_print_file_text_plainly(hostile, tiny_encoder, monkeypatch,
@@ -322,7 +323,7 @@ def test_a_planted_serve_json_is_not_trusted(media, tmp_path, planted):
     try:
         served.write_text(json.dumps({"url": url, "pid": pid,
                                       "directory": str(collection.directory.resolve())}))
-        result = invoke("search", "red", "--json", "--db", collection.directory)
+        result = invoke("search", "red", "--to", "all", "--json", "--db", collection.directory)
         assert result.exit_code == 0, result.output
         assert len(result.stdout.splitlines()) == 10  # answered here
     finally:

@@ -1,8 +1,14 @@
-"""Incremental indexing, counted: what a second run reads, encodes, reuses and removes."""
+"""Incremental indexing, counted: what a second run reads, encodes, reuses and removes.
+Every test runs on a SQLite store, then on a PostgreSQL one (`store_env`)."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +18,13 @@ from retriever.library.indexer import IndexOptions, index_media
 from retriever.search.query import Query, search
 
 from .conftest import write_photo
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _on_each_store(store_env):
+    """Collections opened here use SQLite, then PostgreSQL ($RETRIEVER_STORE_URL)."""
 
 
 def colour(i):
@@ -201,3 +214,38 @@ def test_bytes_that_move_to_a_new_file_while_the_old_one_changes_are_encoded(tmp
     ids, vectors = collection.store.vectors("image")
     b_vector = vectors[list(ids).index(found["b.jpg"].id)]
     assert abs(float(b_vector @ before) - 1) < 1e-5  # b holds a's old picture
+
+
+HOLD_THE_LOCK = """
+import sys
+from pathlib import Path
+from retriever.library.collection import Collection
+with Collection.open(Path(sys.argv[1])).writing():
+    print("holding", flush=True)
+    sys.stdin.read()  # until the test closes it
+"""
+
+
+def test_a_second_writer_process_is_refused_or_queued_with_wait(library, tmp_path):
+    """Two processes (on PostgreSQL, sharing only the database, as two machines would): the
+    second `index` exits with code 3 and one line; with --wait it waits, then does the work."""
+    db = tmp_path / "index"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_THE_LOCK, str(db)], cwd=ROOT,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout and holder.stdin and holder.stdout.readline() == "holding\n"
+    index = [sys.executable, str(ROOT / "cli.py"), "index", str(library), "--db", str(db),
+             "--model", "retriever-tiny", "--pretrained", "none", "--json"]
+    start = time.monotonic()
+    refused = subprocess.run(index, capture_output=True, text=True)
+    to_the_lock = time.monotonic() - start
+    assert refused.returncode == 3 and refused.stdout == ""
+    assert refused.stderr.count("\n") == 1 and "pass --wait" in refused.stderr
+    waiting = subprocess.Popen([*index, "--wait"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    time.sleep(max(3.0, 2 * to_the_lock))  # twice as long as the refused run took to get there
+    assert waiting.poll() is None and Collection.open(db).summary().last_run is None
+    holder.stdin.close()
+    assert holder.wait(timeout=60) == 0
+    out, err = waiting.communicate(timeout=300)
+    assert waiting.returncode == 0, err
+    assert json.loads(out)["run"]["encoded"] == 25

@@ -180,7 +180,10 @@ def test_auto_backend_index_and_search_equal_torch(tmp_path, cli, monkeypatch, m
         found = cli("search", "a red disc", "--db", db, "--json", "-k", "20", "--no-server")
         assert found.exit_code == 0, found.output
         results[backend] = [json.loads(line) for line in found.stdout.splitlines()]
-    assert (tmp_path / "auto" / "onnx").is_dir() and not (tmp_path / "torch" / "onnx").exists()
+    # the export is in the user's cache, shared by indexes; none in the index or media folders
+    exports = Path(os.environ["XDG_CACHE_HOME"]) / "retriever" / "onnx"
+    assert len([p for p in exports.iterdir() if not p.name.startswith(".")]) == 1
+    assert not any(p.name == "onnx" for p in tmp_path.rglob("*"))
     onnx, torch_ = results["auto"], results["torch"]
     assert [(r["path"], r["position"]) for r in onnx] == [(r["path"], r["position"])
                                                           for r in torch_]
@@ -243,3 +246,19 @@ def test_an_unknown_backend_is_one_line_naming_the_choices(cli, media_folder, tm
         assert result.exit_code == 2
         assert result.stderr.strip().splitlines() == [
             "error: --backend 'gpu': use one of auto, torch, onnx, onnx-int8"]
+
+
+def test_export_leaves_the_model_as_it_came(tmp_path):
+    """The exporters switch the module to training mode; export puts it back, so a model
+    used after its export encodes bit for bit as before (and as a fresh load)."""
+    from retriever.encoding.clip_encoder import ClipEncoder
+    from retriever.encoding.models import load_model
+
+    from .conftest import TINY
+
+    encoder = ClipEncoder(load_model(TINY))
+    images = [Image.new("RGB", (40, 30), c) for c in [(200, 0, 0), (0, 0, 200)]]
+    before = encoder.encode_images(images)
+    export(encoder.loaded, tmp_path / "export")
+    assert not encoder.loaded.model.training
+    np.testing.assert_array_equal(encoder.encode_images(images), before)

@@ -32,7 +32,9 @@ def exif_photo(path: Path, colour, taken: str) -> Path:
 
 
 @pytest.fixture
-def indexed(tmp_path, tiny_encoder):
+def indexed(tmp_path, tiny_encoder, store_env):
+    """An index of ten photos (two with EXIF dates) and a note; tests taking it run on a
+    SQLite store, then on a PostgreSQL one."""
     root = tmp_path / "lib"
     for i, colour in enumerate(COLOURS):
         write_photo(root / ("old" if i < 4 else "new") / f"p{i}.jpg", colour)
@@ -157,7 +159,7 @@ def test_bad_date_names_the_flag():
 def test_html_page_embeds_thumbnails_and_passages(indexed, cli, tmp_path):
     _, collection = indexed
     page = tmp_path / "out" / "results.html"
-    result = cli("search", "summer <trip>", "-k", "20", "--html", page, "--db",
+    result = cli("search", "summer <trip>", "--to", "all", "-k", "20", "--html", page, "--db",
                  collection.directory)
     assert result.exit_code == 0 and f"wrote {page}" in result.stderr
     text = page.read_text()

@@ -215,12 +215,13 @@ def test_withdraw_leaves_another_servers_file(tmp_path):
 
 def test_text_search_is_the_local_search(url, media, tiny_encoder):
     root, collection = media
-    query = Query(text="a red disc", k=8)
+    query = Query(text="a red disc", k=8, target="all")
     rows = remote_search(url, *request_for(query))
     expected = [r.to_json() for r in search(collection, tiny_encoder, query)]
     assert [{**row, "score": 0} for row in rows] == [{**row, "score": 0} for row in expected]
     assert [r["score"] for r in rows] == pytest.approx([r["score"] for r in expected], abs=1e-6)
-    assert list(rows[0]) == ["id", "path", "score", "kind", "position", "passage", "caption"]
+    assert list(rows[0]) == ["id", "path", "score", "kind", "position", "passage", "caption",
+                             "time", "tags", "section", "taken_at"]
     assert len(rows) == 8 and {r["kind"] for r in rows} == {"image", "text"}
 
 
@@ -228,13 +229,13 @@ def test_filters_are_the_local_filters(url, media, tiny_encoder, monkeypatch):
     root, collection = media
     monkeypatch.chdir(root)  # `in` relative to the CLI's folder, as a local search takes it
     for query in (Query(text="red", target="images", path_prefix="photos", k=50),
-                  Query(text="red", path_prefix="notes", k=50),
+                  Query(text="red", path_prefix="notes", k=50, target="all"),
                   Query(text="red", target="images", before=OLD + 1, k=50),
-                  Query(text="red", after=OLD + 1, min_score=-0.05, k=50)):
+                  Query(text="red", after=OLD + 1, min_score=-0.05, k=50, target="all")):
         remote = through_server(url, query)
         assert remote, query  # each keeps something ...
         assert_same(remote, locally(collection, tiny_encoder, query))
-    everything = through_server(url, Query(text="red", k=50))
+    everything = through_server(url, Query(text="red", k=50, target="all"))
     assert len(remote) < len(everything)  # ... and drops something
 
 
@@ -252,7 +253,7 @@ def test_image_search_uploads_the_file(url, media, tiny_encoder, monkeypatch):
     monkeypatch.chdir(root)
     photo = root / "photos" / "blue.jpg"
     for query in (Query(image=photo, target="images", k=3),
-                  Query(image=photo, path_prefix="notes", after=0.0, k=50)):
+                  Query(image=photo, path_prefix="notes", after=0.0, k=50, target="all")):
         assert_same(through_server(url, query), locally(collection, tiny_encoder, query))
     assert through_server(url, Query(image=photo, target="images", k=1))[0][1] == \
         pytest.approx(1.0, abs=1e-4)
@@ -260,7 +261,7 @@ def test_image_search_uploads_the_file(url, media, tiny_encoder, monkeypatch):
 
 @pytest.mark.parametrize(("query", "error"), [
     (Query(text="x", k=0), errors.UsageError),
-    (Query(text="x", target="videos"), errors.UsageError),
+    (Query(text="x", target="movies"), errors.UsageError),
     (Query(item=999999), errors.ItemNotFound),
     (Query(text="x", add=(Term(item=999999),)), errors.ItemNotFound),
 ])

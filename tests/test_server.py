@@ -95,7 +95,7 @@ def test_text_search_returns_ranked_rows(client, media):
     root, _ = media
     found = results(client.get("/api/search", params={"text": "buy red paint",
                                                       "target": "texts", "k": 3}))
-    assert len(found) == 3 and {r["kind"] for r in found} == {"text"}
+    assert len(found) == 3 and {r["section"] for r in found} == {"texts"}
     top = found[0]  # the exact words of todo.txt's only passage: the same vector
     assert top["path"] == str(root / "notes" / "todo.txt") and top["position"] == 0
     assert top["passage"] == "buy red paint" and top["score"] == pytest.approx(1.0, abs=1e-4)
@@ -137,7 +137,7 @@ def test_json_search_is_the_library_search(client, media, tiny_encoder):
             "target": "all", "k": 6}
     found = results(client.post("/api/search", json=body))
     expected = search(collection, tiny_encoder, Query(
-        text="red", add=(Term(0.5, item=green),), sub=(Term(text="blue"),), k=6))
+        text="red", add=(Term(0.5, item=green),), sub=(Term(text="blue"),), k=6, target="all"))
     assert [(r["id"], r["score"]) for r in found] == [(r.id, r.score) for r in expected]
     assert len(found) == 6
 
@@ -145,7 +145,7 @@ def test_json_search_is_the_library_search(client, media, tiny_encoder):
 def test_filters_folder_dates_and_min_score(client, media):
     root, _ = media
     notes = results(client.get("/api/search", params={"text": "red", "in": str(root / "notes"),
-                                                      "k": 50}))
+                                                      "k": 50, "target": "texts"}))
     assert notes and all(r["path"].startswith(str(root / "notes")) for r in notes)
     old = results(client.get("/api/search", params={"text": "red", "before": "2002-01-01",
                                                     "target": "images"}))
@@ -168,7 +168,7 @@ BAD_REQUESTS = [
     ("GET", "/api/search?text=x&k=-3", {}, 400, "must be at least 1"),
     ("GET", "/api/search?text=x&k=ten", {}, 400, "k must be a whole number"),
     ("GET", "/api/search?text=x&k=1000000000", {}, 400, "k must be at most 1000"),
-    ("GET", "/api/search?text=x&target=videos", {}, 400, "unknown target 'videos'"),
+    ("GET", "/api/search?text=x&target=movies", {}, 400, "unknown target 'movies'"),
     ("GET", "/api/search?text=x&bogus=1", {}, 400, "unknown parameter 'bogus'"),
     ("GET", "/api/search?text=x&after=yesterday", {}, 400, "is not a date"),
     ("GET", "/api/search?text=x&min_score=high", {}, 400, "min_score must be a number"),
@@ -237,8 +237,8 @@ def test_a_text_item_has_no_thumbnail(client):
     todo = item_id(client, "todo.txt", target="texts")
     response = client.get(f"/api/items/{todo}/thumbnail")
     assert response.status_code == 400
-    assert response.json()["error"] == f"item {todo} is a text passage: only images have " \
-        "thumbnails"
+    assert response.json()["error"] == f"item {todo} is a text passage: only images and " \
+        "video frames have thumbnails"
 
 
 def test_non_image_upload_is_a_400_naming_the_upload(client):
@@ -308,7 +308,8 @@ def test_a_file_gone_from_disk_is_404(media, tiny_encoder, tmp_path):
     assert "is no longer on disk: run `retriever index`" in response.json()["error"]
 
 
-def test_searches_see_files_indexed_while_serving(tiny_encoder, tmp_path):
+def test_searches_see_files_indexed_while_serving(tiny_encoder, tmp_path, store_env):
+    """On SQLite, then on PostgreSQL: the server reopens the store another writer moved on."""
     root = make_media(tmp_path / "media")
     collection = open_index(root, tiny_encoder)
     with client_for(collection, tiny_encoder) as client:
@@ -452,7 +453,7 @@ def test_a_symlink_out_of_the_indexed_folders_is_not_served(served):
 @pytest.mark.parametrize("swap", ["file for a symlink", "folder for a symlink", "bytes edited"])
 def test_a_file_swapped_after_indexing_is_not_served(served, swap):
     root, secret, client = served
-    found = results(client.get("/api/search", params={"text": "x", "k": 1000}))
+    found = results(client.get("/api/search", params={"text": "x", "k": 1000, "target": "all"}))
     plan = next(r["id"] for r in found if r["path"] == str(root / "private" / "plan.txt"))
     photo = next(r["id"] for r in found if r["path"] == str(root / "photos" / "blue.jpg"))
     if swap == "file for a symlink":

@@ -1,6 +1,9 @@
-"""The metadata store: migrations, replace-by-path writes, vectors as the source of truth."""
+"""The metadata store: migrations, replace-by-path writes, vectors as the source of truth.
+Tests taking `stores` run on SQLite and on PostgreSQL (tests/postgres.py)."""
 
 from __future__ import annotations
+
+import sys
 
 import numpy as np
 import pytest
@@ -8,6 +11,7 @@ from sqlalchemy import create_engine, inspect, text
 
 from index.migrations import LATEST, MIGRATIONS, migrate
 from index.store import IMAGE, TEXT, FileRecord, ItemRecord, ModelRecord, Store
+from retriever.errors import BadStoreUrl, IndexReadOnly, StoreError
 
 
 def vec(seed, d=8):
@@ -20,27 +24,30 @@ def image_file(path, h="h"):
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = Store(f"sqlite:///{tmp_path / 'store.db'}")
+def store(stores):
+    s = Store(stores.url())
     yield s
     s.close()
 
 
-def test_fresh_store_is_at_latest_version_with_its_tables(tmp_path):
-    url = f"sqlite:///{tmp_path / 's.db'}"
+def test_fresh_store_is_at_latest_version_with_its_tables(stores):
+    url = stores.url("s")
     Store(url).close()
     engine = create_engine(url)
     with engine.connect() as conn:
-        versions = [r[0] for r in conn.execute(text("SELECT version FROM schema_migrations"))]
+        versions = [r[0] for r in conn.execute(
+            text("SELECT version FROM schema_migrations ORDER BY version"))]
         tables = set(inspect(conn).get_table_names())
+    engine.dispose()
     assert versions == [v for v, _, _ in MIGRATIONS] and versions[-1] == LATEST
     assert {"collection_model", "files", "items", "vectors"} <= tables
 
 
-def test_migrations_run_once(tmp_path):
-    engine = create_engine(f"sqlite:///{tmp_path / 's.db'}")
+def test_migrations_run_once(stores):
+    engine = create_engine(stores.url("s"))
     assert migrate(engine.begin) == [v for v, _, _ in MIGRATIONS]
     assert migrate(engine.begin) == []
+    engine.dispose()
 
 
 def engine_at_version(url: str, version: int):
@@ -57,11 +64,12 @@ def engine_at_version(url: str, version: int):
     return engine
 
 
-def test_upgrade_from_an_unversioned_store_keeps_nothing_half_done(tmp_path):
+def test_upgrade_from_an_unversioned_store_keeps_nothing_half_done(stores):
     """A store whose bookkeeping table exists but records nothing (the shape before v1) gets
     every migration, each with its record."""
-    engine = engine_at_version(f"sqlite:///{tmp_path / 's.db'}", 0)
+    engine = engine_at_version(stores.url("s"), 0)
     assert migrate(engine.begin) == [v for v, _, _ in MIGRATIONS]
+    engine.dispose()
 
 
 def test_model_record_roundtrip(store):
@@ -83,7 +91,8 @@ def test_write_returns_ids_and_vectors_for_the_index(store):
     views = store.items([*image_ids, *text_ids])
     assert views[int(image_ids[0])].caption == "a caption"
     assert [views[int(i)].passage for i in text_ids] == ["one", "two"]
-    assert store.counts().__dict__ == {"images": 1, "texts": 2, "files": 2}
+    assert store.counts().__dict__ == {"images": 1, "texts": 2, "files": 2, "videos": 0,
+                                       "image_texts": 0}
 
 
 def test_rewriting_a_path_replaces_its_items_and_never_reuses_ids(store):
@@ -132,9 +141,9 @@ def test_any_sqlalchemy_url(tmp_path):
     assert (tmp_path / "elsewhere.sqlite").is_file() and store.model().dim == 8
 
 
-def test_upgrade_from_version_1_keeps_data_and_adds_runs(tmp_path):
+def test_upgrade_from_version_1_keeps_data_and_adds_runs(stores):
     """A store written by the first release (migration 1 only) opens under the current code."""
-    url = f"sqlite:///{tmp_path / 's.db'}"
+    url = stores.url("s")
     engine = engine_at_version(url, 1)
     with engine.begin() as conn:
         conn.execute(text("INSERT INTO files VALUES (1, '/m/a.jpg', 'image', 'h', 1, 1.0, "
@@ -158,8 +167,8 @@ def test_every_write_bumps_the_generation(store):
     assert store.generation() == before + 2
 
 
-def test_upgrade_to_version_3_backfills_taken_at_from_mtime(tmp_path):
-    url = f"sqlite:///{tmp_path / 's.db'}"
+def test_upgrade_to_version_3_backfills_taken_at_from_mtime(stores):
+    url = stores.url("s")
     engine = engine_at_version(url, 2)
     with engine.begin() as conn:
         conn.execute(text("INSERT INTO files VALUES (1, '/m/a.jpg', 'image', 'h', 1, 1234.5, "
@@ -169,3 +178,61 @@ def test_upgrade_to_version_3_backfills_taken_at_from_mtime(tmp_path):
     store = Store(url)
     assert store.item_ids_where(IMAGE, after=1234.0, before=1235.0).tolist() == [1]
     assert store.item_ids_where(IMAGE, after=1235.0).tolist() == []
+
+
+def test_ids_are_never_reused_even_after_the_newest_is_deleted(store):
+    """A FAISS file saved before a delete must never find its old id naming a new item:
+    AUTOINCREMENT on SQLite, a sequence on PostgreSQL."""
+    written = [store.write_files([(image_file(f"/m/{i}.jpg"), [ItemRecord(IMAGE, 0, None,
+                                                                           vec(i))])])
+               for i in range(2)]
+    newest = int(written[1].added[IMAGE][0][0])
+    store.remove_files(["/m/1.jpg"])
+    again = store.write_files([(image_file("/m/2.jpg"), [ItemRecord(IMAGE, 0, None, vec(2))])])
+    assert int(again.added[IMAGE][0][0]) > newest
+
+
+def test_sizes_and_times_are_stored_exactly(store):
+    """A 5 GB file's size and a nanosecond-ish mtime come back as given: an unchanged file is
+    recognised by (size, mtime) equality, so nothing may round them."""
+    record = FileRecord("/m/big.mov", IMAGE, "h", 5 * 2**30, 1_700_000_000.123456789,
+                        taken_at=1_600_000_000.000001)
+    store.write_files([(record, [ItemRecord(IMAGE, 0, None, vec(1))])])
+    state = store.file_states()["/m/big.mov"]
+    assert (state.size, state.mtime) == (5 * 2**30, 1_700_000_000.123456789)
+    assert store.item_ids_where(IMAGE, after=1_600_000_000.000001).size == 1
+    assert store.item_ids_where(IMAGE, after=1_600_000_000.000002).size == 0
+
+
+def test_removing_more_paths_than_one_statement_binds(store):
+    """70,000 paths: past SQLite's 32,766 and PostgreSQL's 65,535 bound parameters."""
+    store.write_files([(image_file("/m/a.jpg"), [ItemRecord(IMAGE, 0, None, vec(1))])])
+    paths = [f"/m/gone-{i}.jpg" for i in range(70_000)] + ["/m/a.jpg"]
+    assert len(store.remove_files(paths)) == 1
+    store.clear_failures(paths)
+    assert store.counts().files == 0
+
+
+def test_postgresql_without_a_driver_name_uses_psycopg(tmp_path):
+    """`postgresql://` means psycopg 3 (SQLAlchemy would want psycopg2): here its server is
+    not there, which is one named error naming the store, not a traceback."""
+    with pytest.raises(StoreError, match=r"cannot use the store postgresql\+psycopg://u:\*\*\*"):
+        Store(f"postgresql://u:secret@/db?host={tmp_path}")
+
+
+def test_a_missing_driver_is_one_line_saying_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # import psycopg raises ImportError
+    with pytest.raises(BadStoreUrl, match=r"not installed.*pip install 'retriever\[postgres\]'"):
+        Store("postgresql+psycopg://u@localhost/db")
+
+
+def test_a_read_only_store_reads_and_refuses_writes_with_the_named_error(stores):
+    """SQLite opened mode=ro, PostgreSQL with read-only transactions: the same IndexReadOnly."""
+    writable = Store(stores.url())
+    writable.set_model(ModelRecord("m", "none", 8))
+    writable.close()
+    store = Store(stores.url(), read_only=True)
+    assert store.model() == ModelRecord("m", "none", 8)
+    with pytest.raises(IndexReadOnly):
+        store.set_model(ModelRecord("other", "none", 8))
+    store.close()

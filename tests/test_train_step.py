@@ -13,7 +13,7 @@ import torch
 from retriever.demo import demo_config
 from retriever.encoding.models import ModelSpec, load_model
 from retriever.errors import UsageError
-from retriever.training.datasets import Batch
+from retriever.training.datasets import StepBatch
 from retriever.training.distributed import Group
 from retriever.training.loop import train
 from retriever.training.losses import Objective
@@ -37,10 +37,10 @@ def fresh_model() -> torch.nn.Module:
     return copy.deepcopy(tiny().model)
 
 
-def fixed_batch() -> Batch:
+def fixed_batch() -> StepBatch:
     """12 pairs: seeded noise images and distinct captions."""
     pixels = torch.randn(12, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    return Batch(pixels, tiny().tokenizer([s.captions()[1] for s in ALL_SCENES[:12]]), 0)
+    return StepBatch(pixels, tiny().tokenizer([s.captions()[1] for s in ALL_SCENES[:12]]), 0)
 
 
 def step(objective=INFONCE, grad_accum=1, checkpointing=False, precision="fp32"):
@@ -80,7 +80,7 @@ def test_naive_accumulation_would_differ():
     model = fresh_model()
     stepper = Stepper(model, build_optimizer(model, 1e-3, 0.1), Objective(), Group(), "fp32")
     pixels, tokens, _ = fixed_batch()
-    halves = [stepper.step(Batch(pixels[s], tokens[s], 0), 1e-3)
+    halves = [stepper.step(StepBatch(pixels[s], tokens[s], 0), 1e-3)
               for s in (slice(0, 6), slice(6, 12))]
     assert halves[0] is not None
     assert halves[0].loss != pytest.approx(whole.loss, rel=1e-2)

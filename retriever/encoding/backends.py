@@ -11,9 +11,10 @@
                CPU (VNNI), vectors within cosine ~1e-4 of fp32 on random weights (measured,
                not guaranteed for trained ones)
 
-Exports are cached in the index folder, one per model:  <index>/onnx/<key>/  where key hashes
-the model name, the weights name and, for files, their size and mtime; a changed model gets a
-new export and the old ones are removed. A query on an index whose export exists loads
+Exports are cached per user, shared by every index, never in a media or index folder:
+$XDG_CACHE_HOME/retriever/onnx/<key>/ (`retriever.userdirs`), where key hashes the model name,
+the weights name and, for files, their size and mtime; a changed weights file gets a new export
+and the old one for the same names is removed. A query on an index whose export exists loads
 neither torch nor open_clip.
 """
 
@@ -27,49 +28,70 @@ from pathlib import Path
 
 from index.exact import gpu_visible
 from retriever.encoding.encoders import Encoder
-from retriever.encoding.ort_encoder import FORMAT, OrtEncoder, is_export, quantize
+from retriever.encoding.ort_encoder import (
+    FORMAT,
+    VISUAL_INT8,
+    OrtEncoder,
+    is_export,
+    quantize,
+)
 from retriever.encoding.specs import ModelId, ModelSpec
-from retriever.errors import UsageError
+from retriever.encoding.weights import check_available
+from retriever.errors import BadSetting
+from retriever.progress import NullProgress, Progress
+from retriever.userdirs import cache_dir
 
 BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
 EXPORTS_DIRNAME = "onnx"
 
 
-def open_encoder(model: ModelSpec | ModelId, backend: str, index_dir: Path,
-                 batch_size: int = 64, quick_start: bool = False) -> Encoder:
+def open_encoder(model: ModelSpec | ModelId, backend: str, exports: Path | None = None,
+                 batch_size: int | None = None, quick_start: bool = False,
+                 progress: Progress | None = None) -> Encoder:
     """An encoder for `model` (what was asked, or what an index recorded) on `backend`.
 
-    `quick_start`: a one-off query (see `OrtEncoder`)."""
+    `exports`: the export cache (None: the user's); `batch_size`: images or texts per call, None
+    for this CPU's (`retriever.encoding.cpu.plan`; torch: 64); `quick_start`: a one-off query (see
+    `OrtEncoder`); `progress` shows the export and quantization steps, which take seconds."""
     check_backend(backend)
+    progress = progress or NullProgress()
     chosen = "torch" if backend == "auto" and gpu_visible() else backend
-    folder = export_dir(index_dir, model) if isinstance(model, ModelId) else None
+    folder = export_dir(exports, model) if isinstance(model, ModelId) else None
     if folder is None or chosen == "torch" or not is_export(folder):
-        # the export is missing (or torch was asked for): the model is loaded in torch
+        # the export is missing (or torch was asked for): the model is loaded in torch, unless
+        # its weights cannot be had (offline), which is told before importing torch
+        check_available(ModelSpec(model.name, model.pretrained)
+                        if isinstance(model, ModelId) else model)
         from retriever.encoding.clip_encoder import ClipEncoder
         from retriever.encoding.models import load_model
         from retriever.encoding.onnx_export import export, supported
 
-        loaded = load_model(ModelSpec(model.name, model.pretrained)
-                            if isinstance(model, ModelId) else model)
+        with progress.task("loading the model in torch", None):
+            loaded = load_model(ModelSpec(model.name, model.pretrained)
+                                if isinstance(model, ModelId) else model)
         if chosen == "torch" or (chosen == "auto" and supported(loaded) is not None):
-            return ClipEncoder(loaded, batch_size)
-        folder = export_dir(index_dir, loaded.model_id)
+            return ClipEncoder(loaded, batch_size or 64)
+        folder = export_dir(exports, loaded.model_id)
         if not is_export(folder):
-            export(loaded, folder)
-            _remove_other_exports(folder)
+            with progress.task(f"exporting {loaded.model_id.name} to ONNX, once per model "
+                               f"(~20 s for ViT-B-32)", None):
+                export(loaded, folder)
+            _remove_stale_exports(folder)
     int8 = chosen == "onnx-int8"
-    if int8:
-        quantize(folder)
+    if int8 and not (folder / VISUAL_INT8).is_file():
+        with progress.task("quantizing the image tower to int8 (once)", None):
+            quantize(folder)
     return OrtEncoder(folder, batch_size, int8, quick_start)
 
 
 def check_backend(backend: str) -> None:
     if backend not in BACKENDS:
-        raise UsageError(f"--backend {backend!r}: use one of {', '.join(BACKENDS)}")
+        raise BadSetting("backend", repr(backend), f"use one of {', '.join(BACKENDS)}")
 
 
-def export_dir(index_dir: Path, model: ModelId) -> Path:
-    return index_dir / EXPORTS_DIRNAME / cache_key(model)
+def export_dir(exports: Path | None, model: ModelId) -> Path:
+    """Where `model`'s export lives: under `exports`, else the user's cache."""
+    return (exports or cache_dir() / EXPORTS_DIRNAME) / cache_key(model)
 
 
 def cache_key(model: ModelId) -> str:
@@ -85,7 +107,19 @@ def cache_key(model: ModelId) -> str:
     return digest
 
 
-def _remove_other_exports(keep: Path) -> None:
+def _remove_stale_exports(keep: Path) -> None:
+    """Exports of the same model and weights names as `keep` (made before the weights file
+    changed); other models' exports serve other indexes and stay."""
+    names = _names(keep)
     for other in keep.parent.iterdir():
-        if other != keep and other.is_dir() and not other.name.startswith("."):
+        if other != keep and other.is_dir() and not other.name.startswith(".") \
+                and _names(other) == names:
             shutil.rmtree(other, ignore_errors=True)
+
+
+def _names(folder: Path) -> tuple[str, str] | None:
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        return meta["model"], meta["pretrained"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

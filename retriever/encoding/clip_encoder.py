@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from functools import partial
+from typing import Any
 
 import numpy as np
 import open_clip
@@ -37,10 +39,10 @@ class ClipEncoder(Encoder):
         return self._encode(tokens, self.loaded.model.encode_text)
 
     def count_tokens(self, text: str) -> int:
-        tokenizer = self.loaded.tokenizer
-        if hasattr(tokenizer, "encode"):  # open_clip's SimpleTokenizer: BPE ids without markers
-            return len(tokenizer.encode(text))
-        return len(tokenizer.tokenizer(text, add_special_tokens=False)["input_ids"])  # HF
+        return _count_tokens(self.loaded.tokenizer, text)
+
+    def token_counter(self) -> Callable[[str], int]:
+        return partial(_count_tokens, self.loaded.tokenizer)
 
     def _encode(self, inputs: list[torch.Tensor], forward) -> np.ndarray:
         out = np.empty((len(inputs), self.dim), dtype=np.float32)
@@ -52,6 +54,12 @@ class ClipEncoder(Encoder):
             out[start : start + len(batch)] = features.cpu().numpy()
             self.batches_run += 1
         return out
+
+
+def _count_tokens(tokenizer: Any, text: str) -> int:
+    if hasattr(tokenizer, "encode"):  # open_clip's SimpleTokenizer: BPE ids without markers
+        return len(tokenizer.encode(text))
+    return len(tokenizer.tokenizer(text, add_special_tokens=False)["input_ids"])  # HF
 
 
 def _batches(items: list, size: int) -> Iterator[tuple[int, list]]:

@@ -11,13 +11,25 @@ pixels (`retriever.encoding.pixels`).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
 from retriever.encoding.pixels import PixelConfig
 from retriever.encoding.specs import ModelId
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What making an encoder's input from files takes, without the model: its pixels and how
+    it counts tokens (passages are cut to fit). Picklable: readers in other processes (the Ray
+    engine's read tasks) are given one."""
+
+    pixels: PixelConfig
+    count_tokens: Callable[[str], int]  # a text's tokens, without the start/end markers
+    text_budget: int  # tokens one passage may hold
 
 
 class Encoder(ABC):
@@ -42,6 +54,13 @@ class Encoder(ABC):
     @abstractmethod
     def count_tokens(self, text: str) -> int:
         """Tokens `text` takes, without the start/end markers the encoder adds."""
+
+    def token_counter(self) -> Callable[[str], int]:
+        """`count_tokens` holding the tokenizer but not the model, to pickle (`input_spec`)."""
+        return self.count_tokens
+
+    def input_spec(self) -> InputSpec:
+        return InputSpec(self.pixels, self.token_counter(), self.text_budget)
 
     @property
     def text_budget(self) -> int:

@@ -18,37 +18,49 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
 import sys
 import tempfile
-import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import open_clip
 import torch
 
 from index.atomic import replacing
 from retriever.encoding.specs import ModelId, ModelSpec
+from retriever.encoding.weights import (
+    DEFAULT_MODEL,
+    RANDOM,
+    cached_weights,
+    default_tag,
+    require_online,
+    weights_url,
+)
 from retriever.errors import CheckpointError, ModelMismatch, ModelNotFound, WeightsUnavailable
 
-DEFAULT_MODEL = "ViT-B-32"
-DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
-RANDOM = "none"
 CHECKPOINT_FORMAT = "retriever-checkpoint"
 CHECKPOINT_VERSION = 1
 # Random weights are seeded so two processes building `--pretrained none` get the same model
 # (an index built with random weights stays searchable; benchmarks compare identical compute).
 RANDOM_SEED = 0
-# A weights host that does not answer within this is treated as offline: fail in seconds, not
-# after huggingface_hub's minute of retries.
-PROBE_TIMEOUT_S = 3.0
 
 _BUNDLED_CONFIGS = Path(__file__).parent / "model_configs"
-open_clip.add_model_config(_BUNDLED_CONFIGS)
+
+
+@cache
+def register_bundled_configs() -> None:
+    """Make open_clip know the bundled architectures (retriever-tiny) by name. `load_model`
+    calls it; call it before asking open_clip itself about them. Once per process."""
+    open_clip.add_model_config(_BUNDLED_CONFIGS)
+
+
+def print_note(line: str) -> None:
+    """The default `note` of `load_model`: one "note: ..." line on stderr."""
+    print(f"note: {line}", file=sys.stderr)
 
 
 @dataclass
@@ -76,8 +88,12 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def load_model(spec: ModelSpec, device: torch.device | None = None) -> LoadedModel:
-    """Build the model `spec` names; see the module docstring for the resolution rules."""
+def load_model(spec: ModelSpec, device: torch.device | None = None,
+               note: Callable[[str], None] = print_note) -> LoadedModel:
+    """Build the model `spec` names; see the module docstring for the resolution rules.
+
+    `note` is told what the user may not expect (random weights)."""
+    register_bundled_configs()
     device = device or default_device()
     pretrained = spec.pretrained
     if pretrained and pretrained != RANDOM and not pretrained.startswith("hf-hub:"):
@@ -96,11 +112,12 @@ def load_model(spec: ModelSpec, device: torch.device | None = None) -> LoadedMod
     arch, config_path = _resolve_arch(model)
     name = str(config_path) if config_path else arch
     if pretrained is None:
-        pretrained = _default_tag(arch) if config_path is None else RANDOM
+        pretrained = (default_tag(arch, open_clip.list_pretrained_tags_by_model(arch))
+                      if config_path is None else RANDOM)
     if pretrained == RANDOM:
-        print(f"note: {name} built with random weights (--pretrained none)", file=sys.stderr)
-        torch.manual_seed(RANDOM_SEED)
-        return _build(arch, ModelId(name, RANDOM), device)
+        note(f"{name} built with random weights (--pretrained none)")
+        with _seeded(RANDOM_SEED):
+            return _build(arch, ModelId(name, RANDOM), device)
     return _load_tag(arch, pretrained, device)
 
 
@@ -175,9 +192,6 @@ def _read_config(path: Path) -> dict[str, Any]:
     return cfg
 
 
-_registry_dir: Path | None = None
-
-
 def _register(arch: str, cfg: dict[str, Any]) -> str:
     """Make `cfg` known to open_clip as `arch` (a differing built-in of that name is kept)."""
     known = open_clip.get_model_config(arch)
@@ -188,20 +202,25 @@ def _register(arch: str, cfg: dict[str, Any]) -> str:
         arch = f"{arch}-{digest}"
         if open_clip.get_model_config(arch) == cfg:
             return arch
-    global _registry_dir
-    if _registry_dir is None:
-        _registry_dir = Path(tempfile.mkdtemp(prefix="retriever-configs-"))
-    target = _registry_dir / f"{arch}.json"
-    target.write_text(json.dumps(cfg))
-    open_clip.add_model_config(target)
+    # open_clip reads a config from a file; it keeps what it read after the file is gone
+    with tempfile.TemporaryDirectory(prefix="retriever-config-") as folder:
+        target = Path(folder) / f"{arch}.json"
+        target.write_text(json.dumps(cfg))
+        open_clip.add_model_config(target)
     return arch
 
 
-def _default_tag(arch: str) -> str:
-    if arch == DEFAULT_MODEL:
-        return DEFAULT_PRETRAINED
-    tags = open_clip.list_pretrained_tags_by_model(arch)
-    return tags[0] if tags else RANDOM
+@contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """Draw from torch's CPU generator (where open_clip initialises weights) seeded with
+    `seed`, and put its state back after: building a model leaves the caller's RNG alone."""
+    generator = torch.default_generator
+    state = generator.get_state()
+    generator.manual_seed(seed)
+    try:
+        yield
+    finally:
+        generator.set_state(state)
 
 
 # --- builders ---------------------------------------------------------------------------------
@@ -301,10 +320,10 @@ def _load_tag(arch: str, tag: str, device: torch.device) -> LoadedModel:
             f"{arch} has no pretrained tag {tag!r} (known: {tags}); "
             f"pass a known tag or a local weights file to --pretrained"
         )
-    cached = _cached_weights(cfg)
+    cached = cached_weights(cfg)
     model_id = ModelId(arch, tag)
     if cached is None:
-        _require_online(_weights_url(cfg), f"{arch} {tag}")
+        require_online(weights_url(cfg), f"{arch} {tag}")
         return _build(arch, model_id, device, weights=tag)
     return _build(arch, model_id, device, weights=str(cached), preprocess_cfg=cfg)
 
@@ -315,68 +334,11 @@ def _load_hub(hub_id: str, device: torch.device) -> LoadedModel:
     repo = hub_id.removeprefix("hf-hub:")
     cached = try_to_load_from_cache(repo, "open_clip_config.json")
     if not isinstance(cached, str):
-        _require_online(constants.ENDPOINT, hub_id)
+        require_online(constants.ENDPOINT, hub_id)
     try:
         return _build(hub_id, ModelId(hub_id, hub_id), device)
     except RuntimeError as err:
         raise WeightsUnavailable(f"cannot load {hub_id} from the hub ({err})") from err
-
-
-def _cached_weights(cfg: dict[str, Any]) -> Path | None:
-    """Local path of a tag's weights if huggingface_hub or open_clip's URL cache holds them."""
-    hub = cfg.get("hf_hub", "")
-    if hub:
-        from huggingface_hub import try_to_load_from_cache
-
-        repo, filename = os.path.split(hub)
-        names = [filename] if filename else ["open_clip_model.safetensors",
-                                             "open_clip_pytorch_model.bin"]
-        for name in names:
-            hit = try_to_load_from_cache(repo, name)
-            if isinstance(hit, str):
-                return Path(hit)
-    url = cfg.get("url", "")
-    if url:
-        local = Path("~/.cache/clip").expanduser() / os.path.basename(url)
-        if local.is_file():
-            return local
-    return None
-
-
-def _weights_url(cfg: dict[str, Any]) -> str:
-    if cfg.get("hf_hub"):
-        from huggingface_hub import constants
-
-        return str(constants.ENDPOINT)
-    return str(cfg.get("url", ""))
-
-
-def _require_online(url: str, what: str) -> None:
-    """Fail in seconds when the host of `url` cannot be reached, not after minutes of retries."""
-    parsed = urlparse(url)
-    host = parsed.hostname or "huggingface.co"
-    port = parsed.port or (80 if parsed.scheme == "http" else 443)
-    if not _reachable(host, port):
-        raise WeightsUnavailable(
-            f"weights for {what} are not cached and {host} cannot be reached: download them on "
-            f"a connected machine and pass the file: --pretrained /path/to/open_clip_model.bin"
-        )
-
-
-def _reachable(host: str, port: int) -> bool:
-    result: list[bool] = []
-
-    def probe() -> None:  # getaddrinfo has no timeout of its own, hence the thread
-        try:
-            socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S).close()
-            result.append(True)
-        except OSError:
-            result.append(False)
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(PROBE_TIMEOUT_S + 0.5)
-    return bool(result and result[0])
 
 
 def _jsonable(value: Any) -> Any:

@@ -101,6 +101,7 @@ def export(loaded: LoadedModel, directory: Path) -> Path:
     directory.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".export-", dir=directory.parent))
     simple = loaded.tokenizer
+    training = loaded.model.training
     try:
         model = loaded.model.float().cpu().eval()
         pixels = PixelConfig.from_open_clip(open_clip.get_model_preprocess_cfg(model))
@@ -128,8 +129,8 @@ def export(loaded: LoadedModel, directory: Path) -> Path:
         except OSError:  # another process exported the same model first: keep theirs
             if not is_export(directory):
                 raise
-    finally:
-        loaded.model.to(loaded.device)
+    finally:  # the exporters leave the module in training mode: give it back as it came
+        loaded.model.to(loaded.device).train(training)
         shutil.rmtree(work, ignore_errors=True)
     return directory
 

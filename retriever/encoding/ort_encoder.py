@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from retriever.encoding.cpu import plan
 from retriever.encoding.encoders import Encoder
 from retriever.encoding.pixels import PixelConfig
 from retriever.encoding.specs import ModelId
@@ -39,11 +42,12 @@ def is_export(directory: Path) -> bool:
 
 
 class OrtEncoder(Encoder):
-    def __init__(self, directory: Path, batch_size: int = 64, int8: bool = False,
+    def __init__(self, directory: Path, batch_size: int | None = None, int8: bool = False,
                  quick_start: bool = False) -> None:
-        """`int8`: use the int8 image tower (`quantize`). `quick_start`: skip weight prepacking, for
-        a one-off query: ViT-B-32's text session starts in ~0.09 s instead of ~0.23 s, and
-        each run is slower (~22 ms instead of ~12 ms for a 5-word query)."""
+        """`batch_size`: None, this CPU's (`retriever.encoding.cpu.plan`). `int8`: use the int8
+        image tower (`quantize`). `quick_start`: skip weight prepacking, for a one-off query:
+        ViT-B-32's text session starts in ~0.09 s instead of ~0.23 s, and each run is slower
+        (~22 ms instead of ~12 ms for a 5-word query)."""
         meta = json.loads((directory / META).read_text())
         self.directory = directory
         self.model_id = ModelId(meta["model"], meta["pretrained"])
@@ -52,11 +56,13 @@ class OrtEncoder(Encoder):
         self.context_length = int(meta["context_length"])
         self.variable_length = bool(meta["variable_length"])
         self.pixels = PixelConfig.from_json(meta["pixels"])
-        self.batch_size = batch_size
+        self.batch_size = batch_size or plan().batch
+        self.threads = plan().encoder_threads
         self.int8 = int8
         self.quick_start = quick_start
         self._sessions: dict[str, Any] = {}
         self._tokenizer: ClipTokenizer | None = None
+        self._pool: ThreadPoolExecutor | None = None  # the int8 tower's side-by-side calls
 
     @property
     def tokenizer(self) -> ClipTokenizer:
@@ -65,11 +71,31 @@ class OrtEncoder(Encoder):
         return self._tokenizer
 
     def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        session = self._session(VISUAL_INT8 if self.int8 else VISUAL)
+        if self.int8:
+            return self._encode_int8(pixels)
+        session = self._session(VISUAL)
         out = np.empty((len(pixels), self.dim), dtype=np.float32)
         for start in range(0, len(pixels), self.batch_size):
             batch = np.ascontiguousarray(pixels[start : start + self.batch_size], np.float32)
             out[start : start + len(batch)] = session.run(None, {"input": batch})[0]
+        return _normalized(out)
+
+    def _encode_int8(self, pixels: np.ndarray) -> np.ndarray:
+        """One image per call: the int8 tower quantises activations with a scale computed per
+        call over the whole input, so a batch would make each image's vector depend on the
+        others beside it (up to 5e-3 apart on retriever-tiny). The calls run side by side, one
+        single-threaded session call per core, which is as fast as batches of 8 on all cores
+        (bench/RESULTS.md, "Encoder alone against indexing end to end")."""
+        session = self._session(VISUAL_INT8, threads=1)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="int8")
+        rows = np.ascontiguousarray(pixels, np.float32)
+
+        def one(i: int) -> np.ndarray:
+            return session.run(None, {"input": rows[i : i + 1]})[0][0]
+
+        out = np.array(list(self._pool.map(one, range(len(rows)))), np.float32).reshape(
+            len(rows), self.dim)
         return _normalized(out)
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
@@ -89,14 +115,18 @@ class OrtEncoder(Encoder):
         return _normalized(out)
 
     def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer.encode(text))
+        return _count_tokens(self.tokenizer, text)
 
-    def _session(self, name: str) -> Any:
+    def token_counter(self) -> Callable[[str], int]:
+        return partial(_count_tokens, self.tokenizer)
+
+    def _session(self, name: str, threads: int | None = None) -> Any:
+        """`threads`: intra-op threads, None for every core the plan gives the encoder."""
         if name not in self._sessions:
             import onnxruntime as ort
 
             options = ort.SessionOptions()
-            options.intra_op_num_threads = len(os.sched_getaffinity(0))
+            options.intra_op_num_threads = threads or self.threads
             # idle threads sleep instead of spinning: image decoding runs beside the encoder
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             if self.quick_start:
@@ -148,6 +178,10 @@ def max_pair_sum(model_path: Path) -> int:
         w = np.abs(w[: len(w) // 2 * 2])
         worst = max(worst, int((w[0::2] + w[1::2]).max()) * 255)
     return worst
+
+
+def _count_tokens(tokenizer: ClipTokenizer, text: str) -> int:
+    return len(tokenizer.encode(text))
 
 
 def _normalized(x: np.ndarray) -> np.ndarray:

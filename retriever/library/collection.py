@@ -4,12 +4,19 @@
         store.db        SQLite: files, items, vectors (float32 blobs), the model, migrations
         images.faiss    IndexIDMap2(IndexFlatIP) over image vectors, ids = items.id
         texts.faiss     the same over text-passage vectors
+        videos.faiss    the same over video frames; image-texts.faiss over OCR text of images
 
         images.faiss.json / texts.faiss.json   {"generation": g, "count": n, "mirror": bool,
-                        "checksums": {file name: "crc32:<8 hex>"}} of the saved files
+                        "checksums": {file name: "crc32:<8 hex>"}, "deltas": [names],
+                        "delta_rows": n} of the saved files
+        images.faiss.delta1, ...   an IVF's changes since saved whole (index.deltas)
         images.ids.npy, images.vectors.npy     a flat index's vectors again, for searches
                                                without FAISS (index.exact); same for texts
-        write.lock      held (flock) by the one process writing
+        write.lock      held (flock) by the one process writing (SQLite stores)
+
+The store may instead be a PostgreSQL database (`store_url`): it then holds what store.db would,
+the folder keeps the FAISS files and thumbnails, and the writer's lock is an advisory lock in
+the database, so writers on other machines are kept out too.
 
 The store is the source of truth. Every store write bumps its generation; a FAISS file saved at
 another generation than the store's (a run killed before saving, or still running), missing,
@@ -39,16 +46,20 @@ from index.checksums import verified
 from index.exact import ExactIndex, gpu_visible, mirror_paths, remove_mirror, save_mirror
 from index.store import (
     IMAGE,
+    IMAGE_TEXT,
     KINDS,
     TEXT,
+    VIDEO,
     Counts,
     FailureRecord,
     FileRecord,
+    ImageFile,
     ItemRecord,
     ItemView,
     ModelRecord,
     RunRecord,
     Store,
+    TagRecord,
     read_only_message,
 )
 from retriever.errors import (
@@ -66,10 +77,15 @@ if TYPE_CHECKING:  # FAISS loads only when an index is written or an ANN index s
 
     from index.vectors import VectorIndex
 
-VECTOR_FILES = {IMAGE: "images.faiss", TEXT: "texts.faiss"}
+VECTOR_FILES = {IMAGE: "images.faiss", TEXT: "texts.faiss", VIDEO: "videos.faiss",
+                IMAGE_TEXT: "image-texts.faiss"}
 LOCK_FILE = "write.lock"
 THUMBS_DIRNAME = "thumbs"  # retriever.library.thumbnails' cache
 T = TypeVar("T")
+BUILD_BATCH = 10_000  # vectors a rebuild reads from the store at a time (20 MB at 512-d)
+# an IVF's changes go into delta files until there are MAX_DELTAS of them or they hold more
+# than 1/DELTA_SHARE of its vectors; the next save then writes it whole again
+MAX_DELTAS, DELTA_SHARE = 8, 8
 
 
 class Collection:
@@ -80,27 +96,33 @@ class Collection:
         self._vectors: dict[str, VectorIndex] = {}
         self._exact: dict[str, ExactIndex] = {}  # flat copies a reader searches (searcher)
         self.rebuilt: list[str] = []  # kinds whose FAISS file was stale and rebuilt from store
+        self._saved: dict[str, dict] = {}  # kind -> the .faiss.json its loaded index matches
         # nothing may be written: no lock, no saved index, no thumbnail cache
         self.read_only = store.read_only
 
     @classmethod
-    def open(cls, directory: Path, ann: AnnConfig | None = None) -> Collection:
-        """The collection in `directory`, created if missing. One the user cannot write is
-        opened read-only (see the module docstring)."""
+    def open(cls, directory: Path, ann: AnnConfig | None = None,
+             store_url: str | None = None) -> Collection:
+        """The collection in `directory`, created if missing, its store at `store_url` (else
+        $RETRIEVER_STORE_URL, else `directory`/store.db). One the user cannot write is opened
+        read-only (see the module docstring)."""
         if not directory.is_dir():
             with _file_errors(directory):
                 directory.mkdir(parents=True)
-        env_url = os.environ.get(ENV_STORE_URL)
-        url = env_url or f"sqlite:///{directory / STORE_FILE}"
+        given = store_url or os.environ.get(ENV_STORE_URL)
         try:
-            store = Store(url, read_only=not _writable(directory))
+            store = Store(given or f"sqlite:///{directory / STORE_FILE}",
+                          read_only=not _writable(directory))
         except BadStoreUrl as err:
-            if not env_url:
+            if not given:
                 raise
-            raise BadStoreUrl(f"{ENV_STORE_URL}={env_url!r}: {err.reason}: set it to a "
-                              f"SQLAlchemy URL such as sqlite:////abs/path/store.db, or unset "
-                              f"it", env_url, err.reason) from None
+            raise BadStoreUrl(f"store URL {err.url!r} (--store, ${ENV_STORE_URL}): {err.reason}",
+                              err.url, err.reason) from None
         return cls(directory, store, ann)
+
+    def reopen(self) -> Collection:
+        """This collection opened afresh: what another process wrote since, nothing cached."""
+        return Collection.open(self.directory, self.ann, self.store.url)
 
     def close(self) -> None:
         self.store.close()
@@ -122,14 +144,61 @@ class Collection:
         """What search results show of each item id (those still stored)."""
         return self.store.items(ids)
 
+    def caption_owners(self, text_paths: Sequence[str]) -> dict[str, int]:
+        """Text path -> image item id, for text files that are an indexed image's sidecar
+        caption (`photo.txt` beside `photo.jpg`: the scan's rule, `media.scan`)."""
+        from retriever.media.images import IMAGE_SUFFIXES
+
+        candidates: dict[str, str] = {}
+        for text in text_paths:
+            stem = os.path.splitext(text)[0]
+            for suffix in IMAGE_SUFFIXES:
+                candidates[stem + suffix] = candidates[stem + suffix.upper()] = text
+        found = self.store.image_items_at(list(candidates)) if candidates else {}
+        return {candidates[path]: item_id for path, item_id in found.items()}
+
+    def recent_images(self, limit: int) -> list[int]:
+        """The newest image items (EXIF date, else mtime), newest first."""
+        return self.store.recent_images(limit)
+
+    def holds(self, kind: str) -> bool:
+        """Whether any item of `kind` is stored."""
+        return self.store.has_items(kind)
+
     def item_vector(self, item_id: int) -> tuple[str, np.ndarray] | None:
         """(kind, (dim,) unit vector) of one stored item, or None."""
         return self.store.item_vector(item_id)
 
     def ids_where(self, kind: str, prefix: str | None = None, after: float | None = None,
-                  before: float | None = None) -> np.ndarray:
-        """Ids (n,) int64 of `kind` items under path `prefix`, taken in [after, before)."""
-        return self.store.item_ids_where(kind, prefix, after, before)
+                  before: float | None = None, tag: str | None = None) -> np.ndarray:
+        """Ids (n,) int64 of `kind` items under path `prefix`, taken in [after, before),
+        tagged `tag` (by `retriever tag`)."""
+        return self.store.item_ids_where(kind, prefix, after, before, tag)
+
+    def image_vectors(self, prefix: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The stored image vectors under path `prefix`: ids (n,) int64, vectors (n, dim)."""
+        return self.store.vectors(IMAGE, prefix)
+
+    def image_files(self, prefix: str | None = None) -> list[ImageFile]:
+        """Image items under path `prefix` with their files' size, dimensions and hash."""
+        return self.store.image_files(prefix)
+
+    def tags(self, ids: Sequence[int]) -> dict[int, list[str]]:
+        """item id -> its tags, sorted (items without any are left out)."""
+        return self.store.tags(ids)
+
+    def replace_tags(self, label_set: str, item_ids: Sequence[int],
+                     tags: Sequence[TagRecord]) -> None:
+        """`label_set`'s tags of `item_ids` become `tags` (one transaction). Hold `writing()`."""
+        if self.read_only:
+            raise IndexReadOnly(read_only_message(self.directory))
+        self.store.replace_tags(label_set, item_ids, tags)
+
+    def locations(self) -> dict[str, str]:
+        """Where each part of the collection lives (`info`): roots, store, export, registry."""
+        from retriever.library.locations import where_things_live
+
+        return where_things_live(self.directory, self.model(), self.store.name)
 
     def summary(self) -> Summary:
         """What the collection holds, its model, and the last run: `info` and /api/info."""
@@ -172,9 +241,22 @@ class Collection:
 
     @contextmanager
     def writing(self, wait: bool = False) -> Iterator[None]:
-        """Hold the one-writer lock for the duration (released by the OS if the process dies)."""
+        """Hold the one-writer lock for the duration, released if the process dies: a lock
+        file in the index folder for a SQLite store, the database's for a PostgreSQL one."""
         if self.read_only:
             raise IndexReadOnly(read_only_message(self.directory))
+        with self._store_lock(wait) if self.store.postgresql else self._file_lock(wait):
+            yield
+
+    @contextmanager
+    def _store_lock(self, wait: bool) -> Iterator[None]:
+        with self.store.writer_lock(wait) as held:
+            if not held:
+                raise _busy(self.store.name, self.store.writer() or "another process")
+            yield
+
+    @contextmanager
+    def _file_lock(self, wait: bool) -> Iterator[None]:
         with _file_errors(self.directory):  # a full disk, a folder made read-only meanwhile
             (self.directory / LOCK_FILE).touch()
         with open(self.directory / LOCK_FILE, "a+") as lock:
@@ -183,11 +265,8 @@ class Collection:
                 fcntl.flock(lock.fileno(), flags)
             except BlockingIOError:
                 lock.seek(0)
-                holder = lock.read().strip() or "another process"
-                raise IndexBusy(
-                    f"{self.directory} is being written by {holder}: wait for it to finish, or "
-                    f"pass --wait to queue behind it"
-                ) from None
+                raise _busy(str(self.directory), lock.read().strip() or "another process"
+                            ) from None
             lock.truncate(0)
             lock.write(f"pid {os.getpid()} since {time.strftime('%H:%M:%S')}")
             lock.flush()
@@ -201,6 +280,8 @@ class Collection:
         for name in VECTOR_FILES.values():
             for path in (self.directory / name, self.directory / f"{name}.json"):
                 path.unlink(missing_ok=True)
+            for delta in _delta_files(self.directory / name):
+                (self.directory / delta).unlink(missing_ok=True)
             remove_mirror(self.directory / name)
 
     def vectors(self, kind: str) -> VectorIndex:
@@ -218,7 +299,7 @@ class Collection:
         if kind not in self._exact:
             path = self.directory / VECTOR_FILES[kind]
             exact = self._load_current(kind, lambda meta: [p.name for p in mirror_paths(path)],
-                                       lambda: ExactIndex.load(path))
+                                       lambda meta: ExactIndex.load(path))
             if exact is None:
                 return self.vectors(kind)
             self._exact[kind] = exact
@@ -236,6 +317,9 @@ class Collection:
             index.remove(written.removed)
         for kind, (ids, vecs) in written.added.items():
             self.vectors(kind).add(ids, vecs)
+        for index in indexes:  # past a whole save's worth of changes: keep none in memory
+            if index.journal is not None and index.journal.rows * DELTA_SHARE > len(index):
+                index.journal = None
 
     def remove_files(self, paths: Sequence[str]) -> None:
         indexes = [self.vectors(kind) for kind in KINDS]
@@ -258,17 +342,57 @@ class Collection:
                     self._save(kind, generation)
 
     def _save(self, kind: str, generation: int) -> None:
+        """Save `kind`'s index: only what changed since its last save (a delta file) when it is
+        an IVF saved before and its deltas are still few and small, else whole."""
+        from index.deltas import Journal
+
         vectors = self._fit(kind)
         path = self.directory / VECTOR_FILES[kind]
+        meta = self._save_delta(kind, vectors, path) or self._save_whole(vectors, path)
+        meta = {"generation": generation, "count": len(vectors), **meta}
+        with replacing(path.with_name(f"{path.name}.json")) as tmp:  # last: commits them all
+            Path(tmp).write_text(json.dumps(meta))
+        for old in set(_delta_files(path)) - set(meta["deltas"]):
+            path.with_name(old).unlink(missing_ok=True)
+        if vectors.kind != "flat":
+            self._saved[kind], vectors.journal = meta, Journal()
+
+    def _save_whole(self, vectors: VectorIndex, path: Path) -> dict:
         checksums = {path.name: vectors.save(path)}
         mirror = vectors.kind == "flat"
         if mirror:
             checksums.update(save_mirror(path, *vectors.flat_arrays()))
         else:
             remove_mirror(path)
-        with replacing(path.with_name(f"{path.name}.json")) as tmp:  # last: commits them all
-            Path(tmp).write_text(json.dumps({"generation": generation, "count": len(vectors),
-                                             "mirror": mirror, "checksums": checksums}))
+        return {"mirror": mirror, "checksums": checksums, "deltas": [], "delta_rows": 0}
+
+    def _save_delta(self, kind: str, vectors: VectorIndex, path: Path) -> dict | None:
+        """The saved files plus one delta of the changes since, or None: save it whole."""
+        from index.deltas import save_delta
+
+        saved, journal = self._saved.get(kind), vectors.journal
+        if saved is None or journal is None:
+            return None
+        deltas, rows = _deltas(saved), int(saved.get("delta_rows", 0)) + journal.rows
+        if len(deltas) >= MAX_DELTAS or rows * DELTA_SHARE > len(vectors):
+            return None
+        checksums = dict(saved["checksums"])
+        added, added_vectors, removed = journal.arrays(vectors.dim)
+        if len(added) or len(removed):
+            name = f"{path.name}.delta{len(deltas) + 1}"
+            checksums[name] = save_delta(path.with_name(name), (added, added_vectors, removed))
+            deltas.append(name)
+        return {"mirror": False, "checksums": checksums, "deltas": deltas, "delta_rows": rows}
+
+    def _build(self, kind: str) -> VectorIndex:
+        """`kind`'s index built from the store, streamed in batches (never all vectors at
+        once), as the type the collection's size and `ann` call for."""
+        from index.vectors import VectorIndex
+
+        self._saved.pop(kind, None)
+        return VectorIndex.from_batches(self._dim(), self.store.count_items(kind),
+                                        lambda: self.store.vector_batches(kind, BUILD_BATCH),
+                                        self.ann)
 
     def _fit(self, kind: str) -> VectorIndex:
         """The index rebuilt as the type its size calls for (flat -> IVF as a corpus grows;
@@ -276,27 +400,24 @@ class Collection:
         current = self._vectors[kind]
         n = len(current)
         wanted = choose(n, current.dim, self.ann)
-        grown = current.kind != "flat" and nlist_for(n) >= 4 * getattr(current.index, "nlist", 1)
+        trained_for = getattr(current.faiss_index, "nlist", 1)
+        grown = current.kind != "flat" and nlist_for(n) >= 4 * trained_for
         if wanted == current.kind and not grown:
             return current
-        from index.vectors import VectorIndex
-
-        ids, vecs = self.store.vectors(kind)
-        self._vectors[kind] = VectorIndex.from_vectors(current.dim, ids, vecs, self.ann)
+        self._vectors[kind] = self._build(kind)
         return self._vectors[kind]
 
     def _load_or_rebuild(self, kind: str) -> VectorIndex:
-        from index.vectors import VectorIndex
-
         path = self.directory / VECTOR_FILES[kind]
-        loaded = self._load_current(kind, lambda meta: [path.name],
-                                    lambda: VectorIndex.load(path))
-        if loaded is not None:
-            return loaded
-        self.rebuilt.append(kind)
-        ids, vecs = self.store.vectors(kind)
-        dim = vecs.shape[1] if len(ids) else self._dim()
-        return VectorIndex.from_vectors(dim, ids, vecs)
+        loaded = self._load_current(kind, lambda meta: [path.name, *_deltas(meta)],
+                                    lambda meta: (_load_saved(path, meta), meta))
+        if loaded is None:
+            self.rebuilt.append(kind)
+            return self._build(kind)
+        index, meta = loaded
+        if index.journal is not None:
+            self._saved[kind] = meta
+        return index
 
     def _saved_current(self, kind: str) -> bool:
         """Whether every file saved for `kind` is current and undamaged (read, not loaded)."""
@@ -304,14 +425,14 @@ class Collection:
 
         def files(meta: dict) -> list[str]:
             mirror = [p.name for p in mirror_paths(path)] if meta.get("mirror") else []
-            return [path.name, *mirror]
+            return [path.name, *mirror, *_deltas(meta)]
 
-        return self._load_current(kind, files, lambda: True) is not None
+        return self._load_current(kind, files, lambda meta: True) is not None
 
     def _load_current(
-        self, kind: str, files: Callable[[dict], list[str]], load: Callable[[], T]
+        self, kind: str, files: Callable[[dict], list[str]], load: Callable[[dict], T]
     ) -> T | None:
-        """What `load()` reads of `kind`'s saved index, if it mirrors the store as it is now
+        """What `load(meta)` reads of `kind`'s saved index, if it mirrors the store as it is now
         (same generation, same count) and the `files(meta)` it reads are the bytes saved (their
         checksums match), else None."""
         path = self.directory / VECTOR_FILES[kind]
@@ -326,13 +447,47 @@ class Collection:
             with ExitStack() as checked:
                 for name in files(meta):
                     checked.enter_context(verified(path.with_name(name), checksums.get(name)))
-                return load()
+                return load(meta)
         except (OSError, ValueError, RuntimeError):  # missing, torn or damaged: rebuild
             return None
 
     def _dim(self) -> int:
         record = self.store.model()
         return record.dim if record else 1
+
+
+def _load_saved(path: Path, meta: dict) -> VectorIndex:
+    """A saved index with its delta files applied in order; an IVF then records its changes
+    for the next incremental save."""
+    from index.deltas import Journal, load_delta
+    from index.vectors import VectorIndex
+
+    index = VectorIndex.load(path)
+    for name in _deltas(meta):
+        added, vectors, removed = load_delta(path.with_name(name), index.dim)
+        index.remove(removed)
+        index.add(added, vectors)
+    if index.kind != "flat" and "deltas" in meta:
+        index.journal = Journal()
+    return index
+
+
+def _deltas(meta: dict) -> list[str]:
+    """The delta files a .faiss.json lists, in order (ValueError: a damaged list)."""
+    deltas = meta.get("deltas", [])
+    if not isinstance(deltas, list) or not all(isinstance(d, str) for d in deltas):
+        raise ValueError(f"deltas {deltas!r} are not a list of file names")
+    return deltas
+
+
+def _delta_files(path: Path) -> list[str]:
+    """Names of the delta files beside `path` (images.faiss.delta1, ...), saved or stale."""
+    return [p.name for p in path.parent.glob(f"{path.name}.delta*") if p.name[-1].isdigit()]
+
+
+def _busy(store: str, holder: str) -> IndexBusy:
+    return IndexBusy(f"{store} is being written by {holder}: wait for it to finish, or pass "
+                     f"--wait to queue behind it")
 
 
 def _writable(directory: Path) -> bool:

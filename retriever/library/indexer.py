@@ -28,33 +28,43 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, wait
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import BinaryIO, cast
+from typing import BinaryIO, Protocol, cast
 
 import numpy as np
 
 from index.store import FailureRecord, FileRecord, FileState, ItemRecord, ModelRecord, Store
-from retriever.encoding.encoders import Encoder
+from retriever.encoding.cpu import plan
+from retriever.encoding.encoders import Encoder, InputSpec
 from retriever.encoding.pixels import Pixels, load_pixels
-from retriever.errors import ImageError, NonFiniteVectors, UsageError
+from retriever.errors import ImageError, NonFiniteVectors, UsageError, VideoError
 from retriever.library.collection import Collection
+from retriever.library.media_items import (
+    Frames,
+    read_image_words,
+    read_video,
+    video_items,
+    word_items,
+)
 from retriever.media.images import DEFAULT_MAX_PIXELS, taken_at
+from retriever.media.ocr import check_tesseract
 from retriever.media.passages import DEFAULT_MAX_TEXT_BYTES, Passage, read_text, split_passages
 from retriever.media.scan import (
     IMAGE,
     TEXT,
     TEXT_SUFFIXES,
+    VIDEO,
     MediaFile,
     check_roots,
     open_regular,
     path_key,
     scan,
 )
+from retriever.media.video import VideoOptions
 from retriever.progress import NullProgress, Progress
 
-Entry = tuple[FileRecord, list[ItemRecord]]  # a file and its items, ready for the store
-Batch = list[Entry]
+FileItems = tuple[FileRecord, list[ItemRecord]]  # a file and its items, ready for the store
 # Reading, hashing and decoding one file takes well under a second (a 100 MP photo: about 2 s);
 # one still running after this is stuck (a hung network mount, a decoder that never ends).
 DEFAULT_READ_TIMEOUT = 60.0
@@ -69,6 +79,8 @@ class IndexOptions:
     max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES  # longer documents are read up to this
     follow_symlinks_outside: bool = False  # index symlinked files whose target is outside roots
     read_timeout: float = DEFAULT_READ_TIMEOUT  # seconds one file may take to read and decode
+    video: VideoOptions = VideoOptions()  # which frames of a video become items
+    ocr: bool = False  # read words in images with Tesseract (items of kind image-text)
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "max_pixels", "max_text_bytes"):
@@ -89,6 +101,9 @@ class IndexReport:
     images: int = 0  # of which images
     texts: int = 0  # of which text files
     passages: int = 0  # text passages encoded
+    videos: int = 0  # of the files encoded, videos
+    frames: int = 0  # video frames encoded
+    ocr_passages: int = 0  # passages of words read in images (--ocr)
     removed: int = 0  # files gone from disk, removed from the index
     known_failures: int = 0  # failed in an earlier run and unchanged since: skipped
     failures: list[FailureRecord] = field(default_factory=list)  # failed in this run
@@ -96,43 +111,57 @@ class IndexReport:
     def to_json(self) -> dict:
         return {**asdict(self), "failures": [asdict(f) for f in self.failures]}
 
+    def add(self, other: IndexReport) -> None:
+        """Count `other`'s files and failures in this report too."""
+        for counter in fields(self):
+            if counter.name != "failures":
+                setattr(self, counter.name,
+                        getattr(self, counter.name) + getattr(other, counter.name))
+        self.failures += other.failures
+
 
 def index_media(
     collection: Collection,
     encoder: Encoder,
     options: IndexOptions,
     progress: Progress | None = None,
+    engine: Engine | None = None,
 ) -> IndexReport:
-    """Bring the collection up to date with the folders; see the module docstring."""
+    """Bring the collection up to date with the folders; see the module docstring. `engine`
+    reads (and may encode) the files to encode: None, threads here (`LocalEngine`)."""
     progress = progress or NullProgress()
     roots = check_roots(options.roots)
     store = collection.store
     _check_output(encoder)
+    if options.ocr:
+        check_tesseract()
     collection.bind_model(
         ModelRecord(encoder.model_id.name, encoder.model_id.pretrained, encoder.dim,
                     encoder.fingerprint)
     )
     run_id = store.start_run()
-    found = scan(roots, options.exclude, options.follow_symlinks_outside)
+    with progress.task("scanning the folders", None):
+        found = scan(roots, options.exclude, options.follow_symlinks_outside)
     report = IndexReport(scanned=len(found.files))
     report.failures = [FailureRecord(f.path, f.reason) for f in found.failures]
     stored = store.file_states()  # path -> size, mtime, hash as of the start of the run
     todo = _to_read(found.files, stored, store.failures(), report)
-    workers = max(1, min(8, len(os.sched_getaffinity(0))))
+    spec = encoder.input_spec()
+    read, again = _reader(spec, stored, options), _reader(spec, {}, options)
     with progress.task("indexing", total=len(todo)) as task, \
-            _Readers(workers, options.read_timeout) as readers:
-        read, again = _reader(encoder, stored, options), _reader(encoder, {}, options)
+            (engine or LocalEngine(options.read_timeout)) as running:
 
-        def reread(media: MediaFile) -> _Read:
-            return readers.result(readers.submit(again, media))
+        def reread(media: MediaFile) -> PreparedFile:
+            return running.read_now(again, media)
 
-        for chunk in _read_ahead(readers, todo, read, options.batch_size):
+        for chunk in running.chunks(todo, read, options.batch_size):
             _index_chunk(collection, encoder, chunk, stored, reread, report)
             task.advance(len(chunk))
     report.removed = _remove_missing(collection, roots, found.files, stored)
     store.clear_failures(path_key(f.path) for f in todo)
     store.record_failures(run_id, report.failures)
-    collection.save()
+    with progress.task("building and saving the vector index (FAISS)", None):
+        collection.save()
     store.finish_run(run_id, report.to_json())
     return report
 
@@ -171,27 +200,114 @@ def _to_read(
 
 
 @dataclass
-class _Read:
+class PreparedFile:
     """One file as the reader threads leave it: everything but the encoding done."""
 
     media: MediaFile
     record: FileRecord | None = None  # None when reading failed
     pixels: Pixels | None = None  # images that need encoding
     passages: list[Passage] | None = None  # text files that need encoding
+    frames: Frames | None = None  # videos that need encoding: sampled frames
+    words: list[Passage] | None = None  # with --ocr, words read in an image
     failure: FailureRecord | None = None
+    encoded: Encoded | None = None  # encoded where it was read (`encode_read`)
+
+
+@dataclass
+class Encoded:
+    """A file encoded beside its reader (`encode_read`, in the Ray engine's actors): its items
+    (none when the model gave it a vector with NaN or inf), and what encoding it counts."""
+
+    items: list[FileItems]
+    report: IndexReport
+
+
+Reader = Callable[[MediaFile], PreparedFile]
+
+
+class Engine(Protocol):
+    """Where the files to encode are read, and maybe encoded: `LocalEngine` (threads beside
+    this process's encoder) or `retriever.library.ray_engine.RayEngine` (a Ray cluster)."""
+
+    def __enter__(self) -> Engine: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+    def chunks(self, todo: list[MediaFile], read: Reader, size: int
+               ) -> Iterator[list[PreparedFile]]:
+        """Every file of `todo`, read by `read` (a failure, or its record and what the encoder
+        takes, or `encoded` already), in chunks of about `size`, in any order."""
+        ...
+
+    def read_now(self, read: Reader, media: MediaFile) -> PreparedFile:
+        """One file read in this process, under the same time limit."""
+        ...
+
+
+class LocalEngine:
+    """Files read in threads here, up to two chunks ahead of the encoder (`_read_ahead`),
+    each within `limit` seconds (`_ReaderThreads`); the caller encodes them. As many threads as
+    `retriever.encoding.cpu.plan` leaves beside the encoder."""
+
+    def __init__(self, limit: float) -> None:
+        self._limit = limit
+        self._readers: _ReaderThreads | None = None
+
+    def __enter__(self) -> LocalEngine:
+        self._readers = _ReaderThreads(plan().reader_threads, self._limit)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        cast(_ReaderThreads, self._readers).__exit__()
+
+    def chunks(self, todo: list[MediaFile], read: Reader, size: int
+               ) -> Iterator[list[PreparedFile]]:
+        return _read_ahead(cast(_ReaderThreads, self._readers), todo, read, size)
+
+    def read_now(self, read: Reader, media: MediaFile) -> PreparedFile:
+        readers = cast(_ReaderThreads, self._readers)
+        return readers.result(readers.submit(read, media))
+
+
+def read_files(read: Reader, files: list[MediaFile], limit: float, workers: int
+               ) -> list[PreparedFile]:
+    """`files` read by `workers` threads, each within `limit` seconds (`_ReaderThreads`)."""
+    with _ReaderThreads(workers, limit) as readers:
+        jobs = [readers.submit(read, media) for media in files]
+        return [readers.result(job) for job in jobs]
+
+
+def encode_read(files: list[PreparedFile], encoder: Encoder) -> None:
+    """Encode, where they were read, the files the reader decoded (their images in one batch):
+    each one's items and counts go in its `encoded`, for `_index_chunk` to store, and what the
+    encoder took is dropped. Files touched, reused or failed are left as they are."""
+    images = [f for f in files if f.record is not None and f.pixels is not None]
+    vectors = (encoder.encode_pixels(np.stack([cast(Pixels, f.pixels).data for f in images]))
+               if images else np.empty((0, encoder.dim), np.float32))  # (n images, dim)
+    image_vectors = {id(f): vector for f, vector in zip(images, vectors, strict=True)}
+    for read in files:
+        if read.record is not None and _decoded(read):
+            report = IndexReport()
+            items = _encode_file(encoder, read, report, image_vectors.get(id(read)))
+            read.encoded = Encoded(items, report)
+            read.pixels, read.passages, read.frames, read.words = None, None, None, None
+
+
+def _decoded(read: PreparedFile) -> bool:
+    return read.pixels is not None or read.passages is not None or read.frames is not None
 
 
 @dataclass
 class _Job:
-    read: Callable[[MediaFile], _Read]
+    read: Callable[[MediaFile], PreparedFile]
     media: MediaFile
-    future: Future[_Read] = field(default_factory=Future)
+    future: Future[PreparedFile] = field(default_factory=Future)
     running: threading.Event = field(default_factory=threading.Event)
     since: float = 0.0  # time.monotonic() when a thread took it
     given_up: bool = False
 
 
-class _Readers:
+class _ReaderThreads:
     """Threads reading files, `workers` at a time. Decoding, resizing (PIL) and hashing release
     the GIL, so they overlap the encoder instead of waiting for it.
 
@@ -207,7 +323,7 @@ class _Readers:
         for _ in range(workers):
             self._spawn()
 
-    def __enter__(self) -> _Readers:
+    def __enter__(self) -> _ReaderThreads:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -215,12 +331,12 @@ class _Readers:
         for _ in range(self._spawned):
             self._jobs.put(None)
 
-    def submit(self, read: Callable[[MediaFile], _Read], media: MediaFile) -> _Job:
+    def submit(self, read: Callable[[MediaFile], PreparedFile], media: MediaFile) -> _Job:
         job = _Job(read, media)
         self._jobs.put(job)
         return job
 
-    def result(self, job: _Job) -> _Read:
+    def result(self, job: _Job) -> PreparedFile:
         """The job's read, or a failure once it has run for `limit` seconds."""
         while not job.running.wait(self._limit):  # every thread busy that long: stuck ones
             self._spawn()
@@ -231,7 +347,7 @@ class _Readers:
             return job.future.result()
         self._spawn()
         media = job.media
-        return _Read(media, failure=FailureRecord(
+        return PreparedFile(media, failure=FailureRecord(
             path_key(media.path), f"{media.path}: still reading after {self._limit:g} s, "
             "given up", media.size, media.mtime))
 
@@ -252,8 +368,9 @@ class _Readers:
                     return
 
 
-def _read_ahead(readers: _Readers, todo: list[MediaFile], read: Callable[[MediaFile], _Read],
-                size: int) -> Iterator[list[_Read]]:
+def _read_ahead(readers: _ReaderThreads, todo: list[MediaFile],
+                read: Callable[[MediaFile], PreparedFile],
+                size: int) -> Iterator[list[PreparedFile]]:
     """Chunks of `size` read files, in order, read by `readers` while the caller encodes the
     previous chunk: up to two chunks ahead."""
     pending: deque[_Job] = deque()
@@ -267,27 +384,31 @@ def _read_ahead(readers: _Readers, todo: list[MediaFile], read: Callable[[MediaF
         yield chunk
 
 
-def _reader(encoder: Encoder, stored: dict[str, FileState], options: IndexOptions
-            ) -> Callable[[MediaFile], _Read]:
+def _reader(spec: InputSpec, stored: dict[str, FileState], options: IndexOptions) -> Reader:
     known = {state.content_hash for state in stored.values()}  # bytes already in the store
 
-    def read(media: MediaFile) -> _Read:
+    def read(media: MediaFile) -> PreparedFile:
         try:
             with open_regular(media.path) as fh:
                 record = _file_record(media, fh, options)
                 previous = stored.get(record.path)
                 if record.content_hash in known or (
                         previous is not None and previous.content_hash == record.content_hash):
-                    return _Read(media, record)  # touched or reused: nothing to decode
+                    return PreparedFile(media, record)  # touched or reused: nothing to decode
                 fh.seek(0)
                 if media.kind == IMAGE:
-                    return _Read(media, record, pixels=load_pixels(fh, encoder.pixels,
-                                                                   options.max_pixels))
+                    pixels = load_pixels(fh, spec.pixels, options.max_pixels)
+                    words = (read_image_words(fh, spec, options.max_pixels)
+                             if options.ocr else None)
+                    return PreparedFile(media, record, pixels=pixels, words=words)
+                if media.kind == VIDEO:
+                    record, frames = read_video(fh, record, spec.pixels, options.video)
+                    return PreparedFile(media, record, frames=frames)
                 text = read_text(fh, options.max_text_bytes)
-            return _Read(media, record, passages=split_passages(
-                text, encoder.count_tokens, encoder.text_budget))
+            return PreparedFile(media, record, passages=split_passages(
+                text, spec.count_tokens, spec.text_budget))
         except Exception as err:  # whatever one file raises is that file's failure alone
-            return _Read(media, failure=_failure(media, err))
+            return PreparedFile(media, failure=_failure(media, err))
 
     return read
 
@@ -295,15 +416,16 @@ def _reader(encoder: Encoder, stored: dict[str, FileState], options: IndexOption
 def _index_chunk(
     collection: Collection,
     encoder: Encoder,
-    chunk: list[_Read],
+    chunk: list[PreparedFile],
     stored: dict[str, FileState],
-    reread: Callable[[MediaFile], _Read],
+    reread: Callable[[MediaFile], PreparedFile],
     report: IndexReport,
 ) -> None:
     store = collection.store
     touched: list[FileRecord] = []
-    ready: Batch = []  # reused vectors, then encoded texts and images
+    ready: list[FileItems] = []  # reused vectors, then encoded texts and images
     images: list[tuple[FileRecord, Pixels]] = []
+    words: dict[str, list[Passage]] = {}  # --ocr: image path -> words read in it
     for read in chunk:
         record = read.record
         if record is None:
@@ -315,24 +437,36 @@ def _index_chunk(
         elif (copy := _stored_copy(store, record, ready)) is not None:
             ready.append(copy)
             report.reused += 1
+        elif read.encoded is not None:  # encoded where it was read (the Ray engine)
+            ready += read.encoded.items
+            report.add(read.encoded.report)
         elif read.pixels is not None:
             images.append((record, read.pixels))
+            words[record.path] = read.words or []
         elif read.passages is not None:
             ready += _encode_text(record, read.passages, encoder, report)
+        elif read.frames is not None:
+            ready += _encode_video(record, read.frames, encoder, report)
         else:  # its bytes were stored when the reader looked, and replaced since: read again
-            ready += _index_again(encoder, reread(read.media), report)
-    ready += _encode_images(images, encoder, report)
+            ready += _encode_file(encoder, reread(read.media), report)
+    ready += _with_words(_encode_images(images, encoder, report), words, encoder, report)
     store.touch_files(touched)
     collection.write_files(ready)
     report.touched += len(touched)
 
 
-def _index_again(encoder: Encoder, read: _Read, report: IndexReport) -> Batch:
+def _encode_file(encoder: Encoder, read: PreparedFile, report: IndexReport,
+                 vector: np.ndarray | None = None) -> list[FileItems]:
+    """One file's items, encoded (an image's `vector` (dim,): already encoded)."""
     if read.record is None:
         report.failures.append(cast(FailureRecord, read.failure))
         return []
     if read.pixels is not None:
-        return _encode_images([(read.record, read.pixels)], encoder, report)
+        encoded = _encode_images([(read.record, read.pixels)], encoder, report,
+                                 None if vector is None else vector[None])
+        return _with_words(encoded, {read.record.path: read.words or []}, encoder, report)
+    if read.frames is not None:
+        return _encode_video(read.record, read.frames, encoder, report)
     return _encode_text(read.record, read.passages or [], encoder, report)
 
 
@@ -346,7 +480,7 @@ def _file_record(media: MediaFile, fh: BinaryIO, options: IndexOptions) -> FileR
                       caption=_caption(media, options), taken_at=taken or media.mtime)
 
 
-def _stored_copy(store: Store, record: FileRecord, pending: Batch) -> Entry | None:
+def _stored_copy(store: Store, record: FileRecord, pending: list[FileItems]) -> FileItems | None:
     """`record` with the items of a file holding the same bytes (stored or in this batch)."""
     hit = next(((f, items) for f, items in pending if f.content_hash == record.content_hash),
                None) or store.items_with_hash(record.content_hash)
@@ -367,12 +501,15 @@ def _check_output(encoder: Encoder) -> None:
 
 
 def _encode_images(
-    images: list[tuple[FileRecord, Pixels]], encoder: Encoder, report: IndexReport
-) -> Batch:
+    images: list[tuple[FileRecord, Pixels]], encoder: Encoder, report: IndexReport,
+    vectors: np.ndarray | None = None,
+) -> list[FileItems]:
+    """The images' items; `vectors` (n, dim): theirs, already encoded."""
     if not images:
         return []
-    vectors = encoder.encode_pixels(np.stack([p.data for _, p in images]))  # (n, dim)
-    encoded: Batch = []
+    if vectors is None:
+        vectors = encoder.encode_pixels(np.stack([p.data for _, p in images]))  # (n, dim)
+    encoded: list[FileItems] = []
     for (record, p), vector in zip(images, vectors, strict=True):
         if _failed_to_encode(record, vector[None], report):
             continue
@@ -385,7 +522,7 @@ def _encode_images(
 
 def _encode_text(
     record: FileRecord, passages: list[Passage], encoder: Encoder, report: IndexReport,
-) -> Batch:
+) -> list[FileItems]:
     vectors = encoder.encode_texts([p.text for p in passages])  # (len(passages), dim)
     if _failed_to_encode(record, vectors, report):
         return []
@@ -395,6 +532,30 @@ def _encode_text(
     return [(record, [
         ItemRecord(TEXT, p.position, p.text, v) for p, v in zip(passages, vectors, strict=True)
     ])]
+
+
+def _encode_video(record: FileRecord, frames: Frames, encoder: Encoder, report: IndexReport
+                  ) -> list[FileItems]:
+    items = video_items(frames, encoder)
+    if _failed_to_encode(record, np.stack([it.vector for it in items]), report):
+        return []
+    report.videos += 1
+    report.encoded += 1
+    report.frames += len(items)
+    return [(record, items)]
+
+
+def _with_words(encoded: list[FileItems], words: dict[str, list[Passage]], encoder: Encoder,
+                report: IndexReport) -> list[FileItems]:
+    """Encoded images with the items of the words read in them (--ocr), when they are finite."""
+    out: list[FileItems] = []
+    for record, items in encoded:
+        read = word_items(words.get(record.path, []), encoder)
+        if read and not np.isfinite(np.stack([it.vector for it in read])).all():
+            read = []  # the image itself is sound: keep it, without its words
+        report.ocr_passages += len(read)
+        out.append((record, items + read))
+    return out
 
 
 def _failed_to_encode(record: FileRecord, vectors: np.ndarray, report: IndexReport) -> bool:
@@ -423,7 +584,7 @@ def _remove_missing(
 
 
 def _failure(media: MediaFile, err: Exception) -> FailureRecord:
-    if isinstance(err, ImageError):
+    if isinstance(err, (ImageError, VideoError)):
         reason = str(err)
     elif isinstance(err, OSError):
         reason = f"{media.path}: {err.strerror or err}"

@@ -23,11 +23,14 @@ from pathlib import Path
 from typing import BinaryIO
 
 from index.atomic import replacing
-from index.store import IMAGE, FileState, ItemView
+from index.store import IMAGE, IMAGE_TEXT, VIDEO, FileState, ItemView
 from retriever.errors import ItemNotFound, UsageError
 from retriever.library.collection import THUMBS_DIRNAME, Collection
 from retriever.media.images import thumbnail_bytes
+from retriever.media.video import frame_jpeg
 
+# kinds with a picture: an image (and the words read in it) shows the image, a video frame itself
+THUMBNAILED = (IMAGE, IMAGE_TEXT, VIDEO)
 DEFAULT_SIZE = 256  # px, longest side: sharp in a ~200 px grid cell on a 1.25x screen
 CHUNK = 1 << 20  # bytes hashed per read
 # O_NONBLOCK: a FIFO swapped in for a file must not block the open; it is refused after fstat
@@ -102,15 +105,17 @@ def thumbnail(collection: Collection, item_id: int, size: int = DEFAULT_SIZE) ->
     """The cached JPEG thumbnail of image item `item_id`, made on first use; its bytes, not
     cached, where the index folder cannot be written (read-only, or its disk full)."""
     view = collection.store.items([item_id]).get(item_id)
-    if view is not None and view.kind != IMAGE:
-        raise UsageError(f"item {item_id} is a text passage: only images have thumbnails")
+    if view is not None and view.kind not in THUMBNAILED:
+        raise UsageError(f"item {item_id} is a text passage: only images and video frames "
+                         f"have thumbnails")
     target = collection.directory / THUMBS_DIRNAME / str(size) / f"{item_id}.jpg"
     if view is not None and target.is_file() and os.path.lexists(view.path):
         return target  # made from the checked bytes of this item, which never change
     view, handle = open_indexed(collection, item_id)
     with handle:
         # decode_image, under thumbnail_bytes, reads a Path or an open binary file
-        data = thumbnail_bytes(handle, size)  # type: ignore[arg-type]
+        data = (frame_jpeg(handle, view.time or 0.0, size) if view.kind == VIDEO  # type: ignore[arg-type]
+                else thumbnail_bytes(handle, size))  # type: ignore[arg-type]
     if collection.read_only:
         return data
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import struct
 from datetime import datetime
 from pathlib import Path
@@ -11,8 +12,17 @@ from typing import BinaryIO
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from retriever.errors import ImageError
+from retriever.media.formats import (
+    HEIF_SUFFIXES,
+    RAW_SUFFIXES,
+    decode_raw,
+    raw_exif,
+    register_heif,
+    suffix_of,
+)
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff",
+                            *HEIF_SUFFIXES, *RAW_SUFFIXES})
 # Pixel cap against decompression bombs; a 100-megapixel photo still opens.
 DEFAULT_MAX_PIXELS = 100_000_000
 # PIL's own cap (a warning over 89.5 MP, an error over twice that, at open) would refuse images
@@ -36,9 +46,18 @@ def decode_image(path: Path | BinaryIO, max_pixels: int = DEFAULT_MAX_PIXELS,
 
     With `min_side`, a JPEG may be decoded at 1/2, 1/4 or 1/8 scale (DCT scaling: cheaper,
     and a fair downscale) as long as its short side stays >= `min_side`. Animated files give
-    their first frame. Raises `ImageError` naming the file and the reason.
+    their first frame. HEIC/HEIF and RAW files: see `retriever.media.formats`. Raises
+    `ImageError` naming the file and the reason.
     """
     name = path if isinstance(path, Path) else getattr(path, "name", path)  # an open file's path
+    if suffix_of(path) in RAW_SUFFIXES:
+        try:
+            return decode_raw(path, max_pixels, min_side)
+        except ImageError:
+            raise
+        except Exception as err:  # LibRaw's own errors, a preview PIL cannot read
+            raise ImageError(f"{name}: not a readable RAW image ({_reason(err)})") from err
+    _register_plugins(path)
     try:
         with Image.open(path) as im:
             width, height = im.size
@@ -74,13 +93,26 @@ def taken_at(path: Path | BinaryIO) -> float | None:
     the header alone; None without a usable date. Camera clocks have no zone: local time.
     A header that claims any size is fine here: no pixel is decoded."""
     try:
-        with Image.open(path) as im:
-            exif = im.getexif()
-            raw = exif.get_ifd(EXIF_IFD).get(DATE_TIME_ORIGINAL) or exif.get(DATE_TIME)
+        if suffix_of(path) in RAW_SUFFIXES:
+            exif = raw_exif(path)
+        else:
+            _register_plugins(path)
+            with Image.open(path) as im:
+                exif = im.getexif()
+        if exif is None:
+            return None
+        raw = exif.get_ifd(EXIF_IFD).get(DATE_TIME_ORIGINAL) or exif.get(DATE_TIME)
         return datetime.strptime(str(raw).strip("\x00 "), "%Y:%m:%d %H:%M:%S").timestamp()
     except (OSError, EOFError, ValueError, SyntaxError, TypeError, struct.error, IndexError,
             UnidentifiedImageError, Image.DecompressionBombError):
         return None
+
+
+def _register_plugins(path: Path | BinaryIO) -> None:
+    """HEIF support for a .heic/.heif file, or one without a name (an upload)."""
+    suffix = suffix_of(path)
+    if suffix in HEIF_SUFFIXES or not suffix:
+        register_heif()
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:
@@ -95,4 +127,6 @@ def _to_rgb(im: Image.Image) -> Image.Image:
 
 def _reason(err: BaseException) -> str:
     text = str(err).strip() or type(err).__name__
-    return text.splitlines()[0]
+    # PIL names the file again ("cannot identify image file <_io.BufferedReader name='...'>"):
+    # the message already starts with the path
+    return re.sub(r"\s*<_io\.\w+ name=.*?>", "", text.splitlines()[0]).strip() or text

@@ -21,18 +21,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from index.kinds import IMAGE, TEXT, VIDEO
 from retriever.errors import FolderNotFound
 from retriever.media.images import IMAGE_SUFFIXES
+from retriever.media.video import VIDEO_SUFFIXES
 
 TEXT_SUFFIXES = frozenset({".txt", ".md"})
-IMAGE = "image"
-TEXT = "text"
 
 
 @dataclass(frozen=True)
 class MediaFile:
     path: Path  # absolute, symlinks kept as named
-    kind: str  # IMAGE or TEXT
+    kind: str  # IMAGE, TEXT or VIDEO
     size: int
     mtime: float
     sidecar: Path | None = None  # for an image: its caption file, if any
@@ -120,7 +120,8 @@ def _media_file(path: Path, inside: list[str] | None,
     """`path` as a media file, or None (not media, or refused: then added to `failures`).
     `inside`: the resolved roots a symlink's target must lie in; None allows any target."""
     suffix = path.suffix.lower()
-    kind = IMAGE if suffix in IMAGE_SUFFIXES else TEXT if suffix in TEXT_SUFFIXES else None
+    kind = (IMAGE if suffix in IMAGE_SUFFIXES else TEXT if suffix in TEXT_SUFFIXES
+            else VIDEO if suffix in VIDEO_SUFFIXES else None)
     if kind is None:
         return None
     try:

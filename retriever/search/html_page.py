@@ -9,8 +9,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from index.atomic import replacing
-from retriever.errors import ImageError, UsageError
+from retriever.errors import ImageError, UsageError, VideoError
 from retriever.media.images import thumbnail_bytes
+from retriever.media.video import clock, frame_jpeg
 from retriever.search.query import Result
 
 THUMBNAIL = 256  # px, longest side
@@ -26,10 +27,11 @@ body {{ font: 14px system-ui, sans-serif; margin: 1.5em; background: #fafafa; }}
 .score {{ font-weight: 600; }} .path {{ color: #555; word-break: break-all; font-size: 12px; }}
 .passage {{ white-space: pre-wrap; }}
 </style></head>
-<body><h1>{title}</h1><p>{count} results</p><div class="grid">
+<body><h1>{title}</h1><p>{count} results</p>
 {cards}
-</div></body></html>
+</body></html>
 """
+SECTIONS = {"images": "Images", "texts": "Passages (and photos found by their captions)"}
 
 
 def check_target(path: Path) -> None:
@@ -51,8 +53,18 @@ def _unwritable(path: Path, error: OSError) -> UsageError:
 
 def write_html(results: Sequence[Result], path: Path, title: str) -> Path:
     check_target(path)
-    cards = "\n".join(_card(r) for r in results)
-    page = PAGE.format(title=html.escape(title), count=len(results), cards=cards)
+    both = len({r.section for r in results}) > 1  # `--to all`: two sections, as in the table
+    cards = "\n".join(
+        (f"<h2>{heading}</h2>" if both else "") + '<div class="grid">\n'
+        + "\n".join(_card(r) for r in rows) + "\n</div>"
+        for section, heading in SECTIONS.items()
+        if (rows := [r for r in results if r.section == section]))
+    return write_page(path, PAGE.format(title=html.escape(title), count=len(results),
+                                        cards=cards))
+
+
+def write_page(path: Path, page: str) -> Path:
+    """Write a finished page atomically; `UsageError` naming --html if it cannot be."""
     try:
         with replacing(path) as tmp:
             Path(tmp).write_text(page, encoding="utf-8")
@@ -62,18 +74,34 @@ def write_html(results: Sequence[Result], path: Path, title: str) -> Path:
 
 
 def _card(r: Result) -> str:
+    if r.time is not None:  # a video frame: the video, from that moment, the frame its poster
+        return _video_card(r)
     where = html.escape(r.path if r.kind == "image" else f"{r.path} (passage {r.position})")
-    body = _image_tag(r) if r.kind == "image" else (
+    body = image_tag(r.path) if r.kind == "image" else (
         f'<div class="passage">{html.escape(r.passage or "")}</div>')
     caption = f"<div>{html.escape(r.caption)}</div>" if r.caption else ""
     return (f'<div class="card {r.kind}">{body}<div class="score">{r.score:.3f}</div>'
             f'{caption}<div class="path">{where}</div></div>')
 
 
-def _image_tag(r: Result) -> str:
+def _video_card(r: Result) -> str:
+    time = r.time or 0.0
     try:
-        data = base64.b64encode(thumbnail_bytes(Path(r.path), THUMBNAIL)).decode("ascii")
+        poster = ' poster="data:image/jpeg;base64,' + base64.b64encode(
+            frame_jpeg(Path(r.path), time, THUMBNAIL)).decode("ascii") + '"'
+    except (VideoError, OSError):
+        poster = ""
+    source = html.escape(f"{Path(r.path).as_uri()}#t={time:g}")
+    return (f'<div class="card video"><video controls preload="none" src="{source}"{poster}>'
+            f'</video><div class="score">{r.score:.3f}</div>'
+            f'<div class="path">{html.escape(f"{r.path} @ {clock(time)}")}</div></div>')
+
+
+def image_tag(path: str) -> str:
+    """An <img> with the image's thumbnail embedded (a data URI), or a note if unreadable."""
+    try:
+        data = base64.b64encode(thumbnail_bytes(Path(path), THUMBNAIL)).decode("ascii")
     except (ImageError, OSError):
         return '<div class="missing">(image no longer readable)</div>'
 
-    return f'<img src="data:image/jpeg;base64,{data}" alt="{html.escape(r.path)}">'
+    return f'<img src="data:image/jpeg;base64,{data}" alt="{html.escape(path)}">'

@@ -3,10 +3,17 @@
 A query is one or more weighted parts: words, an image file, or an item already in the index.
 Its vector is the weighted sum of the parts' unit vectors (`sub` parts with negative weight),
 renormalised:  q = normalize(w0 * e(main) + sum_i w_i * e(add_i) - sum_j w_j * e(sub_j)).
-It is searched in the images index, the texts index, or both (`all`: merged by score).
+It is searched in the images index (the default), the texts index, or both. `all` gives both
+sections a fair place: cosines of text->text pairs (0.6-1.0 for CLIP) dwarf text->image ones
+(0.2-0.35), so a merge by score would hide every photo behind any notes. Instead each section
+(images: photos and video frames; texts: passages and words read in images) is ranked on its
+own and the two are interleaved by rank (the best image, the best passage, the second image,
+...), ties at a rank ordered by score; scores stay cosines. A passage of a sidecar caption
+(`photo.txt` beside `photo.jpg`) is not a document of its own: its hit is the photo's row
+(caption shown), in the texts section, where it was found.
 
-Filters run where they are cheap: the folder prefix and the date range are one SQL query whose
-ids become a FAISS id selector (evaluated inside the index, not by scanning rows in Python);
+Filters run where they are cheap: the folder prefix, the date range and a tag are one SQL query
+whose ids become a FAISS id selector (evaluated inside the index, not by scanning rows in Python);
 `min_score` cuts the ranked list.
 """
 
@@ -14,21 +21,27 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from index.kinds import IMAGE, TEXT
-from retriever.encoding.specs import ModelId, ModelSpec
-from retriever.errors import IndexNotFound, ItemNotFound, ModelMismatch, UsageError
+from index.kinds import IMAGE, IMAGE_TEXT, TEXT, VIDEO
+from retriever.encoding.specs import ModelSpec
+from retriever.errors import ItemNotFound, UsageError
 
 if TYPE_CHECKING:  # Query and Result are on the CLI's path to a running server: keep it light
     import numpy as np
 
     from retriever.encoding.encoders import Encoder
     from retriever.library.collection import Collection
+    from retriever.progress import Progress
 
-TARGETS = {"images": (IMAGE,), "texts": (TEXT,), "all": (IMAGE, TEXT)}
+# texts: passages of documents and words read in images (--ocr); videos: video frames
+TARGETS = {"images": (IMAGE,), "texts": (TEXT, IMAGE_TEXT), "videos": (VIDEO,),
+           "all": (IMAGE, TEXT, VIDEO, IMAGE_TEXT)}
+TARGET_ALIASES = {"image": "images", "text": "texts", "video": "videos"}  # --type's words
+DEFAULT_TARGET = "images"  # words and images alike find photos unless told otherwise
+SECTION_OF = {IMAGE: "images", VIDEO: "images", TEXT: "texts", IMAGE_TEXT: "texts"}
 MAX_ID = 2**63 - 1  # item ids are SQLite integers
 # A query is cut to this many characters per context token before tokenizing: a BPE token
 # covers at least one character, so this keeps every token the model can see unless the text
@@ -67,7 +80,7 @@ class Query:
     text: str | None = None  # what to look for, in words
     image: Path | None = None  # or: an image to look for things like
     item: int | None = None  # or: an item already indexed ("more like this")
-    target: str = "all"  # "images", "texts" or "all"
+    target: str = DEFAULT_TARGET  # "images", "texts", "videos" or "all"
     k: int = 10  # results wanted
     path_prefix: str | None = None  # only files whose absolute path starts with this
     add: tuple[Term, ...] = ()  # more of this
@@ -75,6 +88,8 @@ class Query:
     after: float | None = None  # unix time: only files taken (EXIF) or modified at/after this
     before: float | None = None  # ... and before this
     min_score: float | None = None  # drop results with a lower cosine score
+    video_frames: bool = False  # target "images": video frames are found too
+    tag: str | None = None  # only images tagged with this label (`retriever tag`)
 
     @property
     def main(self) -> Term:
@@ -83,7 +98,8 @@ class Query:
     def check(self) -> None:
         """Raise `UsageError` for a query that cannot run (before any model is loaded)."""
         if self.target not in TARGETS:
-            raise UsageError(f"unknown target {self.target!r}: use images, texts or all")
+            raise UsageError(f"unknown target {self.target!r}: use images, texts, videos or "
+                             f"all")
         if self.k < 1:
             raise UsageError(f"-k must be at least 1, not {self.k}")
         if self.min_score is not None and not math.isfinite(self.min_score):
@@ -100,69 +116,106 @@ class Result:
     id: int  # store item id (= FAISS id)
     path: str
     score: float  # cosine similarity to the query
-    kind: str  # "image" or "text"
-    position: int  # passage number in its file (0 for images)
+    kind: str  # "image", "text", "video" (a frame) or "image-text" (words read in an image)
+    position: int  # passage number in its file (0 for images), frame number in a video
     passage: str | None  # the matching passage, for texts
     caption: str | None  # the sidecar caption, for images
+    time: float | None = None  # a video frame's moment, seconds from the start
+    tags: tuple[str, ...] = ()  # labels `retriever tag` gave it
+    section: str = "images"  # "images" or "texts": what kind of vector matched (see `all`)
+    taken_at: float | None = None  # the file's EXIF date, else its mtime (unix seconds)
 
     def to_json(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "tags": list(self.tags)}
 
 
-SEARCH_FIX = "drop {flag} to use the index's model, or pass another --db"
-INDEX_FIX = "pass --reindex to re-encode everything with it, or drop {flag}"
+def search_index(index_dir: Path, query: Query, asked: ModelSpec | None = None,
+                 backend: str = "auto", store_url: str | None = None,
+                 progress: Progress | None = None) -> list[Result]:
+    """One query on the index in `index_dir` (its store at `store_url`, if not the default),
+    with the model it was built with (`asked`, a model or weights expected, must agree: else
+    `AskedModelDiffers`). `progress` shows a first query's model export as a step."""
+    from retriever.library.collection import Collection
+    from retriever.library.index_encoder import index_encoder
 
-
-def open_encoder(
-    collection: Collection,
-    asked: ModelSpec | None = None,
-    batch_size: int = 64,
-    fix: str = SEARCH_FIX,
-    backend: str = "auto",
-    quick_start: bool = False,
-) -> Encoder:
-    """The encoder the collection was built with, on `backend` (see `retriever.encoding.backends`);
-    `asked` (from --model/--pretrained) must agree, else `ModelMismatch` ending with `fix`."""
-    record = collection.model()
-    if record is None:
-        raise IndexNotFound(f"{collection.directory} holds no index yet: run `retriever index`")
-    if asked is not None:
-        for flag, value, recorded in (("--model", asked.model, record.name),
-                                      ("--pretrained", asked.pretrained, record.pretrained)):
-            if value is not None and not _same(value, recorded):
-                raise ModelMismatch(
-                    f"{flag} {value} differs from {recorded}, which {collection.directory} was "
-                    f"built with: " + fix.format(flag=flag)
-                )
-    from retriever.encoding.backends import open_encoder as open_backend
-
-    encoder = open_backend(ModelId(record.name, record.pretrained), backend,
-                           collection.directory, batch_size, quick_start)
-    # the files behind the recorded names may have changed since: same names, another model
-    collection.check_model(replace(record, dim=encoder.dim, fingerprint=encoder.fingerprint))
-    return encoder
+    collection = Collection.open(index_dir, store_url=store_url)
+    encoder = index_encoder(collection, asked, backend, quick_start=True, progress=progress)
+    return search(collection, encoder, query)
 
 
 def search(collection: Collection, encoder: Encoder, query: Query) -> list[Result]:
     query.check()
     vector = query_vector(collection, encoder, query)  # (1, dim)
-    hits: list[tuple[float, int]] = []
-    for kind in TARGETS[query.target]:
-        searcher = collection.searcher(kind)
-        k = min(query.k, len(searcher))  # FAISS allocates k results up front
-        if k == 0:
-            continue
-        scores, ids = searcher.search(vector, k, _allowed(collection, kind, query))
-        hits += [(float(s), int(i)) for s, i in zip(scores[0], ids[0], strict=True) if i >= 0]
-    hits = sorted(hits, reverse=True)[: query.k]
+    sections: dict[str, list[tuple[float, int]]] = {}
+    for kind in _kinds(query):
+        hits = _search_kind(collection, kind, vector, query)
+        if kind == TEXT:
+            hits = _captions_as_photos(collection, hits)
+        sections.setdefault(SECTION_OF[kind], []).extend(hits)
+    ranked = _interleaved(sections)[: query.k]
     if query.min_score is not None:
-        hits = [(s, i) for s, i in hits if s >= query.min_score]
+        ranked = [hit for hit in ranked if hit[1] >= query.min_score]
+    return _results(collection, ranked)
+
+
+def recent_images(collection: Collection, k: int) -> list[Result]:
+    """The `k` newest photos (EXIF date, else mtime), newest first; score 0 (no query)."""
+    return _results(collection, [(i, 0.0, "images") for i in collection.recent_images(k)])
+
+
+def _results(collection: Collection, ranked: list[tuple[int, float, str]]) -> list[Result]:
+    """(id, score, section) -> Results, in that order (items deleted meanwhile left out)."""
+    ids = [i for i, _, _ in ranked]
+    views, tags = collection.items(ids), collection.tags(ids)
+    return [Result(i, v.path, score, v.kind, v.position, v.passage, v.caption, v.time,
+                   tuple(tags.get(i, ())), section, v.taken_at)
+            for i, score, section in ranked if (v := views.get(i)) is not None]
+
+
+def _search_kind(collection: Collection, kind: str, vector: np.ndarray,
+                 query: Query) -> list[tuple[float, int]]:
+    """(score, item id) of the best `query.k` items of one kind, best first."""
+    if not collection.holds(kind):  # no FAISS file to load for a kind never indexed
+        return []
+    searcher = collection.searcher(kind)
+    k = min(query.k, len(searcher))  # FAISS allocates k results up front
+    if k == 0:
+        return []
+    scores, ids = searcher.search(vector, k, _allowed(collection, kind, query))
+    return [(float(s), int(i)) for s, i in zip(scores[0], ids[0], strict=True) if i >= 0]
+
+
+def _captions_as_photos(collection: Collection,
+                        hits: list[tuple[float, int]]) -> list[tuple[float, int]]:
+    """Passages of a sidecar caption become hits on the photo it captions."""
     views = collection.items([i for _, i in hits])
-    return [
-        Result(i, v.path, score, v.kind, v.position, v.passage, v.caption)
-        for score, i in hits
-        if (v := views.get(i)) is not None
-    ]
+    owners = collection.caption_owners(sorted({v.path for v in views.values()}))
+    return [(score, owners.get(views[i].path, i) if i in views else i) for score, i in hits]
+
+
+def _interleaved(sections: dict[str, list[tuple[float, int]]]) -> list[tuple[int, float, str]]:
+    """(id, score, section), each id once: every section ranked by score, then merged by rank
+    (ties at a rank by score). One section is simply its ranking."""
+    ranked: list[tuple[int, float, float, int, str]] = []  # (rank, -score, ...) sorts fairly
+    for section, hits in sections.items():
+        seen: set[int] = set()
+        for score, i in sorted(hits, reverse=True):
+            if i not in seen:
+                seen.add(i)
+                ranked.append((len(seen), -score, score, i, section))
+    merged, taken = [], set()
+    for _, _, score, i, section in sorted(ranked):
+        if i not in taken:  # a photo found by its pixels and by its caption: its best place
+            taken.add(i)
+            merged.append((i, score, section))
+    return merged
+
+
+def _kinds(query: Query) -> tuple[str, ...]:
+    """The vector indexes a query searches: its target's, and video frames with images when
+    `video_frames` is set."""
+    extra = (VIDEO,) if query.video_frames and query.target == "images" else ()
+    return TARGETS[query.target] + extra
 
 
 def query_vector(collection: Collection, encoder: Encoder, query: Query) -> np.ndarray:
@@ -203,21 +256,31 @@ def _embed(collection: Collection, encoder: Encoder, term: Term) -> np.ndarray:
 
 
 def _allowed(collection: Collection, kind: str, query: Query) -> np.ndarray | None:
-    if query.path_prefix is None and query.after is None and query.before is None:
+    if query.path_prefix is None and query.after is None and query.before is None \
+            and query.tag is None:
         return None
     prefix = os.path.abspath(query.path_prefix) if query.path_prefix else None
-    return collection.ids_where(kind, prefix, query.after, query.before)
+    return collection.ids_where(kind, prefix, query.after, query.before, query.tag)
 
 
-def _same(asked: str, recorded: str) -> bool:
-    return asked == recorded or os.path.abspath(os.path.expanduser(asked)) == recorded
+def resolve_target(to: str | None, kind: str | None = None) -> str:
+    """What `--to` and `--type` ask for, as a TARGETS key (singular forms accepted); both given
+    must agree. Neither: DEFAULT_TARGET."""
+    chosen = {TARGET_ALIASES.get(v, v) for v in (to, kind) if v}
+    if len(chosen) > 1:
+        raise UsageError(f"--type {kind} and --to {to} ask for different things: pass one")
+    target = chosen.pop() if chosen else DEFAULT_TARGET
+    if target not in TARGETS:
+        raise UsageError(f"unknown target {target!r}: use images, texts, videos or all")
+    return target
 
 
-def parse_term(spec: str) -> Term:
+def parse_term(spec: str, flag: str = "--add") -> Term:
     """`--add`/`--sub` values: "TEXT", "W:TEXT", "FILE", "W:FILE" or "item:ID" / "W:item:ID".
 
-    A value naming an existing file is an image; anything else is words. W is a positive
-    weight (default 1).
+    A value naming an existing file is an image; one that looks like an image file name but
+    names none is a `UsageError` (not silently words); anything else is words. W is a
+    positive weight (default 1).
     """
     weight, rest = 1.0, spec
     head, sep, tail = spec.partition(":")
@@ -227,7 +290,16 @@ def parse_term(spec: str) -> Term:
         return Term(weight, item=int(rest[5:]))
     if Path(rest).expanduser().is_file():
         return Term(weight, image=Path(rest).expanduser())
+    if _looks_like_image_file(rest):
+        raise UsageError(f"{flag} {spec}: no such file {rest}: pass an existing image, or "
+                         f"words without a file extension")
     return Term(weight, text=rest)
+
+
+def _looks_like_image_file(text: str) -> bool:
+    from retriever.media.images import IMAGE_SUFFIXES
+
+    return " " not in text.strip() and os.path.splitext(text)[1].lower() in IMAGE_SUFFIXES
 
 
 def parse_date(value: str, flag: str) -> float:

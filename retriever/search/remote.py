@@ -32,10 +32,11 @@ from retriever import errors
 from retriever.errors import RetrieverError, UsageError
 
 if TYPE_CHECKING:  # only for types: retriever.search.query imports SQLAlchemy and numpy
-    from retriever.search.query import Query, Term
+    from retriever.search.query import Query, Result, Term
 
 SERVE_FILE = "serve.json"
-RESULT_FIELDS = ("id", "path", "score", "kind", "position", "passage", "caption")
+RESULT_FIELDS = ("id", "path", "score", "kind", "position", "passage", "caption", "time",
+                 "tags", "section", "taken_at")
 CONNECT_TIMEOUT = 2.0  # seconds; a loopback connect is accepted or refused at once
 
 
@@ -102,6 +103,20 @@ def _address(field: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address,
     return ipaddress.ip_address(words), int(hex_port, 16)
 
 
+def search_server(index_dir: Path, query: Query) -> list[Result] | None:
+    """Results from the server announced in `index_dir`, or None when none answers."""
+    url = find_server(index_dir)
+    if url is None:
+        return None
+    from retriever.search.query import Result
+
+    try:
+        fields, upload = request_for(query)
+        return [Result(**row) for row in remote_search(url, fields, upload)]
+    except ServerUnavailable:
+        return None
+
+
 def request_for(query: Query) -> tuple[dict[str, Any], Path | None]:
     """The /api/search fields for a checked `query`, and the image file to upload, if any.
 
@@ -113,6 +128,7 @@ def request_for(query: Query) -> tuple[dict[str, Any], Path | None]:
         # as the local search does: `in` is a folder relative to this process's cwd
         "in": os.path.abspath(query.path_prefix) if query.path_prefix else None,
         "after": query.after, "before": query.before, "min_score": query.min_score,
+        "tag": query.tag, "video_frames": query.video_frames or None,
         "add": [_term(t) for t in query.add] or None, "sub": [_term(t) for t in query.sub] or None,
     }
     return {name: value for name, value in fields.items() if value is not None}, query.image

@@ -49,7 +49,6 @@ from starlette.routing import Route
 from starlette.types import Message
 
 from index.atomic import replacing
-from index.store import IMAGE
 from retriever.encoding.encoders import Encoder
 from retriever.errors import (
     ImageError,
@@ -60,8 +59,22 @@ from retriever.errors import (
     UsageError,
 )
 from retriever.library.collection import Collection
-from retriever.library.thumbnails import CHUNK, DEFAULT_SIZE, open_indexed, thumbnail
-from retriever.search.query import Query, Result, Term, parse_date, search
+from retriever.library.thumbnails import (
+    CHUNK,
+    DEFAULT_SIZE,
+    THUMBNAILED,
+    open_indexed,
+    thumbnail,
+)
+from retriever.search.query import (
+    Query,
+    Result,
+    Term,
+    parse_date,
+    recent_images,
+    resolve_target,
+    search,
+)
 from retriever.search.remote import SERVE_FILE
 
 WEB = Path(__file__).parent / "web"
@@ -75,7 +88,8 @@ FILE_HEADERS = {"X-Content-Type-Options": "nosniff"}
 # A thumbnail URL names an item id, and ids are never reused: its bytes never change.
 THUMB_HEADERS = {**FILE_HEADERS, "Cache-Control": "private, max-age=31536000, immutable"}
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
-FIELDS = ("text", "item", "target", "k", "in", "after", "before", "min_score")
+FIELDS = ("text", "item", "target", "k", "in", "after", "before", "min_score", "tag",
+          "video_frames")
 JSON_FIELDS = (*FIELDS, "add", "sub")
 UNIX_TIME = re.compile(r"-?[0-9]+(\.[0-9]*)?")  # after/before: else a date, as the CLI takes
 
@@ -109,7 +123,7 @@ class ServerSettings:
         return cls() if host in LOOPBACK_HOSTS else cls(allowed_hosts=("*",))
 
 
-class Live:
+class LiveCollection:
     """The collection and encoder requests use; one search at a time.
 
     A local page has one user, and the model and FAISS indexes are shared state: a lock is
@@ -131,7 +145,7 @@ class Live:
             now = self.collection.generation()
             if now != self.generation:
                 old = self.collection
-                self.collection, self.generation = Collection.open(old.directory, old.ann), now
+                self.collection, self.generation = old.reopen(), now
             model = self.collection.model()
             if model is not None and self.model is not None and (
                     (model.name, model.pretrained) != (self.model.name, self.model.pretrained)):
@@ -235,10 +249,11 @@ def create_app(
     collection: Collection, encoder: Encoder, settings: ServerSettings | None = None
 ) -> Starlette:
     """The ASGI app serving `collection`, searched with `encoder` (the index's model)."""
-    api = Api(Live(collection, encoder), settings or ServerSettings())
+    api = Api(LiveCollection(collection, encoder), settings or ServerSettings())
     routes = [Route(url, _asset(name, media)) for url, (name, media) in ASSETS.items()]
     routes += [
         Route("/api/info", api.info),
+        Route("/api/recent", api.recent),
         Route("/api/search", api.search_get, methods=["GET"]),
         Route("/api/search", api.search_post, methods=["POST"]),
         Route("/api/items/{item}/thumbnail", api.thumbnail),
@@ -253,7 +268,7 @@ def create_app(
 class Api:
     """The routes. Plain `def` ones run in Starlette's thread pool, off the event loop."""
 
-    def __init__(self, live: Live, settings: ServerSettings) -> None:
+    def __init__(self, live: LiveCollection, settings: ServerSettings) -> None:
         self.live = live
         self.settings = settings
 
@@ -261,6 +276,15 @@ class Api:
         with self.live.current() as collection:
             summary = collection.summary().to_json()
             return JSONResponse({**summary, "directory": str(collection.directory.resolve())})
+
+    def recent(self, request: Request) -> JSONResponse:
+        """The newest photos (EXIF date, else mtime): what the page shows before a search."""
+        k = _whole_number(request.query_params.get("k", 24), "k")
+        if not 1 <= k <= self.settings.max_k:
+            raise UsageError(f"k must be from 1 to {self.settings.max_k}, not {k}")
+        with self.live.current() as collection:
+            rows = [_row(r) for r in recent_images(collection, k)]
+        return JSONResponse({"results": [{**row, "score": None} for row in rows]})
 
     def search_get(self, request: Request) -> JSONResponse:
         return self._search(self._query(request.query_params, FIELDS))
@@ -279,8 +303,8 @@ class Api:
 
     def thumbnail(self, request: Request) -> Response:
         # No lock: reading the store is thread-safe, and a collection being replaced by a
-        # newer one (Live.current) stays usable.
-        item = _whole(request.path_params["item"], "item")
+        # newer one (LiveCollection.current) stays usable.
+        item = _whole_number(request.path_params["item"], "item")
         made = thumbnail(self.live.collection, item, self.settings.thumbnail_size)
         if isinstance(made, bytes):  # not cached: the index folder is read-only
             return Response(made, media_type="image/jpeg", headers=THUMB_HEADERS)
@@ -290,7 +314,7 @@ class Api:
         """The checked, open file (retriever.library.thumbnails.open_indexed), not its path
         reopened."""
         view, handle = open_indexed(self.live.collection,
-                                    _whole(request.path_params["item"], "item"))
+                                    _whole_number(request.path_params["item"], "item"))
         size = os.fstat(handle.fileno()).st_size
         media_type = mimetypes.guess_type(view.path)[0] or "application/octet-stream"
         return StreamingResponse(_chunks(handle), media_type=media_type,
@@ -324,20 +348,33 @@ class Api:
         unknown = sorted(set(values) - set(allowed))
         if unknown:
             raise UsageError(f"unknown parameter {unknown[0]!r}: use {', '.join(allowed)}")
-        k = _whole(values.get("k", 10), "k")
+        k = _whole_number(values.get("k", 10), "k")
         if k > self.settings.max_k:
             raise UsageError(f"k must be at most {self.settings.max_k}, not {k}")
         return Query(
-            text=_text(values.get("text")), image=image, item=_optional_whole(values, "item"),
-            target=str(values.get("target") or "all"), k=k, path_prefix=_folder(values.get("in")),
+            text=_text(values.get("text")), image=image,
+            item=_optional_whole_number(values, "item"),
+            target=resolve_target(str(values.get("target") or "") or None), k=k,
+            path_prefix=_folder(values.get("in")),
             add=_terms(values.get("add"), "add"), sub=_terms(values.get("sub"), "sub"),
             after=_time(values, "after"), before=_time(values, "before"),
-            min_score=_optional_number(values, "min_score"))
+            min_score=_optional_number(values, "min_score"), tag=_tag(values.get("tag")),
+            video_frames=str(values.get("video_frames", "")).lower() in ("1", "true"))
+
+
+def _tag(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise UsageError(f"tag must be a label (text), not {value!r}")
+    return value
 
 
 def _row(result: Result) -> dict:
-    urls = {"thumbnail": f"/api/items/{result.id}/thumbnail" if result.kind == IMAGE else None,
-            "file": f"/api/items/{result.id}/file"}
+    # a video frame's thumbnail is that frame; its file URL plays the video from that moment
+    moment = f"#t={result.time:g}" if result.time is not None else ""
+    urls = {"thumbnail": f"/api/items/{result.id}/thumbnail" if result.kind in THUMBNAILED
+            else None, "file": f"/api/items/{result.id}/file{moment}"}
     return {**result.to_json(), **urls}
 
 
@@ -393,7 +430,7 @@ def _text(value: Any) -> str | None:
     raise UsageError(f"text must be a string, not {value!r}")
 
 
-def _whole(value: Any, name: str) -> int:
+def _whole_number(value: Any, name: str) -> int:
     """An int from a JSON number or a string of digits; SQLite's 64-bit range."""
     if isinstance(value, str) and re.fullmatch(r"-?[0-9]{1,18}", value.strip()):
         return int(value)
@@ -402,8 +439,8 @@ def _whole(value: Any, name: str) -> int:
     raise UsageError(f"{name} must be a whole number, not {value!r}")
 
 
-def _optional_whole(values: Mapping[str, Any], name: str) -> int | None:
-    return None if values.get(name) in (None, "") else _whole(values[name], name)
+def _optional_whole_number(values: Mapping[str, Any], name: str) -> int | None:
+    return None if values.get(name) in (None, "") else _whole_number(values[name], name)
 
 
 def _optional_number(values: Mapping[str, Any], name: str) -> float | None:
@@ -450,7 +487,7 @@ def _terms(value: Any, name: str) -> tuple[Term, ...]:
         extra = sorted(set(term) - {"weight", "text", "item"})
         if extra:
             raise UsageError(f"{name} terms take weight, text or item, not {extra[0]!r}")
-    return tuple(Term(_weight(t), _text(t.get("text")), item=_optional_whole(t, "item"))
+    return tuple(Term(_weight(t), _text(t.get("text")), item=_optional_whole_number(t, "item"))
                  for t in value)
 
 

@@ -3,7 +3,7 @@
 One optimizer step, and where each part lives:
 
     pairs.py        captioned images from folders, tables, COCO      -> list[Pair]
-    datasets.py     epochs of pairs in memory or streamed shards     -> Batch (pixels, tokens)
+    datasets.py     epochs of pairs in memory or streamed shards     -> StepBatch (pixels, tokens)
     step.py         Stepper.step: micro-batches (grad accumulation), autocast precision,
                     DDP gradient sync                                -> StepResult
       losses.py       infonce or distance over the global batch (distributed.gather_with_grad)

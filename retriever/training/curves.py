@@ -11,6 +11,9 @@ CSV columns:
   lr            the learning rate the step used
   val_<dir>_R@<k>  held-out recall (dir t2i = text->image, i2t = image->text; k = 1, 5, 10),
                 on the rows of steps after which validation ran; empty elsewhere
+  val_cls_acc1, val_cls_acc5, val_cls_mean_per_class_recall
+                zero-shot classification of --val-classes (retriever.training.classification),
+                on the same rows; only in the runs given --val-classes
 """
 
 from __future__ import annotations
@@ -22,10 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from index.atomic import replacing
-from retriever.training.evaluation import KS
+from retriever.training.classification import Accuracy
+from retriever.training.evaluation import KS, recalls
 
-DIRECTIONS = {"t2i": "text_to_image", "i2t": "image_to_text"}
-VAL_COLUMNS = [f"val_{short}_R@{k}" for short in DIRECTIONS for k in KS]
+SHORT = {"text_to_image": "t2i", "image_to_text": "i2t"}  # direction: its name in a column
+VAL_COLUMNS = [f"val_{short}_R@{k}" for short in SHORT.values() for k in KS]
+CLASS_COLUMNS = ["val_cls_acc1", "val_cls_acc5", "val_cls_mean_per_class_recall"]
 # Drawing the PNG takes ~0.3 s; during a run it is redrawn at most this often (the CSV at every
 # save point), so short epochs do not spend their time plotting.
 PLOT_EVERY_S = 60.0
@@ -33,10 +38,11 @@ PLOT_EVERY_S = 60.0
 
 class Curve:
     def __init__(self, csv_path: Path, png_path: Path, terms: tuple[str, ...],
-                 rows: list[dict[str, Any]] | None = None) -> None:
+                 rows: list[dict[str, Any]] | None = None, classification: bool = False) -> None:
         self.csv_path, self.png_path = csv_path, png_path
+        self.val_columns = [*VAL_COLUMNS, *(CLASS_COLUMNS if classification else [])]
         self.columns = ["step", "epoch", "pairs", "loss", *(f"loss_{t}" for t in terms),
-                        "temperature", "lr", *VAL_COLUMNS]
+                        "temperature", "lr", *self.val_columns]
         self.rows: list[dict[str, Any]] = list(rows or [])
         self._plotted_at = time.monotonic()  # of the last PNG; the first comes a while in
 
@@ -47,14 +53,20 @@ class Curve:
                           "temperature": temperature, "lr": lr})
 
     def add_validation(self, step: int, epoch: int, metrics: dict[str, Any]) -> None:
-        """Put held-out recall on the row of `step` (a new row if that step has none)."""
+        """Put held-out recall (and classification accuracy) on the row of `step` (a new row
+        if that step has none)."""
         if not metrics:
             return
         if not self.rows or self.rows[-1]["step"] != step:
             self.rows.append({"step": step, "epoch": epoch})
-        for short, direction in DIRECTIONS.items():
-            for k in KS:
-                self.rows[-1][f"val_{short}_R@{k}"] = metrics[direction][f"R@{k}"]
+        row = self.rows[-1]
+        if "text_to_image" in metrics:
+            for direction, recall in recalls(metrics).items():
+                for k, value in recall.at.items():
+                    row[f"val_{SHORT[direction]}_R@{k}"] = value
+        if "classification" in metrics:
+            accuracy = Accuracy.from_json(metrics["classification"]).to_json()
+            row.update({f"val_cls_{name}": value for name, value in accuracy.items()})
 
     def write(self, final: bool = False) -> None:
         """Rewrite the CSV, and the PNG when `final` or PLOT_EVERY_S after the last one.
@@ -86,15 +98,15 @@ class Curve:
             loss.plot(*self._series(column), label=column, linewidth=1)
         lr.plot(*self._series("lr"), color="tab:green")
         temperature.plot(*self._series("temperature"), color="tab:purple")
-        for column in VAL_COLUMNS:
+        for column in self.val_columns:
             recall.plot(*self._series(column), marker="o", markersize=3, label=column[4:])
         for axes, title in ((loss, "training loss"), (lr, "learning rate"),
                             (temperature, "temperature 1/exp(logit_scale)"),
-                            (recall, "held-out recall")):
+                            (recall, "held-out recall and accuracy")):
             axes.set_title(title)
             axes.grid(alpha=0.3)
         loss.legend(fontsize="small")
-        if any(self._series(c)[0] for c in VAL_COLUMNS):
+        if any(self._series(c)[0] for c in self.val_columns):
             recall.legend(fontsize="small", ncols=2)
         for axes in (temperature, recall):
             axes.set_xlabel("step")

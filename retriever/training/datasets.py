@@ -5,7 +5,7 @@ a path and a caption per image, so millions fit) and decodes images in DataLoade
 `ShardData` streams WebDataset tar shards (key.jpg + key.txt), so a dataset larger than RAM or
 the local disk trains: shards may be local files, `https://...` or `pipe:...` commands.
 
-Both yield, per optimizer step, this process's share of the step's pairs as one `Batch`: the
+Both yield, per optimizer step, this process's share of the step's pairs as one `StepBatch`: the
 training loop splits it into micro-batches. Everything is seeded by (seed, epoch): the order of
 pairs, the caption picked for an image with several, the shards each process and worker reads,
 the shuffle buffer, and the random crop of each image when augmenting (seeded per image, so the
@@ -47,7 +47,7 @@ REMOTE_PREFIXES = ("pipe:", "http://", "https://", "s3://", "gs://")
 
 
 @dataclass(frozen=True)
-class Feed:
+class LoaderSettings:
     """How pairs reach this process: its share of every optimizer step."""
 
     batch_size: int  # pairs per process per micro-batch
@@ -69,8 +69,8 @@ class Feed:
         return self.local_pairs * self.world_size
 
 
-class Batch(NamedTuple):
-    pixels: torch.Tensor  # (b, 3, H, W), b <= Feed.local_pairs
+class StepBatch(NamedTuple):
+    pixels: torch.Tensor  # (b, 3, H, W), b <= LoaderSettings.local_pairs
     tokens: torch.Tensor  # (b, context_length) int64
     skipped: int  # samples dropped as unreadable on the way to this batch
 
@@ -79,7 +79,7 @@ class TrainData(Protocol):
     steps_per_epoch: int  # optimizer steps in one epoch; the same in every process
     pairs_per_epoch: int  # pairs one epoch trains on, all processes together
 
-    def epoch(self, epoch: int, skip: int = 0) -> Iterable[Batch]:
+    def epoch(self, epoch: int, skip: int = 0) -> Iterable[StepBatch]:
         """This process's batches of epoch `epoch` (from 1), less the first `skip` steps."""
         ...
 
@@ -114,21 +114,21 @@ class _Transform:
 
 
 class _Collate:
-    """[(pixels, caption) or None] -> Batch; picklable for DataLoader workers."""
+    """[(pixels, caption) or None] -> StepBatch; picklable for DataLoader workers."""
 
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
 
-    def __call__(self, items: list[tuple[torch.Tensor, str] | None], skipped: int = 0) -> Batch:
+    def __call__(self, items: list[tuple[torch.Tensor, str] | None], skipped: int = 0) -> StepBatch:
         readable = [item for item in items if item is not None]
         skipped += len(items) - len(readable)
         if not readable:
-            return Batch(torch.empty(0), torch.empty(0, dtype=torch.long), skipped)
+            return StepBatch(torch.empty(0), torch.empty(0, dtype=torch.long), skipped)
         pixels = torch.stack([p for p, _ in readable])
-        return Batch(pixels, self.tokenizer([c for _, c in readable]), skipped)
+        return StepBatch(pixels, self.tokenizer([c for _, c in readable]), skipped)
 
 
-def _transform(loaded: LoadedModel, feed: Feed) -> _Transform:
+def _transform(loaded: LoadedModel, feed: LoaderSettings) -> _Transform:
     return _Transform(loaded.train_preprocess if feed.augment else loaded.preprocess,
                       feed.augment)
 
@@ -156,7 +156,7 @@ class _CaptionedImages(Dataset):
 class PairData:
     """Pairs in memory. An epoch shows every image once, with one of its captions."""
 
-    def __init__(self, pairs: Sequence[Pair], loaded: LoadedModel, feed: Feed) -> None:
+    def __init__(self, pairs: Sequence[Pair], loaded: LoadedModel, feed: LoaderSettings) -> None:
         self.pairs, self.feed = list(pairs), feed
         self.transform, self.collate = _transform(loaded, feed), _Collate(loaded.tokenizer)
         self.steps_per_epoch = math.ceil(len(self.pairs) / feed.step_pairs)
@@ -262,7 +262,7 @@ class _ShardStream(IterableDataset):
     def __init__(self, data: ShardData, epoch: int) -> None:
         self.data, self.epoch = data, epoch
 
-    def __iter__(self) -> Iterator[Batch]:
+    def __iter__(self) -> Iterator[StepBatch]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         feed = self.data.feed
@@ -315,7 +315,7 @@ class ShardData:
     together; each process and each of its workers reads its own subset of the shards."""
 
     def __init__(
-        self, urls: Sequence[str], pairs_per_epoch: int, loaded: LoadedModel, feed: Feed
+        self, urls: Sequence[str], pairs_per_epoch: int, loaded: LoadedModel, feed: LoaderSettings
     ) -> None:
         readers = feed.world_size * max(feed.num_workers, 1)
         if len(urls) < readers:
@@ -327,7 +327,7 @@ class ShardData:
         self.steps_per_epoch = max(1, pairs_per_epoch // feed.step_pairs)
         self.pairs_per_epoch = self.steps_per_epoch * feed.step_pairs
 
-    def epoch(self, epoch: int, skip: int = 0) -> Iterator[Batch]:
+    def epoch(self, epoch: int, skip: int = 0) -> Iterator[StepBatch]:
         # a resumed epoch re-reads the steps it had done: a stream cannot seek
         loader = DataLoader(_ShardStream(self, epoch), batch_size=None,
                             num_workers=self.feed.num_workers)

@@ -22,7 +22,7 @@ import random
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,18 +34,19 @@ from retriever.encoding.models import RANDOM, LoadedModel, ModelSpec, default_de
 from retriever.encoding.models import save_checkpoint as save_model
 from retriever.errors import DatasetError, RetrieverError, TrainingDiverged, UsageError
 from retriever.progress import Progress, Task
+from retriever.training.classification import Accuracy, evaluate_classes, read_class_folder
 from retriever.training.curves import Curve
 from retriever.training.datasets import (
-    Batch,
-    Feed,
+    LoaderSettings,
     PairData,
     ShardData,
+    StepBatch,
     TrainData,
     count_samples,
     shard_urls,
 )
 from retriever.training.distributed import Group, all_sum, barrier, join, launch, launched, leave
-from retriever.training.evaluation import SILENT, evaluate_pairs
+from retriever.training.evaluation import SILENT, evaluate_pairs, recall_line
 from retriever.training.losses import Objective
 from retriever.training.optimizer import build_optimizer, lr_at
 from retriever.training.pairs import Pair, load_pairs, split_pairs
@@ -105,6 +106,8 @@ class TrainConfig:
     grad_checkpointing: bool = False  # recompute activations in backward: less memory, slower
     precision: Precision = "auto"  # autocast dtype; auto: fp32 on CPU, bf16 (or fp16) on GPU
     val_data: Path | None = None  # held-out pairs (any pairs source) instead of a split
+    # a folder of class folders: zero-shot classification accuracy at every validation too
+    val_classes: Path | None = None
     image_root: Path | None = None  # COCO .json: folder its file_names are in (default: its own)
     samples_per_epoch: int | None = None  # shards: pairs per epoch (default: counted)
     val_every: int = 0  # also validate every this many steps; 0: before training + epoch ends
@@ -117,7 +120,9 @@ class TrainConfig:
 class EpochStats:
     epoch: int  # 0 = before training
     train_loss: float | None  # mean over the epoch's steps; None for epoch 0
-    val: dict[str, Any]  # evaluation.evaluate_pairs on the held-out split ({} when none)
+    # evaluation.evaluate_pairs on the held-out split ({} when none), and under
+    # "classification" classification.evaluate_classes on cfg.val_classes (when given)
+    val: dict[str, Any]
     seconds: float  # training time of the epoch, validation and saving excluded
     unreadable: int = 0  # training images skipped this epoch because they could not be decoded
 
@@ -188,29 +193,27 @@ def _check(cfg: TrainConfig) -> None:
 def _check_numbers(cfg: TrainConfig) -> None:
     """Every numeric setting in its range; NaN fails every comparison, so it fails here."""
     lr, spe = cfg.lr, cfg.samples_per_epoch
-    rules: list[tuple[str, object, bool, str]] = [  # flag, value, ok, what it must be
-        ("--lr", lr, lr is None or _positive(lr), "a positive finite number, e.g. 1e-4"),
-        ("--epochs", cfg.epochs, cfg.epochs >= 1, "1 or more"),
-        ("--batch-size", cfg.batch_size, cfg.batch_size >= 2,
-         "2 or more: each pair needs another as its negative"),
-        ("--grad-accum", cfg.grad_accum, cfg.grad_accum >= 1, "1 or more micro-batches"),
-        ("--nproc", cfg.nproc, cfg.nproc >= 1, "1 or more processes"),
-        ("--warmup", cfg.warmup, 0 <= cfg.warmup < 1, "a fraction of all steps, e.g. 0.1"),
-        ("--weight-decay", cfg.weight_decay, _positive(cfg.weight_decay, zero=True),
+    rules: list[tuple[str, bool, str]] = [  # TrainConfig field, ok, what it must be
+        ("lr", lr is None or _positive(lr), "a positive finite number, e.g. 1e-4"),
+        ("epochs", cfg.epochs >= 1, "1 or more"),
+        ("batch_size", cfg.batch_size >= 2, "2 or more: each pair needs another as its negative"),
+        ("grad_accum", cfg.grad_accum >= 1, "1 or more micro-batches"),
+        ("nproc", cfg.nproc >= 1, "1 or more processes"),
+        ("warmup", 0 <= cfg.warmup < 1, "a fraction of all steps, e.g. 0.1"),
+        ("weight_decay", _positive(cfg.weight_decay, zero=True),
          "0 or a positive finite number, e.g. 0.1"),
-        ("--val-fraction", cfg.val_fraction, 0 <= cfg.val_fraction < 1,
-         "a fraction of the images below 1, e.g. 0.1"),
-        ("--margin", cfg.margin, _positive(cfg.margin), "a positive finite distance, e.g. 1.2"),
-        ("--distance-weight", cfg.distance_weight, _positive(cfg.distance_weight, zero=True),
+        ("val_fraction", 0 <= cfg.val_fraction < 1, "a fraction of the images below 1, e.g. 0.1"),
+        ("margin", _positive(cfg.margin), "a positive finite distance, e.g. 1.2"),
+        ("distance_weight", _positive(cfg.distance_weight, zero=True),
          "0 or a positive finite number, e.g. 0.5"),
-        ("--val-every", cfg.val_every, cfg.val_every >= 0, "0 (off) or a number of steps"),
-        ("--save-every", cfg.save_every, cfg.save_every >= 0, "0 (off) or a number of steps"),
-        ("--num-workers", cfg.num_workers, cfg.num_workers >= 0, "0 or more"),
-        ("--samples-per-epoch", spe, spe is None or spe >= 1, "1 or more pairs"),
+        ("val_every", cfg.val_every >= 0, "0 (off) or a number of steps"),
+        ("save_every", cfg.save_every >= 0, "0 (off) or a number of steps"),
+        ("num_workers", cfg.num_workers >= 0, "0 or more"),
+        ("samples_per_epoch", spe is None or spe >= 1, "1 or more pairs"),
     ]
-    for flag, value, ok, wanted in rules:
+    for name, ok, wanted in rules:
         if not ok:
-            raise UsageError(f"{flag} {value}: must be {wanted}")
+            raise UsageError(f"{_flag(name)} {getattr(cfg, name)}: must be {wanted}")
 
 
 def _positive(value: float, zero: bool = False) -> bool:
@@ -248,7 +251,7 @@ def _prepare(loaded: LoadedModel, cfg: TrainConfig, objective: Objective) -> Non
 
 
 def _open_data(
-    cfg: TrainConfig, loaded: LoadedModel, feed: Feed, log: Callable[[str], None]
+    cfg: TrainConfig, loaded: LoadedModel, feed: LoaderSettings, log: Callable[[str], None]
 ) -> tuple[TrainData, list[Pair]]:
     """The training stream and the held-out pairs."""
     val = _read_pairs(cfg.val_data, cfg, log) if cfg.val_data else []
@@ -282,25 +285,36 @@ def _read_pairs(source: Path, cfg: TrainConfig, log: Callable[[str], None]) -> l
     return list(pairs)
 
 
+# TrainConfig fields that leave the curve as it is: a resumed run may change them
+_NOT_IN_CURVE = frozenset({"out", "image_col", "caption_col", "num_workers", "grad_checkpointing",
+                           "val_data", "val_classes", "image_root", "val_every", "save_every",
+                           "resume"})
+
+
 def _settings(cfg: TrainConfig, lr: float, world_size: int) -> dict[str, Any]:
-    """The settings that shape the curve, by flag: a resumed run must match every one."""
-    return {
-        "DATA": str(cfg.data), "--model": cfg.model.model, "--pretrained": cfg.model.pretrained,
-        "--objective": cfg.objective, "--distance-weight": cfg.distance_weight,
-        "--margin": cfg.margin, "--epochs": cfg.epochs, "--batch-size": cfg.batch_size,
-        "--grad-accum": cfg.grad_accum, "--nproc": world_size, "--lr": lr,
-        "--weight-decay": cfg.weight_decay, "--warmup": cfg.warmup,
-        "--val-fraction": cfg.val_fraction, "--seed": cfg.seed, "--augment": cfg.augment,
-        "--lock-image": cfg.lock_image, "--lock-text": cfg.lock_text,
-        "--precision": cfg.precision, "--samples-per-epoch": cfg.samples_per_epoch,
-    }
+    """The settings that shape the curve, by flag: a resumed run must match every one.
+
+    Every TrainConfig field but _NOT_IN_CURVE; --lr and --nproc as the run resolved them."""
+    resolved = {"data": str(cfg.data), "lr": lr, "nproc": world_size}
+    settings: dict[str, Any] = {}
+    for f in fields(cfg):
+        if f.name == "model":
+            settings.update({"--model": cfg.model.model, "--pretrained": cfg.model.pretrained})
+        elif f.name not in _NOT_IN_CURVE:
+            settings[_flag(f.name)] = resolved.get(f.name, getattr(cfg, f.name))
+    return settings
+
+
+def _flag(name: str) -> str:
+    """The command-line name of a TrainConfig field: batch_size -> --batch-size, data -> DATA."""
+    return "DATA" if name == "data" else "--" + name.replace("_", "-")
 
 
 # --- the run ----------------------------------------------------------------------------------
 
 
 @dataclass
-class _Record:
+class _Measurements:
     """Everything the loop has measured so far; plain values, so the resume state holds it."""
 
     step: int = 0  # optimizer steps done
@@ -322,10 +336,11 @@ class _Run:
         self.loaded = load_model(cfg.model, group.device)
         self.objective = Objective(cfg.objective, cfg.margin, cfg.distance_weight)
         _prepare(self.loaded, cfg, self.objective)
-        _seed_everything(cfg.seed)  # after load_model, which seeds random weights its own way
-        feed = Feed(cfg.batch_size, cfg.grad_accum, group.rank, group.world_size, cfg.seed,
-                    cfg.num_workers, cfg.augment)
+        _seed_everything(cfg.seed)
+        feed = LoaderSettings(cfg.batch_size, cfg.grad_accum, group.rank, group.world_size,
+                              cfg.seed, cfg.num_workers, cfg.augment)
         self.data, self.val_pairs = _open_data(cfg, self.loaded, feed, log)
+        self.val_classes = read_class_folder(cfg.val_classes) if cfg.val_classes else None
         self.lr = cfg.lr if cfg.lr is not None else _default_lr(self.loaded)
         self.total_steps = cfg.epochs * self.data.steps_per_epoch
         self.warmup_steps = round(cfg.warmup * self.total_steps)
@@ -333,10 +348,10 @@ class _Run:
         self.stepper = Stepper(self.loaded.model, optimizer, self.objective, group,
                                cfg.precision, cfg.grad_accum)
         self.settings = _settings(cfg, self.lr, group.world_size)
-        self.record = _Record()
+        self.record = _Measurements()
         self.saved_at = time.monotonic()
         self.curve = Curve(run_file(cfg.out, "curve.csv"), run_file(cfg.out, "curve.png"),
-                           self.objective.term_names)
+                           self.objective.term_names, classification=bool(cfg.val_classes))
 
     def train(self) -> TrainResult:
         if self.cfg.resume:
@@ -364,16 +379,16 @@ class _Run:
             record.epoch_seconds += time.perf_counter() - clock
             end_of_epoch = record.step == epoch * self.data.steps_per_epoch
             if cfg.val_every and record.step % cfg.val_every == 0 and not end_of_epoch:
-                self.curve.add_validation(record.step, epoch, self._validate())
-                self.log(f"step {record.step}/{self.total_steps}: "
-                         f"{_recall(self.curve.rows[-1])}")
+                val = self._validate()
+                self.curve.add_validation(record.step, epoch, val)
+                self.log(f"step {record.step}/{self.total_steps}: {_val_line(val)}")
             if self._save_due() and not end_of_epoch:
                 self._save_state()
             task.advance()
             clock = time.perf_counter()
         self._end_epoch(epoch, self._validate())
 
-    def _step(self, epoch: int, batch: Batch) -> None:
+    def _step(self, epoch: int, batch: StepBatch) -> None:
         record = self.record
         lr = lr_at(record.step, self.lr, self.warmup_steps, self.total_steps)
         result = self.stepper.step(batch, lr)
@@ -412,11 +427,16 @@ class _Run:
         return int(not all(bool(torch.isfinite(p).all()) for p in self.stepper.module.parameters()))
 
     def _validate(self) -> dict[str, Any]:
-        """Held-out recall, measured by rank 0 while the others wait."""
+        """Held-out recall (and classification accuracy), measured by rank 0 while the others
+        wait."""
         metrics: dict[str, Any] = {}
-        if self.val_pairs and self.group.is_main:
+        if (self.val_pairs or self.val_classes) and self.group.is_main:
             self.loaded.model.eval()
-            metrics = evaluate_pairs(ClipEncoder(self.loaded), self.val_pairs)
+            encoder = ClipEncoder(self.loaded)
+            if self.val_pairs:
+                metrics = evaluate_pairs(encoder, self.val_pairs)
+            if self.val_classes:
+                metrics["classification"] = evaluate_classes(encoder, self.val_classes)
         barrier(self.group)
         return metrics
 
@@ -445,7 +465,7 @@ class _Run:
         if state.scaler:
             self.stepper.scaler.load_state_dict(state.scaler)
         restore_rng(state.rng)
-        self.record = _Record(**state.progress)
+        self.record = _Measurements(**state.progress)
         self.curve.rows = list(self.record.curve)
         self.log(f"resumed from {path} at step {state.step}/{self.total_steps}")
 
@@ -515,26 +535,26 @@ def _mean(values: list[float]) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
-def _recall(row: dict[str, Any]) -> str:
-    if "val_t2i_R@1" not in row:
-        return "no held-out images"
-    return (f"val text->image R@1 {row['val_t2i_R@1']:.3f} R@5 {row['val_t2i_R@5']:.3f}, "
-            f"image->text R@1 {row['val_i2t_R@1']:.3f} R@5 {row['val_i2t_R@5']:.3f}")
-
-
 def _describe(stats: EpochStats, epochs: int) -> str:
     parts = [f"epoch {stats.epoch}/{epochs}"]
     if stats.train_loss is not None:
         parts.append(f"loss {stats.train_loss:.4f}")
     if stats.val:
-        t2i, i2t = stats.val["text_to_image"], stats.val["image_to_text"]
-        parts.append(f"val text->image R@1 {t2i['R@1']:.3f} R@5 {t2i['R@5']:.3f}, "
-                     f"image->text R@1 {i2t['R@1']:.3f} R@5 {i2t['R@5']:.3f}")
+        parts.append(_val_line(stats.val))
     if stats.unreadable:
         parts.append(f"skipped {stats.unreadable} unreadable images")
     if stats.epoch:
         parts.append(f"{stats.seconds:.1f} s")
     return ", ".join(parts)
+
+
+def _val_line(val: dict[str, Any]) -> str:
+    """Held-out recall and classification accuracy, as one part of a log line."""
+    parts = [recall_line(val)] if "text_to_image" in val else []
+    if "classification" in val:
+        line = Accuracy.from_json(val["classification"]).line()
+        parts.append(line if parts else f"val {line}")
+    return ", ".join(parts) or recall_line({})
 
 
 def _checkpoint_record(cfg: TrainConfig, lr: float, result: TrainResult) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import torch
 
-from retriever.training.datasets import Batch
+from retriever.training.datasets import StepBatch
 from retriever.training.distributed import Group, all_counts, all_sum, gather
 from retriever.training.losses import Objective
 from retriever.training.optimizer import set_lr
@@ -73,7 +73,7 @@ class Stepper:
             ids = [group.device.index] if group.device.type == "cuda" else None
             self.model = torch.nn.parallel.DistributedDataParallel(module, device_ids=ids)
 
-    def step(self, batch: Batch, lr: float) -> StepResult | None:
+    def step(self, batch: StepBatch, lr: float) -> StepResult | None:
         """Train on `batch` (this process's pairs of the step) at learning rate `lr`.
 
         None, in every process alike, when the step cannot be taken: fewer than two readable

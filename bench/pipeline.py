@@ -1,0 +1,116 @@
+"""Does indexing keep the encoder fed? The image encoder alone against the whole pipeline.
+
+    python -m bench.pipeline --export DIR [--n 200] [--batches 1 8 16 32 64]
+
+DIR: an ONNX export (`retriever.encoding.onnx_export.export`, e.g. ViT-B-32 with random
+weights: the computation is that of the real weights). For fp32 and int8: images/s of
+`OrtEncoder.encode_pixels` on ready pixels at each batch size (one warm-up call, then `--n`
+images; int8 runs one image per call whatever the batch, so only the plan's), then
+`index_media` over `--n` generated 1024x768 JPEGs (bench/photos.py) into a fresh
+index with the settings `retriever.encoding.cpu.plan` chooses, and the single-thread decode
+cost per photo. Every row records the 1-minute load average (other work shares the machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.photos import photo_folder
+from bench.results import machine_line, write_section
+
+
+def load() -> float:
+    return os.getloadavg()[0]
+
+
+def encoder_rate(export: Path, int8: bool, batch: int, n: int) -> float:
+    from retriever.encoding.ort_encoder import OrtEncoder
+
+    encoder = OrtEncoder(export, batch_size=batch, int8=int8)
+    size = encoder.pixels.size
+    pixels = np.random.default_rng(0).normal(0, 1, (n, 3, size, size)).astype(np.float32)
+    encoder.encode_pixels(pixels[:batch])  # warm-up: session, prepacking
+    start = time.perf_counter()
+    encoder.encode_pixels(pixels)
+    return n / (time.perf_counter() - start)
+
+
+def pipeline_rate(export: Path, int8: bool, photos: Path) -> float:
+    from retriever.encoding.cpu import plan
+    from retriever.encoding.ort_encoder import OrtEncoder
+    from retriever.library.collection import Collection
+    from retriever.library.indexer import IndexOptions, index_media
+
+    encoder = OrtEncoder(export, batch_size=plan().batch, int8=int8)
+    encoder.encode_pixels(np.zeros((1, 3, encoder.pixels.size, encoder.pixels.size),
+                                   np.float32))  # the session, as encoder_rate warms it
+    with tempfile.TemporaryDirectory() as db:
+        collection = Collection.open(Path(db))
+        try:
+            start = time.perf_counter()
+            report = index_media(collection, encoder, IndexOptions((photos,)))
+            seconds = time.perf_counter() - start
+        finally:
+            collection.close()
+    return report.images / seconds
+
+
+def decode_ms(export: Path, photos: Path) -> float:
+    from retriever.encoding.ort_encoder import OrtEncoder
+    from retriever.encoding.pixels import load_pixels
+
+    config = OrtEncoder(export).pixels
+    files = sorted(photos.glob("*.jpg"))[:50]
+    start = time.perf_counter()
+    for path in files:
+        load_pixels(path, config)
+    return 1000 * (time.perf_counter() - start) / len(files)
+
+
+def measure(export: Path, n: int, batches: list[int]) -> str:
+    from retriever.encoding.cpu import plan
+
+    photos = photo_folder("large", n)
+    chosen = plan()
+    lines = [f"Plan: {chosen}. Decoding one 1024x768 photo to pixels, one thread: "
+             f"{decode_ms(export, photos):.1f} ms (load {load():.1f}).", "",
+             "| tower | what | batch | images/s | x encoder alone at the plan's batch | load |",
+             "|---|---|---|---|---|---|"]
+    for int8 in (False, True):
+        tower = "int8" if int8 else "fp32"
+        alone = {batch: (encoder_rate(export, int8, batch, n), load())
+                 for batch in sorted({*batches, chosen.batch} if not int8 else {chosen.batch})}
+        base = alone[chosen.batch][0]
+        lines += [f"| {tower} | encoder alone | {batch} | {rate:.1f} | {rate / base:.2f} | "
+                  f"{avg:.1f} |" for batch, (rate, avg) in alone.items()]
+        end_to_end = pipeline_rate(export, int8, photos)
+        lines.append(f"| {tower} | index, end to end | {chosen.batch} | {end_to_end:.1f} | "
+                     f"{end_to_end / base:.2f} | {load():.1f} |")
+        print(lines[-1], flush=True)
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--export", type=Path, required=True)
+    parser.add_argument("--n", type=int, default=200)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 16, 32, 64])
+    parser.add_argument("--dry-run", action="store_true", help="print, leave RESULTS.md alone")
+    args = parser.parse_args(argv)
+    text = measure(args.export, args.n, args.batches)
+    print(text)
+    if not args.dry_run:
+        command = "python -m bench.pipeline " + " ".join(argv or sys.argv[1:])
+        write_section("pipeline", "Encoder alone against indexing end to end (CPU)", text,
+                      command, machine_line())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""The encoder an existing index was built with (`retriever.encoding.backends.open_encoder`
+opens one for any model spec; this one opens the model the index recorded)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from retriever.encoding.specs import ModelId, ModelSpec
+from retriever.errors import AskedModelDiffers, IndexNotFound
+
+if TYPE_CHECKING:
+    from retriever.encoding.encoders import Encoder
+    from retriever.library.collection import Collection
+    from retriever.progress import Progress
+
+
+def index_encoder(
+    collection: Collection,
+    asked: ModelSpec | None = None,
+    backend: str = "auto",
+    batch_size: int | None = None,
+    quick_start: bool = False,
+    purpose: str = "search",
+    progress: Progress | None = None,
+) -> Encoder:
+    """The encoder `collection` was built with, on `backend`; `asked` (a model or weights the
+    caller expects) must agree, else `AskedModelDiffers` for `purpose` ("search" or "index")."""
+    record = collection.model()
+    if record is None:
+        raise IndexNotFound(f"{collection.directory} holds no index yet: run `retriever index`")
+    if asked is not None:
+        for setting, value, recorded in (("model", asked.model, record.name),
+                                         ("pretrained", asked.pretrained, record.pretrained)):
+            if value is not None and not _same(value, recorded):
+                raise AskedModelDiffers(collection.directory, setting, value, recorded, purpose)
+    from retriever.encoding.backends import open_encoder
+
+    encoder = open_encoder(ModelId(record.name, record.pretrained), backend, None, batch_size,
+                           quick_start, progress)
+    # the files behind the recorded names may have changed since: same names, another model
+    collection.check_model(replace(record, dim=encoder.dim, fingerprint=encoder.fingerprint))
+    return encoder
+
+
+def _same(asked: str, recorded: str) -> bool:
+    return asked == recorded or os.path.abspath(os.path.expanduser(asked)) == recorded

@@ -1,0 +1,99 @@
+"""`retriever index` as one call: where the index lives, its vector-index settings, the one-writer
+lock, a reset on request, the encoder (asked for a new index, recorded for an existing one),
+then `indexer.index_media`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from index.ann import TYPES, AnnConfig
+from index.store import Counts
+from retriever.encoding.backends import open_encoder
+from retriever.encoding.encoders import Encoder
+from retriever.encoding.specs import ModelSpec
+from retriever.errors import BadSetting
+from retriever.library.collection import Collection
+from retriever.library.index_encoder import index_encoder
+from retriever.library.indexer import Engine, IndexOptions, IndexReport, index_media
+from retriever.library.locations import index_dir_for, register
+from retriever.media.scan import check_roots
+from retriever.progress import Progress
+
+ENGINES = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class IndexRequest:
+    options: IndexOptions  # the folders, and how their files are read
+    index_dir: Path | None = None  # None: $RETRIEVER_DB, else <first folder>/.retriever
+    model: ModelSpec = ModelSpec()  # a new index's model; else must agree
+    backend: str = "auto"  # see retriever.encoding.backends
+    ann: AnnConfig = AnnConfig()  # which FAISS index the vectors get
+    reindex: bool = False  # drop everything indexed first and re-encode with `model`
+    wait: bool = False  # another run is writing: wait for it instead of raising IndexBusy
+    store_url: str | None = None  # None: $RETRIEVER_STORE_URL, else <index_dir>/store.db
+    engine: str = "local"  # where files are read and encoded: ENGINES (see ray_engine)
+    ray_address: str | None = None  # engine "ray": the cluster; None: a local Ray for the run
+
+
+@dataclass(frozen=True)
+class IndexOutcome:
+    directory: Path  # where the index is
+    counts: Counts  # what it holds now
+    report: IndexReport  # what this run did
+
+
+def index_folders(request: IndexRequest, progress: Progress | None = None) -> IndexOutcome:
+    """Bring the index of `request.options.roots` up to date (see `indexer`)."""
+    roots = check_roots(request.options.roots)
+    check_ann(request.ann)
+    check_engine(request)
+    collection = Collection.open(index_dir_for(roots, request.index_dir), request.ann,
+                                 request.store_url)
+    with collection.writing(request.wait):
+        if request.reindex:
+            collection.reset()
+        encoder = _encoder(collection, request, progress)
+        report = index_media(collection, encoder, replace(request.options, roots=tuple(roots)),
+                             progress, _engine(request, encoder))
+    register(collection.directory, roots)  # `search` from inside any of the roots finds it
+    return IndexOutcome(collection.directory, collection.counts(), report)
+
+
+def check_ann(ann: AnnConfig) -> None:
+    if ann.kind not in TYPES:
+        raise BadSetting("index_type", repr(ann.kind), f"use one of {', '.join(TYPES)}")
+    if not 0 < ann.recall_target <= 1:  # NaN fails this too
+        raise BadSetting("recall_target", str(ann.recall_target),
+                         "pass a recall in (0, 1]")
+
+
+def check_engine(request: IndexRequest) -> None:
+    if request.engine not in ENGINES:
+        raise BadSetting("engine", repr(request.engine), f"use one of {', '.join(ENGINES)}")
+    if request.engine == "ray":
+        from retriever.library.ray_engine import check_ray
+
+        check_ray()  # before the model loads: one line saying how to install it
+    elif request.ray_address is not None:
+        raise BadSetting("ray_address", request.ray_address, "it needs --engine ray")
+
+
+def _engine(request: IndexRequest, encoder: Encoder) -> Engine | None:
+    if request.engine == "local":
+        return None  # indexer.LocalEngine
+    from retriever.library.ray_engine import RayEngine
+
+    return RayEngine(encoder, request.backend, request.ray_address,
+                     request.options.read_timeout)
+
+
+def _encoder(collection: Collection, request: IndexRequest,
+             progress: Progress | None) -> Encoder:
+    batch_size = None  # the encoder's own, for this CPU; options.batch_size: files per commit
+    if collection.model() is None:
+        return open_encoder(request.model, request.backend, None, batch_size, progress=progress)
+    # an existing index keeps its model; another one asked for is refused before loading
+    return index_encoder(collection, request.model, request.backend, batch_size,
+                         purpose="index", progress=progress)

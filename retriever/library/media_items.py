@@ -1,0 +1,54 @@
+"""Items beyond one per image and passages per text: the frames of a video (kind `video`, each at
+its moment) and the words read in an image (kind `image-text`, items of that image's file).
+
+The `read_*` functions run in the indexer's reader threads (decoding, OCR: the slow parts, under
+the per-file time limit); the `*_items` functions encode what they read, on the encoder's path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import BinaryIO
+
+import numpy as np
+
+from index.store import IMAGE_TEXT, VIDEO, FileRecord, ItemRecord
+from retriever.encoding.encoders import Encoder, InputSpec
+from retriever.encoding.pixels import PixelConfig
+from retriever.media.images import open_image
+from retriever.media.ocr import read_words
+from retriever.media.passages import Passage, split_passages
+from retriever.media.video import VideoOptions, sample_frames
+
+Frames = list[tuple[float, np.ndarray]]  # (seconds, (3, S, S) float32 model input)
+# OCR passages follow the image's own item (position 0) in their file
+FIRST_WORDS_POSITION = 1
+
+
+def read_video(fh: BinaryIO, record: FileRecord, pixels: PixelConfig,
+               options: VideoOptions) -> tuple[FileRecord, Frames]:
+    """The sampled frames of a video as model input, and its record with the video's size."""
+    video = sample_frames(fh, options, pixels.size)
+    frames = [(frame.time, pixels.preprocess(frame.image)) for frame in video.frames]
+    return replace(record, width=video.width, height=video.height), frames
+
+
+def video_items(frames: Frames, encoder: Encoder) -> list[ItemRecord]:
+    vectors = encoder.encode_pixels(np.stack([p for _, p in frames]))  # (n frames, dim)
+    return [ItemRecord(VIDEO, i, None, vector, time)
+            for i, ((time, _), vector) in enumerate(zip(frames, vectors, strict=True))]
+
+
+def read_image_words(fh: BinaryIO, spec: InputSpec, max_pixels: int) -> list[Passage]:
+    """The words Tesseract reads in the image, cut into passages the text encoder takes."""
+    fh.seek(0)
+    words = read_words(open_image(fh, max_pixels))
+    return split_passages(words, spec.count_tokens, spec.text_budget) if words else []
+
+
+def word_items(passages: list[Passage], encoder: Encoder) -> list[ItemRecord]:
+    if not passages:
+        return []
+    vectors = encoder.encode_texts([p.text for p in passages])  # (n passages, dim)
+    return [ItemRecord(IMAGE_TEXT, FIRST_WORDS_POSITION + p.position, p.text, vector)
+            for p, vector in zip(passages, vectors, strict=True)]

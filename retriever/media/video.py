@@ -1,0 +1,178 @@
+"""Video files as frames at sampled moments, decoded with PyAV (FFmpeg's libraries, a wheel: no
+system ffmpeg).
+
+Every frame is decoded and shrunk to a 16x16 colour signature by FFmpeg's scaler (cheap). A frame
+is a candidate when it differs from the frame before it by more than `scene` (a cut: the mean
+absolute difference of the signatures, 0..1), or when `every` seconds have passed since the last
+kept frame (the ceiling), and the first frame is one. A candidate near-identical to the last kept
+frame (difference under `same`) is merged into it, so a still shot gives one item however long it
+lasts. Past `max_frames` candidates, evenly spaced ones are kept. Kept frames are scaled by FFmpeg
+so their short side is `min_side` (the model's input; a 4K frame is never held whole).
+
+A file FFmpeg cannot open or decode (not a video, truncated, damaged) raises `VideoError`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from PIL import Image
+
+from retriever.errors import BadSetting, VideoError
+
+VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi"})
+SIGNATURE = 16  # px: the side of the colour thumbnail frames are compared by
+# One frame at least every 5 s: a 10-minute video is at most 120 items plus its cuts, and a
+# shot held longer than that is still one item (identical frames merge)
+DEFAULT_EVERY = 5.0
+DEFAULT_MAX_FRAMES = 120
+
+if TYPE_CHECKING:  # numpy loads when a video is read: the CLI imports this module at start
+    import numpy as np
+
+
+@dataclass(frozen=True)
+class VideoOptions:
+    every: float = DEFAULT_EVERY  # seconds: at least one frame this often (the ceiling)
+    scene: float = 0.08  # mean absolute difference (0..1) of consecutive frames that is a cut
+    same: float = 0.02  # a frame closer than this to the last kept one is merged into it
+    max_frames: int = DEFAULT_MAX_FRAMES  # frames kept per video at most (evenly spaced)
+
+    def __post_init__(self) -> None:
+        if not self.every > 0:
+            raise BadSetting("video_every", f"{self.every:g}", "must be more than 0 seconds")
+        if self.max_frames < 1:
+            raise BadSetting("video_max_frames", str(self.max_frames), "must be at least 1")
+
+
+@dataclass(frozen=True)
+class Frame:
+    time: float  # seconds from the start
+    image: Image.Image  # RGB, short side `min_side`
+
+
+@dataclass(frozen=True)
+class VideoFrames:
+    frames: list[Frame]
+    width: int  # the video's own size
+    height: int
+    duration: float  # seconds, the last decoded frame's time
+
+
+def sample_frames(source: Path | BinaryIO, options: VideoOptions, min_side: int) -> VideoFrames:
+    """The frames of `source` worth an item each (see the module docstring)."""
+    import av
+
+    name = source if isinstance(source, Path) else getattr(source, "name", "video")
+    try:
+        with av.open(str(source) if isinstance(source, Path) else source, "r") as container:
+            if not container.streams.video:
+                raise VideoError(f"{name}: no video stream", str(name))
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            width, height = stream.codec_context.width, stream.codec_context.height
+            kept, last = _sample(container.decode(stream), options, _scaled(width, height,
+                                                                            min_side))
+    except VideoError:
+        raise
+    except (av.FFmpegError, OSError, ValueError, EOFError) as err:
+        reason = getattr(err, "strerror", None) or str(err).strip() or type(err).__name__
+        raise VideoError(f"{name}: not a readable video ({reason})", str(name)) from err
+    if not kept:
+        raise VideoError(f"{name}: no decodable video frames", str(name))
+    return VideoFrames(_spread(kept, options.max_frames), width, height, last)
+
+
+def _sample(frames: Any, options: VideoOptions, size: tuple[int, int]
+            ) -> tuple[list[Frame], float]:
+    """(kept frames, the last frame's time) from decoded `frames`."""
+    kept: list[Frame] = []
+    previous = kept_signature = None
+    kept_at, time = float("-inf"), 0.0
+    for index, frame in enumerate(frames):
+        time = float(frame.time) if frame.time is not None else float(index)
+        signature = _signature(frame)
+        cut = previous is None or _difference(signature, previous) > options.scene
+        due = time - kept_at >= options.every
+        previous = signature
+        if not (cut or due):
+            continue
+        if kept_signature is not None and _difference(signature, kept_signature) < options.same:
+            kept_at = time  # the same picture as the last kept frame: merged into it
+            continue
+        image = frame.reformat(width=size[0], height=size[1], format="rgb24").to_image()
+        kept.append(Frame(round(time, 3), image))
+        kept_signature, kept_at = signature, time
+    return kept, time
+
+
+def frame_at(source: Path | BinaryIO, time: float, min_side: int) -> Image.Image:
+    """The frame shown at `time` seconds (the first at or after it), short side `min_side`.
+    Raises `VideoError`."""
+    import av
+
+    name = source if isinstance(source, Path) else getattr(source, "name", "video")
+    try:
+        with av.open(str(source) if isinstance(source, Path) else source, "r") as container:
+            stream = container.streams.video[0]
+            size = _scaled(stream.codec_context.width, stream.codec_context.height, min_side)
+            if stream.time_base is not None and time > 0:
+                container.seek(int(time / stream.time_base), stream=stream, backward=True)
+            chosen = None
+            for frame in container.decode(stream):
+                chosen = frame
+                if frame.time is None or frame.time >= time - 1e-3:
+                    break
+            if chosen is None:
+                raise VideoError(f"{name}: no frame at {time:g} s", str(name))
+            return chosen.reformat(width=size[0], height=size[1], format="rgb24").to_image()
+    except VideoError:
+        raise
+    except (av.FFmpegError, OSError, ValueError, EOFError, IndexError) as err:
+        raise VideoError(f"{name}: not a readable video ({err})", str(name)) from err
+
+
+def frame_jpeg(source: Path | BinaryIO, time: float, size: int) -> bytes:
+    """The frame at `time` as a JPEG, its longest side `size` pixels (a thumbnail)."""
+    import io
+
+    image = frame_at(source, time, size)
+    image.thumbnail((size, size))
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=85)
+    return buffer.getvalue()
+
+
+def clock(seconds: float) -> str:
+    """83.0 -> '01:23'; 3723.0 -> '1:02:03'."""
+    whole = int(seconds)
+    hours, rest = divmod(whole, 3600)
+    return (f"{hours}:" if hours else "") + f"{rest // 60:02d}:{rest % 60:02d}"
+
+
+def _signature(frame: Any) -> np.ndarray:
+    import numpy as np
+
+    small = frame.reformat(width=SIGNATURE, height=SIGNATURE, format="rgb24")
+    return small.to_ndarray().astype(np.float32) * np.float32(1 / 255)  # (16, 16, 3)
+
+
+def _difference(a: np.ndarray, b: np.ndarray) -> float:
+    return float(abs(a - b).mean())
+
+
+def _scaled(width: int, height: int, min_side: int) -> tuple[int, int]:
+    """(w, h) with the short side `min_side` (never enlarged), even numbers for the scaler."""
+    scale = min(1.0, min_side / max(1, min(width, height)))
+    return max(2, round(width * scale / 2) * 2), max(2, round(height * scale / 2) * 2)
+
+
+def _spread(frames: list[Frame], cap: int) -> list[Frame]:
+    if len(frames) <= cap:
+        return frames
+    import numpy as np
+
+    picks = np.linspace(0, len(frames) - 1, cap).round().astype(int)
+    return [frames[i] for i in sorted(set(picks.tolist()))]

@@ -1,0 +1,48 @@
+"""`retriever duplicates --html FILE`: a self-contained page, each group's copies side by side
+(thumbnails embedded as data URIs, as `search --html` does), best copy first."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+from pathlib import Path
+
+from retriever.library.duplicates import Copy, Group
+from retriever.search.html_page import check_target, image_tag, write_page
+
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font: 14px system-ui, sans-serif; margin: 1.5em; background: #fafafa; }}
+.group {{ display: flex; gap: 1em; overflow-x: auto; margin-bottom: 1.5em; padding: .6em;
+          background: #fff; border: 1px solid #ddd; border-radius: 6px; }}
+.copy {{ flex: 0 0 220px; }} .copy img {{ width: 100%; height: 180px; object-fit: contain;
+                                         background: #eee; }}
+.best {{ font-weight: 600; }} .path {{ color: #555; word-break: break-all; font-size: 12px; }}
+</style></head>
+<body><h1>{title}</h1><p>{count} groups, threshold {threshold}. Nothing was deleted.</p>
+{groups}
+</body></html>
+"""
+
+
+def write_duplicates_html(groups: Sequence[Group], path: Path, threshold: float) -> Path:
+    check_target(path)
+    body = "\n".join(_group(n, g) for n, g in enumerate(groups, 1))
+    return write_page(path, PAGE.format(title="retriever: duplicates", count=len(groups),
+                                        threshold=f"{threshold:g}", groups=body))
+
+
+def _group(number: int, group: Group) -> str:
+    copies = "".join(_copy(c, i == 0) for i, c in enumerate(group.copies))
+    return f'<section class="group" id="group-{number}">{copies}</section>'
+
+
+def _copy(c: Copy, best: bool) -> str:
+    size = f"{c.width}x{c.height}, " if c.width and c.height else ""
+    note = "best copy" if best else f"{c.score:.3f}"
+    if c.same_bytes_as:
+        note += f", same bytes as {c.same_bytes_as}"
+    return (f'<div class="copy">{image_tag(c.path)}<div class="{"best" if best else ""}">'
+            f'{html.escape(note)}</div><div>{size}{c.size:,} bytes</div>'
+            f'<div class="path">{html.escape(c.path)}</div></div>')

@@ -1,0 +1,108 @@
+"""How the CLI prints search results: a table per section, plain text from files, inline previews.
+
+Text from files (paths, captions, passages) is shown, never interpreted: C0/C1 controls, DEL and
+Unicode line/bidi controls become escapes (\\n, \\x1b), and rich never reads it as markup.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from retriever.search.query import Result
+
+CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+SECTION_TITLES = {"images": "images", "texts": "passages (and photos found by their captions)"}
+FOLDER_ROOM = 40  # characters of a path's folder part shown before it is shortened (never the name)
+
+
+def visible(text: str) -> str:
+    """`text` on one line with every control character written as an escape."""
+    return CONTROLS.sub(lambda m: SHORT_ESCAPES.get(m[0]) or ascii(m[0])[1:-1], text)
+
+
+def plain(text: str | None) -> Text:
+    """A table cell of text from a file: never read as markup, controls made visible."""
+    return Text(visible(text or ""))
+
+
+def short_path(path: str, room: int = FOLDER_ROOM) -> str:
+    """The full file name, its folder with ~ for home and cut from the left past `room`:
+    /home/me/Pictures/2023/trip/x.jpg -> ~/Pictures/2023/trip/x.jpg, or …/2023/trip/x.jpg."""
+    home = os.path.expanduser("~")
+    if home not in ("", "/") and path.startswith(home + os.sep):
+        path = "~" + path[len(home):]
+    folder, sep, name = path.rpartition(os.sep)
+    if len(folder) > room:
+        folder = "…" + folder[len(folder) - room + 1:]
+    return folder + sep + name
+
+
+def where(r: Result) -> str:
+    """The path as a row shows it: a video moment, a passage's number, words in an image."""
+    from retriever.media.video import clock
+
+    if r.time is not None:
+        return f"{short_path(r.path)} @ {clock(r.time)}"
+    if r.kind == "text":
+        return f"{short_path(r.path)} #{r.position}"
+    if r.kind == "image-text":
+        return f"{short_path(r.path)} (words in it)"
+    return short_path(r.path)
+
+
+def results_tables(results: Sequence[Result]) -> list[Table]:
+    """One table per section present (images, then passages), each without empty columns."""
+    tables = []
+    for section, title in SECTION_TITLES.items():
+        rows = [r for r in results if r.section == section]
+        if not rows:
+            continue
+        texts = [r.caption or r.passage for r in rows]
+        columns = ["id", "score", "path"] + (["caption / passage"] if any(texts) else [])
+        both = len({r.section for r in results}) > 1
+        table = Table(*columns, title=title if both else None, title_justify="left")
+        table.columns[2].overflow = "fold"  # a long name wraps; it is never cut
+        for r, text in zip(rows, texts, strict=True):
+            cells: list[str | Text] = [str(r.id), f"{r.score:.3f}", plain(where(r))]
+            table.add_row(*cells, *([plain(text)] if any(texts) else []))
+        tables.append(table)
+    return tables
+
+
+def print_results(out: Console, results: Sequence[Result]) -> None:
+    """The tables; as wide as they need when stdout is not a terminal (nothing is cut)."""
+    if not out.is_terminal:  # piped: as wide as the rows need, never cut at 80 columns
+        out = Console(file=out.file, width=10_000, highlight=False, emoji=False)
+    for table in results_tables(results):
+        out.print(table)
+
+
+def print_previews(out: Console, err: Console, results: Sequence[Result]) -> None:
+    """Thumbnails inline (kitty, iTerm2), each with its row; elsewhere, the tables."""
+    from retriever.errors import ImageError
+    from retriever.media.images import thumbnail_bytes
+    from retriever.search.preview import inline_image, terminal_protocol
+
+    protocol = terminal_protocol()
+    if protocol is None or not out.is_terminal:
+        err.print("--preview needs a kitty or iTerm2 terminal on stdout; showing the table",
+                  markup=False)
+        print_results(out, results)
+        return
+    for r in results:
+        if r.kind == "image":
+            with contextlib.suppress(ImageError, OSError):  # the row still prints below
+                sys.stdout.write(inline_image(thumbnail_bytes(Path(r.path), 160, "PNG"),
+                                              protocol) + "\n")
+        text = r.caption if r.kind == "image" else f"#{r.position}: {r.passage}"
+        out.print(visible(f"{r.score:.3f}  {r.path}  {text or ''}"), markup=False)

@@ -1,0 +1,152 @@
+"""`--engine ray`: the same collection as the local engine, incremental, and a killed driver
+loses nothing committed. One local Ray for the module (2 CPUs, no dashboard)."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from contextlib import closing
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from index.store import Store
+from retriever.encoding.specs import ModelSpec
+from retriever.library.indexer import IndexOptions
+from retriever.library.indexing import IndexOutcome, IndexRequest, index_folders
+
+from .conftest import write_photo
+from .postgres import Stores
+from .test_faults import contents
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGES = 60
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Ray Data's own
+
+
+@pytest.fixture(scope="module")
+def ray_address():
+    """The module's Ray: its address, for a driver in another process."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory) -> Path:
+    """Photos (one a copy of another), documents, a caption, and one broken image."""
+    root = tmp_path_factory.mktemp("ray-media")
+    for i in range(IMAGES):
+        write_photo(root / f"p{i:03d}.jpg", (i * 37 % 256, i * 91 % 256, i * 53 % 256))
+    (root / "copy.jpg").write_bytes((root / "p001.jpg").read_bytes())
+    (root / "p002.txt").write_text("a caption for the third photo")
+    for i in range(6):
+        (root / f"n{i}.md").write_text(f"note {i}\n\n" + "words about photos " * (10 * i + 1))
+    (root / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    return root
+
+
+def index(media: Path, db: Path, engine: str) -> IndexOutcome:
+    options = IndexOptions((media,), batch_size=8)
+    return index_folders(IndexRequest(options, db, ModelSpec("retriever-tiny", "none"), "torch",
+                                      engine=engine))
+
+
+def files(db: Path) -> dict:
+    store = Store(f"sqlite:///{db / 'store.db'}")
+    states = store.file_states()
+    store.close()
+    return states
+
+
+def stored_files(db: Path) -> int:
+    """Files in the store as a reader sees it while a writer works (0 before it has any)."""
+    try:
+        with closing(sqlite3.connect(f"file:{db / 'store.db'}?mode=ro", uri=True)) as con:
+            return con.execute("SELECT count(*) FROM files").fetchone()[0]
+    except sqlite3.Error:  # not created yet
+        return 0
+
+
+def assert_same(db: Path, clean: Path) -> None:
+    """Same files (sizes, times, hashes), same items, vectors within 1e-5."""
+    assert files(db) == files(clean)
+    got, want = contents(db, Stores(None, db)), contents(clean, Stores(None, clean))
+    assert got.keys() == want.keys()
+    for key, vector in got.items():
+        np.testing.assert_allclose(vector, want[key], atol=1e-5)
+
+
+def test_ray_indexes_what_local_does_then_nothing(ray_address, media, tmp_path):
+    local = index(media, tmp_path / "local", "local")
+    ray = index(media, tmp_path / "ray", "ray")
+    assert ray.counts == local.counts
+    assert (ray.report.images, ray.report.texts, ray.report.passages) == (
+        local.report.images, local.report.texts, local.report.passages)
+    assert ray.report.failures == local.report.failures  # broken.jpg, worded alike
+    assert [f.path for f in ray.report.failures] == [str(media / "broken.jpg")]
+    assert_same(tmp_path / "ray", tmp_path / "local")
+
+    again = index(media, tmp_path / "ray", "ray")
+    assert (again.report.encoded, again.report.unchanged) == (0, local.report.scanned - 1)
+    assert again.report.known_failures == 1
+
+
+def test_killed_driver_then_rerun_indexes_every_file_once(ray_address, media, tmp_path):
+    index(media, tmp_path / "clean", "local")
+    db = tmp_path / "killed"
+    cmd = [sys.executable, str(ROOT / "cli.py"), "index", str(media), "--db", str(db),
+           "--model", "retriever-tiny", "--pretrained", "none", "--batch-size", "4",
+           "--backend", "torch", "--engine", "ray", "--ray-address", ray_address]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    committed = 0
+    while proc.poll() is None and committed == 0:  # kill once the first batches are stored
+        time.sleep(0.05)
+        committed = stored_files(db)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    total = len(files(tmp_path / "clean"))
+    assert 0 < committed < total, f"{committed} of {total} files stored at the kill"
+    kept = contents(db, Stores(None, db))
+
+    rerun = subprocess.run(cmd, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert kept.keys() <= contents(db, Stores(None, db)).keys()
+    assert_same(db, tmp_path / "clean")  # every file once: paths are the store's keys
+
+
+def test_a_worker_with_other_weights_is_refused(ray_address, media, tiny_encoder):
+    """Each actor builds the model from its names; weights that differ there are not used."""
+    from retriever.errors import ModelMismatch
+    from retriever.library.indexer import IndexOptions, _reader
+    from retriever.library.ray_engine import RayEngine
+    from retriever.media.scan import scan
+
+    engine = RayEngine(tiny_encoder, "torch", None, 60.0)
+    engine._model = replace(engine._model, fingerprint="0" * 64)  # as another machine's differ
+    read = _reader(tiny_encoder.input_spec(), {}, IndexOptions((media,)))
+    with pytest.raises(ModelMismatch, match="is not the driver's model"), engine:
+        list(engine.chunks(scan([media], (), False).files[:4], read, 4))
+
+
+def test_without_ray_it_is_one_line_naming_the_extra(cli, media, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray.data", None)  # `import ray.data` fails, as uninstalled
+    result = cli("index", media, "--db", tmp_path / "db", "--engine", "ray",
+                 "--model", "retriever-tiny", "--pretrained", "none")
+    assert result.exit_code == 2
+    assert result.stderr.strip() == ("error: --engine ray needs Ray, which is not installed: "
+                                     "pip install 'retriever[ray]'")
+    assert not (tmp_path / "db").exists()  # refused before anything was made
+
+
+def test_a_ray_address_needs_the_ray_engine(cli, media, tmp_path):
+    result = cli("index", media, "--db", tmp_path / "db", "--ray-address", "head:6379")
+    assert result.exit_code == 2 and "--ray-address head:6379: it needs --engine ray" in (
+        result.stderr)
