@@ -132,7 +132,8 @@ def index_media(
     progress = progress or NullProgress()
     roots = check_roots(options.roots)
     store = collection.store
-    _check_output(encoder)
+    if collection.model() is None:  # probed once, when an index first takes a model: later
+        _check_output(encoder)  # runs are pinned to it by its fingerprint (bind_model)
     if options.ocr:
         check_tesseract()
     collection.bind_model(
