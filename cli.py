@@ -179,7 +179,7 @@ OcrOpt = Annotated[bool, typer.Option(
     "--ocr", help="Read words in images with Tesseract; they are searched as texts.")]
 EngineOpt = Annotated[str, typer.Option(
     "--engine", help="local (this process), or ray: read and encode on a Ray cluster "
-    "(pip install 'retriever[ray]').")]
+    "(pip install 'retriever\\[ray]').")]
 RayAddressOpt = Annotated[str | None, typer.Option(
     "--ray-address", help="With --engine ray: the cluster (HOST:6379, from `ray start --head`); "
     "default: a Ray of this machine for the run.")]
@@ -202,7 +202,7 @@ def index(
 ) -> None:
     """Embed every image, video frame and text passage under FOLDERS; again, only what changed.
 
-    Example: retriever index ~/Pictures ~/Notes --exclude 'tmp/*' --ocr --video-every 5
+    Example: retriever index ~/Pictures ~/Notes --exclude 'tmp/*' --ocr --video-every 2
     """
     from index.ann import AnnConfig
     from retriever.encoding.specs import ModelSpec

@@ -47,6 +47,7 @@ def ingest(url: str, rows: int, dim: int) -> dict:
     """Write `rows` image files, one item each, in transactions of BATCH; seconds in writes."""
     from index.store import IMAGE, FileRecord, ItemRecord, ModelRecord, Store
 
+    load = os.getloadavg()[0]
     store = Store(url)
     store.set_model(ModelRecord(*MODEL, dim))
     writing = 0.0
@@ -62,7 +63,7 @@ def ingest(url: str, rows: int, dim: int) -> dict:
         store.write_files(batch)
         writing += time.perf_counter() - began
     store.close()
-    return {"rows": rows, "write_s": writing}
+    return {"rows": rows, "write_s": writing, "load": [load, os.getloadavg()[0]]}
 
 
 def build(directory: str) -> dict:
@@ -109,23 +110,202 @@ def delta(directory: str, rows: int, dim: int) -> dict:
 def recall(directory: str, queries: int, dim: int) -> dict:
     """recall@10 of the saved index against exact search over every stored vector."""
     from bench.vector_search import clustered
-    from index.ann import Neighbours, recall_at
-    from index.store import IMAGE, Store
+    from index.ann import recall_at
+    from index.store import IMAGE
     from retriever.library.collection import Collection
 
     collection = Collection.open(Path(directory))
     asked = clustered(queries, dim, seed=QUERY_SEED)
     found = collection.vectors(IMAGE).search(asked, 10)[1]
+    return {"recall": recall_at(exact_ids(directory, asked), found),
+            "rebuilt": collection.rebuilt}
+
+
+def exact_ids(directory: str, asked):
+    """(q, 10) ids of the exact neighbours of `asked` (q, dim), streamed over the store."""
+    from index.ann import Neighbours
+    from index.store import IMAGE, Store
+
     store = Store(f"sqlite:///{Path(directory) / 'store.db'}", read_only=True)
     exact = Neighbours(asked, 10)
     for ids, vectors in store.vector_batches(IMAGE):
         exact.update(ids, vectors)
-    return {"recall": recall_at(exact.ids, found), "rebuilt": collection.rebuilt}
+    store.close()
+    return exact.ids
+
+
+# --- an IVF searched from disk (index.ondisk) against loaded in memory: --on-disk ----------
+
+ON_DISK_KINDS = ("ivf", "ivfpq")
+SEARCHED = {"no": "in memory", "yes": "on disk"}  # AnnConfig.on_disk -> how it is searched
+
+
+def remake(directory: str, kind: str, rows: int, dim: int) -> dict:
+    """The saved index rebuilt from the store as `kind`, then a run that adds 1% more items
+    and removes 0.5%, saved as a delta: what a reader then finds."""
+    from index.ann import AnnConfig
+    from index.store import IMAGE, FileRecord, ItemRecord
+    from retriever.library.collection import Collection
+
+    folder, ann, n = Path(directory), AnnConfig(kind), ON_DISK_KINDS.index(kind)
+    for old in folder.glob("images.faiss*"):
+        old.unlink()
+    collection = Collection.open(folder, ann)
+    began = time.perf_counter()
+    with collection.writing():
+        collection.save()
+    built = time.perf_counter() - began
+    extra, gone = max(1, rows // 100), max(1, rows // 200)
+    vectors = vectors_for(rows + n * extra, extra, dim)
+    with collection.writing():
+        for start in range(0, extra, BATCH):
+            collection.write_files([(FileRecord(f"/bench/scale/{kind}/{i}.jpg", IMAGE,
+                                                f"{kind}{i}", 1, 1.0),
+                                     [ItemRecord(IMAGE, 0, None, v)])
+                                    for i, v in enumerate(vectors[start:start + BATCH], start)])
+        collection.remove_files([f"/bench/scale/{i // 1000:04d}/{i:07d}.jpg"
+                                 for i in range(n * gone, (n + 1) * gone)])
+        collection.save()
+    index = collection.vectors(IMAGE)
+    return {"build_s": built, "kind": index.kind, "count": len(index),
+            "nlist": getattr(index.faiss_index, "nlist", 0),
+            "nprobe": getattr(index.faiss_index, "nprobe", 0), "added": extra, "removed": gone,
+            "index_bytes": (folder / "images.faiss").stat().st_size,
+            "delta_bytes": sum(p.stat().st_size for p in folder.glob("images.faiss.delta*"))}
+
+
+def truth(directory: str, queries: int, dim: int) -> dict:
+    """Exact neighbours of the bench's queries, kept in <directory>/truth.npy (q, 10)."""
+    import numpy as np
+
+    from bench.vector_search import clustered
+
+    asked = clustered(queries, dim, seed=QUERY_SEED)
+    np.save(Path(directory) / "truth.npy", exact_ids(directory, asked))
+    return {"queries": queries}
+
+
+def searching(directory: str, mode: str, queries: int, dim: int) -> dict:
+    """One reader (`AnnConfig.on_disk` = `mode`): open the saved index, drop its files from the
+    page cache, then ask the queries one at a time twice: cold (each query's lists read from
+    disk when mapped), then warm. Its ids (q, 10) go to <directory>/found-<mode>.npy."""
+    import numpy as np
+
+    from bench.speed import summary
+    from bench.vector_search import clustered
+    from index.ann import AnnConfig, recall_at
+    from index.store import IMAGE
+    from retriever.library.collection import Collection
+
+    asked = clustered(queries, dim, seed=QUERY_SEED)
+    evict(Path(directory))  # both readers load from the disk
+    began = time.perf_counter()
+    searcher = Collection.open(Path(directory), AnnConfig(on_disk=mode)).searcher(IMAGE)
+    loaded = time.perf_counter() - began
+    evict(Path(directory))  # read again by the checksums: the first queries read the disk
+    passes = []
+    for _ in range(2):
+        ms = []
+        for query in asked:
+            began = time.perf_counter()
+            searcher.search(query[None], 10)
+            ms.append((time.perf_counter() - began) * 1000)
+        passes.append(ms)
+    found = searcher.search(asked, 10)[1]
+    np.save(Path(directory) / f"found-{mode}.npy", found)
+    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
+    kb = {k: int(status[k].split()[0]) / 1024 for k in ("RssAnon", "RssFile")}
+    return {"searcher": type(searcher).__name__, "load_s": loaded, "first_ms": passes[0][0],
+            "cold": summary(passes[0]), "warm": summary(passes[1]), "anon_mb": kb["RssAnon"],
+            "file_mb": kb["RssFile"],
+            "recall": recall_at(np.load(Path(directory) / "truth.npy"), found)}
+
+
+def evict(directory: Path) -> None:
+    """Drop the index files' pages from the page cache (those no process has mapped)."""
+    for path in directory.glob("images.faiss*"):
+        fd = os.open(path, os.O_RDONLY)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # clean pages: dropped
+        os.close(fd)
+
+
+def on_disk_runs(args: argparse.Namespace, directory: Path) -> dict:
+    """Ingest, exact neighbours, then for each IVF kind: build + delta, and a reader of each
+    kind; what has run is kept in WORK/ondisk-<rows>.json as it goes."""
+    import numpy as np
+
+    r: dict = {"load_before": os.getloadavg()}
+    kept = WORK / f"ondisk-{args.rows}.json"
+    r["ingest"] = step("ingest", args, url=f"sqlite:///{directory / 'store.db'}")
+    r["truth"] = step("truth", args, db=directory)
+    for kind in ON_DISK_KINDS:
+        r[kind] = {"built": step("remake", args, db=directory, kind=kind)}
+        for mode in SEARCHED:
+            r[kind][mode] = step("searching", args, db=directory, mode=mode)
+        found = [np.load(directory / f"found-{mode}.npy") for mode in SEARCHED]
+        r[kind]["same_ids"] = float(np.mean(found[0] == found[1]))
+        kept.write_text(json.dumps(r, indent=1))
+    r["load_after"] = os.getloadavg()
+    kept.write_text(json.dumps(r, indent=1))
+    return r
+
+
+def on_disk_table(r: dict, args: argparse.Namespace) -> list[str]:
+    rows = ["| index | searched | load | peak RSS | at the end: private + file pages | first "
+            "query, cold | p50 / p95 cold | p50 / p95 warm | recall@10 |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for kind in ON_DISK_KINDS:
+        b = r[kind]["built"]
+        name = (f"{b['kind']} nlist {b['nlist']} nprobe {b['nprobe']}: "
+                f"{b['index_bytes'] / 1e6:,.0f} MB + {b['delta_bytes'] / 1e6:,.1f} MB delta")
+        for mode, how in SEARCHED.items():
+            m = r[kind][mode]
+            rows.append(f"| {name} | {how} ({m['searcher']}) | {m['load_s']:.1f} s | "
+                        f"{m['peak_mb']:,.0f} MB | {m['anon_mb']:,.0f} + {m['file_mb']:,.0f} "
+                        f"MB | {m['first_ms']:.1f} ms | {m['cold']['p50']:.2f} / "
+                        f"{m['cold']['p95']:.2f} ms | {m['warm']['p50']:.2f} / "
+                        f"{m['warm']['p95']:.2f} ms | {m['recall']:.3f} |")
+    return rows
+
+
+def on_disk_section(args: argparse.Namespace) -> None:
+    """Run (or with --section-only, reread) the on-disk measurements; write their section."""
+    if args.section_only:
+        r = json.loads((WORK / f"ondisk-{args.rows}.json").read_text())
+    else:
+        directory = WORK / f"ondisk-{args.rows}-{args.dim}"
+        shutil.rmtree(directory, ignore_errors=True)
+        directory.mkdir(parents=True)
+        r = on_disk_runs(args, directory)
+    b = r["ivf"]["built"]
+    same = ", ".join(f"{kind} {r[kind]['same_ids']:.0%}" for kind in ON_DISK_KINDS)
+    notes = [
+        "", f"Each index holds {args.rows:,} clustered vectors saved whole, then a run that "
+        f"added {b['added']:,} and removed {b['removed']:,} saved as a delta; each row is one "
+        f"reader process (`Collection.searcher`, `AnnConfig.on_disk` no / yes) that loads it "
+        "from the disk (its files dropped from the page cache first, posix_fadvise "
+        "DONTNEED; the checksums read them whole, as always), drops them again, then asks the "
+        "queries one at a time: a first pass (cold: on disk, each query's lists are read from "
+        "the disk) and a second (warm). Peak RSS is the process's (os.wait4), file pages "
+        "included; \"private\" is RssAnon at the end, \"file pages\" RssFile: the shared "
+        "libraries (about 100 MB) and the mapped index pages then resident, which the kernel "
+        "drops under memory pressure. Ids equal to the in-memory reader's, query by query: "
+        f"{same}.",
+    ]
+    command = (f"python -m bench.scale --on-disk --rows {args.rows} --dim {args.dim} "
+               f"--queries {args.queries}")
+    loads = f"load average {r['load_before'][0]:.1f} before, {r['load_after'][0]:.1f} after"
+    write_section("scale-ondisk", f"Scale: an IVF searched from disk, {args.rows:,} items (CPU)",
+                  "\n".join([*on_disk_table(r, args), *notes]), command,
+                  f"{machine_line()}; {loads} (the machine is shared with other test runs)")
 
 
 STEPS = {"ingest": lambda a: ingest(a.url, a.rows, a.dim), "build": lambda a: build(a.db),
          "delta": lambda a: delta(a.db, a.rows, a.dim),
-         "recall": lambda a: recall(a.db, a.queries, a.dim)}
+         "recall": lambda a: recall(a.db, a.queries, a.dim),
+         "truth": lambda a: truth(a.db, a.queries, a.dim),
+         "remake": lambda a: remake(a.db, a.kind, a.rows, a.dim),
+         "searching": lambda a: searching(a.db, a.mode, a.queries, a.dim)}
 
 
 def step(name: str, args: argparse.Namespace, **given: object) -> dict:
@@ -218,10 +398,11 @@ def table(r: dict, args: argparse.Namespace) -> list[str]:
     index_mb = built.get("index_bytes", 0) / 1e6
     rows = [
         "| step | measured | target |", "|---|---|---|",
-        f"| ingest into SQLite, {args.rows:,} items | {args.rows / sqlite['write_s']:,.0f} rows/s"
+        f"| ingest into SQLite, {args.rows:,} items{loaded(sqlite)} | "
+        f"{args.rows / sqlite['write_s']:,.0f} rows/s"
         f" ({sqlite['write_s']:.0f} s), store {sqlite['store_bytes'] / 1e9:.2f} GB, peak RSS "
         f"{sqlite['peak_mb']:,.0f} MB | >= 20,000 rows/s |",
-        (f"| ingest into PostgreSQL, {args.postgres_rows:,} items | "
+        (f"| ingest into PostgreSQL, {args.postgres_rows:,} items{loaded(pg)} | "
          f"{args.postgres_rows / pg['write_s']:,.0f} rows/s ({pg['write_s']:.0f} s), database "
          f"{pg['store_bytes'] / 1e9:.2f} GB, peak RSS {pg['peak_mb']:,.0f} MB | >= 10,000 rows/s |"
          if pg else "| ingest into PostgreSQL | not measured (no PostgreSQL) | >= 10,000 rows/s |"),
@@ -240,18 +421,24 @@ def table(r: dict, args: argparse.Namespace) -> list[str]:
         f"| next run: +{dl['rows']:,} items, then save | save {dl['save_s']:.1f} s writing "
         f"{dl['delta_bytes'] / 1e6:.1f} MB in {dl['deltas']} delta file (whole file: "
         f"{index_mb:,.0f} MB); peak RSS {dl['peak_mb']:,.0f} MB | saved incrementally |",
-        "| Ray engine against the local engine, same folder (200 JPEGs), retriever-tiny | "
-        "local 20-21 images/s; ray 6.1-6.8 starting its own Ray (-66% to -71%), 7.6-10.6 "
-        "joining a running one (-47% to -64%): measured by the Ray engine's author, not by "
-        "this script (README, \"When one machine is not enough\") | - |",
+        "| Ray engine against the local engine, same folder, retriever-tiny | "
+        "`python -m bench.engines` (section \"Ray engine against the local engine, one "
+        "machine\" below): within 20% from about 1,000 photos joining a running Ray, 3,000 "
+        "starting its own | within 20% |",
     ]
     return rows
 
 
+def loaded(result: dict) -> str:
+    """The load average around an ingest step, where it was kept: the machine is shared."""
+    return f" (load {result['load'][0]:.1f} -> {result['load'][1]:.1f})" if "load" in result else ""
+
+
 NOTES = [
     "Rates are rows of `Store.write_files` over the seconds spent in it (generating the "
-    "vectors is not counted). The SQLite store keeps SQLite's 4 KiB pages, in which a 2 KiB "
-    "512-d vector row fills a page alone: its bytes a row are about twice the data. Item "
+    "vectors is not counted). A new SQLite store has 32 KiB pages, 15 rows of 2 KiB 512-d "
+    "vectors each (SQLite's default 4 KiB pages held one, in an overflow page of its own: "
+    "twice the bytes); PostgreSQL takes the rows by binary COPY. Item "
     "queries ask for an item's neighbours (its vector read from the store, then the FAISS "
     "search); text queries add the text tower of a random-weight ViT-B-32 on this CPU. "
     "Recall is of fresh queries from the corpus's distribution against exact search over "
@@ -308,12 +495,19 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--section-only", action="store_true",
                         help="Rewrite the section from the kept results-<rows>.json.")
+    parser.add_argument("--on-disk", action="store_true",
+                        help="Measure an IVF searched from disk against in memory instead.")
     parser.add_argument("--step", choices=STEPS, help=argparse.SUPPRESS)
+    parser.add_argument("--kind", help=argparse.SUPPRESS)
+    parser.add_argument("--mode", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--db", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.step:
         print(json.dumps(STEPS[args.step](args)))
+        return
+    if args.on_disk:
+        on_disk_section(args)
         return
     args.postgres_rows = args.postgres_rows or args.rows
     if args.section_only:
@@ -328,6 +522,15 @@ def main() -> None:
              f"a kind on each query (`Store.has_items`): before, item queries took p50 "
              f"{before['item']['p50']:.1f} ms, text queries {before['text']['p50']:.1f} ms, "
              "70 ms of it that count."] if before else []
+    if "ingest_before" in r:
+        was = r["ingest_before"]
+        fixed.append(f"The ingest rows were measured again (`bench.scale.step(\"ingest\", ...)`,"
+                     f" `bench.scale.postgres_ingest`, fresh stores) once `Store.write_files` "
+                     f"wrote by executemany (SQLite, 32 KiB pages) and binary COPY (PostgreSQL)"
+                     f" with ids from the database's counters; before, the same steps took "
+                     f"{was['sqlite']:,.0f} and {was['postgres']:,.0f} rows/s on a quiet "
+                     f"machine (4 KiB pages, INSERTs and ids read back). The other rows are "
+                     f"those of the whole run, its SQLite store made with 4 KiB pages.")
     if "sqlite_quiet" in r or "postgres_quiet" in r:
         fixed.append("The rows \"again, alone\" ran the same ingest step later "
                      "(`bench.scale.step(\"ingest\", ...)`, `bench.scale.postgres_ingest`) into "

@@ -12,7 +12,8 @@ search reaches the target on sample queries. All three remove by id (store delet
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -25,9 +26,12 @@ TYPES = ("auto", "flat", "ivf", "ivfpq")
 # nothing to win from approximation.
 FLAT_UP_TO = 50_000
 TRAIN_PER_LIST = 40  # training points per centroid (FAISS warns under 39)
+PQ_BITS = 8  # bits of each IVF-PQ sub-quantizer code: 256 centroids, one byte
 TUNE_QUERIES = 200
 TUNE_K = 10
 PLATEAU = 0.002  # recall gained by doubling nprobe below which tuning stops
+ON_DISK = ("auto", "yes", "no")  # whether readers search a saved IVF from disk (index.ondisk)
+ENV_ON_DISK = "RETRIEVER_INDEX_ON_DISK"
 
 
 @dataclass(frozen=True)
@@ -35,14 +39,21 @@ class AnnConfig:
     kind: str = "auto"  # one of TYPES; auto follows corpus size and memory budget
     recall_target: float = 0.95  # recall@10 against exact search that nprobe is tuned to
     memory_budget: int | None = None  # bytes the vectors may take; beyond it, ivfpq
+    # readers search a saved IVF from disk, its lists memory-mapped (index.ondisk): one of
+    # ON_DISK, auto = when its files are large for the memory available; $RETRIEVER_INDEX_ON_DISK
+    on_disk: str = field(default_factory=lambda: os.environ.get(ENV_ON_DISK) or "auto")
 
 
 def choose(n: int, dim: int, cfg: AnnConfig) -> str:
-    if cfg.kind != "auto":
-        return cfg.kind
-    if cfg.memory_budget is not None and n * dim * 4 > cfg.memory_budget:
-        return "ivfpq"
-    return "flat" if n <= FLAT_UP_TO else "ivf"
+    kind = cfg.kind
+    if kind == "auto":
+        over_budget = cfg.memory_budget is not None and n * dim * 4 > cfg.memory_budget
+        kind = "ivfpq" if over_budget else "flat" if n <= FLAT_UP_TO else "ivf"
+    # IVF-PQ's codebooks need 2**PQ_BITS training vectors (FAISS refuses fewer): until its
+    # sample holds that many, exact search; Collection._fit rebuilds it as IVF-PQ once it does
+    if kind == "ivfpq" and min(n, nlist_for(n) * TRAIN_PER_LIST) < 2 ** PQ_BITS:
+        return "flat"
+    return kind
 
 
 def nlist_for(n: int) -> int:
@@ -65,7 +76,7 @@ def empty(kind: str, dim: int, n: int) -> faiss.Index:
         return faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
     if kind == "ivfpq":
         m = _pq_subquantizers(dim)
-        return faiss.IndexIVFPQ(quantizer, dim, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
+        return faiss.IndexIVFPQ(quantizer, dim, nlist, m, PQ_BITS, faiss.METRIC_INNER_PRODUCT)
     raise ValueError(f"unknown index type {kind!r}: use one of {', '.join(TYPES)}")
 
 

@@ -3,7 +3,8 @@
 A writer's run that adds 1,000 vectors to a 1M-vector IVF should not rewrite 2 GB. So an IVF
 index, once saved whole, is saved incrementally: each run writes one delta file holding only its
 changes, and loading applies the deltas in order to the whole file (removals, then additions),
-giving one in-memory index again (searched as before). A delta is three arrays, one after the
+giving one in-memory index again (searched as before); or, for a reader searching the file from
+disk (index.ondisk), a small in-memory part beside it. A delta is three arrays, one after the
 other in one .npy stream:
 
     added ids (n,) int64, added vectors (n, dim) float32, removed ids (r,) int64

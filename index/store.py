@@ -4,145 +4,60 @@ The store is the source of truth. It holds files, the items embedded from them (
 passage of a text), and each item's vector as a float32 blob, so the FAISS index can always be
 rebuilt from it. SQLite by default, or PostgreSQL (`postgresql+psycopg://...`); the SQL is
 portable, the few differences (DDL words, error codes, the writer lock) are chosen per database.
+SQLAlchemy and the mapped tables (index/tables.py) are imported when the first `Store` is made;
+a one-off search of a current SQLite store reads it through sqlite3 alone (`SqliteReader`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import socket
+import sqlite3
 import time
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 import numpy as np
-from sqlalchemy import (
-    BigInteger,
-    Engine,
-    Float,
-    ForeignKey,
-    LargeBinary,
-    String,
-    create_engine,
-    delete,
-    event,
-    func,
-    insert,
-    select,
-    text,
-    update,
-)
-from sqlalchemy.engine import URL, Connection, ExceptionContext, make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
 from index.kinds import IMAGE, IMAGE_TEXT, KINDS, TEXT, VIDEO  # noqa: F401  (re-exported)
-from index.migrations import LATEST, migrate, pending
 from retriever.errors import BadStoreUrl, DiskFull, IndexReadOnly, StoreDamaged, StoreError
 
+if TYPE_CHECKING:  # bound at run time by `_import_sqlalchemy`, when a `Store` is first made
+    from sqlalchemy import Engine, create_engine, delete, event, func, select, text, update
+    from sqlalchemy.engine import URL, Connection, ExceptionContext, make_url
+    from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
+    from sqlalchemy.orm import Session
+
+    from index.migrations import LATEST, migrate, pending
+    from index.tables import (
+        Base,
+        CollectionModel,
+        Failure,
+        File,
+        Item,
+        Run,
+        StoreState,
+        Tag,
+        Vector,
+    )
+
 VECTOR_DTYPE = np.dtype("<f4")  # little-endian float32, whatever the machine
-
-
-class Base(DeclarativeBase):
-    """The tables as migrations.py makes them; integers are 64-bit on every database."""
-
-
-class CollectionModel(Base):
-    """The one model every vector in this store was made with."""
-
-    __tablename__ = "collection_model"
-    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    name: Mapped[str] = mapped_column(String)
-    pretrained: Mapped[str] = mapped_column(String)
-    dim: Mapped[int] = mapped_column(BigInteger)
-    created_at: Mapped[float] = mapped_column(Float)
-    fingerprint: Mapped[str | None] = mapped_column(String, nullable=True)  # config + weights
-
-
-class File(Base):
-    __tablename__ = "files"
-    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    path: Mapped[str] = mapped_column(String, unique=True)
-    kind: Mapped[str] = mapped_column(String)
-    content_hash: Mapped[str] = mapped_column(String)
-    size: Mapped[int] = mapped_column(BigInteger)
-    mtime: Mapped[float] = mapped_column(Float)
-    width: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    height: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    caption: Mapped[str | None] = mapped_column(String, nullable=True)
-    indexed_at: Mapped[float] = mapped_column(Float)
-    taken_at: Mapped[float | None] = mapped_column(Float, nullable=True)  # EXIF date, else mtime
-    items: Mapped[list[Item]] = relationship(
-        back_populates="file", cascade="all, delete-orphan", passive_deletes=True
-    )
-
-
-class Item(Base):
-    """One embedded unit: an image (position 0) or passage number `position` of a text."""
-
-    __tablename__ = "items"
-    __table_args__ = {"sqlite_autoincrement": True}
-    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)  # == FAISS id
-    file_id: Mapped[int] = mapped_column(ForeignKey("files.id", ondelete="CASCADE"))
-    kind: Mapped[str] = mapped_column(String)
-    position: Mapped[int] = mapped_column(BigInteger)
-    passage: Mapped[str | None] = mapped_column(String, nullable=True)
-    time: Mapped[float | None] = mapped_column(Float, nullable=True)  # video frames: seconds
-    file: Mapped[File] = relationship(back_populates="items")
-    vector: Mapped[Vector] = relationship(cascade="all, delete-orphan", passive_deletes=True)
-
-
-class Vector(Base):
-    __tablename__ = "vectors"
-    item_id: Mapped[int] = mapped_column(
-        ForeignKey("items.id", ondelete="CASCADE"), primary_key=True
-    )
-    data: Mapped[bytes] = mapped_column(LargeBinary)  # dim x float32, little-endian
-
-
-class StoreState(Base):
-    __tablename__ = "store_state"
-    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    generation: Mapped[int] = mapped_column(BigInteger)
-
-
-class Run(Base):
-    """One `retriever index` run: its status and what it did (JSON counts)."""
-
-    __tablename__ = "runs"
-    __table_args__ = {"sqlite_autoincrement": True}
-    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    started_at: Mapped[float] = mapped_column(Float)
-    finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
-    status: Mapped[str] = mapped_column(String)  # running | completed | interrupted
-    stats: Mapped[str] = mapped_column(String, default="{}")
-
-
-class Failure(Base):
-    """A file that could not be indexed, as it was when it failed (retried once it changes)."""
-
-    __tablename__ = "failures"
-    path: Mapped[str] = mapped_column(String, primary_key=True)
-    size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    mtime: Mapped[float | None] = mapped_column(Float, nullable=True)
-    reason: Mapped[str] = mapped_column(String)
-    run_id: Mapped[int] = mapped_column(BigInteger)
-
-
-class Tag(Base):
-    """A zero-shot label of an image item, one of the labels of `label_set` (migration 5)."""
-
-    __tablename__ = "tags"
-    item_id: Mapped[int] = mapped_column(
-        ForeignKey("items.id", ondelete="CASCADE"), primary_key=True)
-    label_set: Mapped[str] = mapped_column(String, primary_key=True)  # sorted labels, JSON
-    label: Mapped[str] = mapped_column(String, primary_key=True)
-    score: Mapped[float] = mapped_column(Float)  # cosine to the label's prompt ensemble
+# A new SQLite store's page size. 4 KiB pages hold one 2 KiB vector (512-d) each, the rest of
+# the page unused; 32 KiB pages hold 15: half the bytes a row, and about twice the write rate.
+SQLITE_PAGE_SIZE = 32_768
+# The writer's page cache (SQLite's default: 2 MB): a batch of 2,000 files dirties about one
+# page of the content_hash index a file (random keys), and the pages it dirties stay here until
+# the commit rather than spilling to the WAL half-way, to be written again.
+SQLITE_WRITER_CACHE_KIB = 65_536
+# WAL bytes between automatic checkpoints (SQLite's default: 1,000 pages): a page written by
+# several batches meanwhile (the content_hash index's) is copied into the database once.
+SQLITE_CHECKPOINT_BYTES = 256 * 2**20
 
 
 @dataclass(frozen=True)
@@ -246,6 +161,32 @@ class Counts:
     image_texts: int = 0  # OCR passages of images
 
 
+def _import_sqlalchemy() -> None:
+    """Bind SQLAlchemy, its ORM, the mapped tables and the migrations to this module's names
+    (see TYPE_CHECKING above): ~250 ms of imports, paid by the first `Store` made. A one-off
+    search of a current SQLite store reads through `SqliteReader`, which never needs them."""
+    global ArgumentError, DBAPIError, SQLAlchemyError, Session, create_engine, delete, event
+    global func, make_url, select, text, update, LATEST, migrate, pending
+    global Base, CollectionModel, Failure, File, Item, Run, StoreState, Tag, Vector
+    from sqlalchemy import create_engine, delete, event, func, select, text, update
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
+    from sqlalchemy.orm import Session
+
+    from index.migrations import LATEST, migrate, pending
+    from index.tables import (
+        Base,
+        CollectionModel,
+        Failure,
+        File,
+        Item,
+        Run,
+        StoreState,
+        Tag,
+        Vector,
+    )
+
+
 class Store:
     """`read_only`: a store is opened without writing anything (SQLite: no migration, no WAL
     files created; PostgreSQL: read-only transactions); a write raises `IndexReadOnly`. The
@@ -253,6 +194,7 @@ class Store:
     the named errors of `retriever.errors`, by `_translate`."""
 
     def __init__(self, url: str, read_only: bool = False) -> None:
+        _import_sqlalchemy()
         self.url = url
         self.read_only = read_only
         try:
@@ -290,7 +232,9 @@ class Store:
 
     def _translate(self, context: ExceptionContext) -> None:
         """The one place the database's errors become named ones (engine `handle_error`)."""
-        error = (_server_error(self.name, context) if self.postgresql
+        error = (_server_error(self.name, context.original_exception,
+                               context.connection is None or context.is_disconnect)
+                 if self.postgresql
                  else _named_error(self.path or Path(self.url), context.original_exception))
         if error is not None:
             raise error from context.original_exception
@@ -350,23 +294,27 @@ class Store:
         """Insert or replace each file with its items and vectors, all in one transaction.
         A vector holding NaN or inf is a caller's bug (the indexer reports such files): it is
         refused, whole batch and all, rather than stored to rank nonsense forever."""
-        if not all(np.isfinite(it.vector).all() for _, items in batch for it in items):
+        items = [it for _, its in batch for it in its]
+        with np.errstate(over="ignore"):  # a float64 past float32's range: inf, refused
+            blobs = [_encode(it.vector) for it in items]  # as stored, in the order of `items`
+        if not np.isfinite(np.frombuffer(b"".join(blobs), VECTOR_DTYPE)).all():
             raise ValueError("refusing to store a vector with NaN or inf")
+        if len({len(blob) for blob in blobs}) > 1:  # one model, one dim
+            raise ValueError("refusing to store vectors of different lengths in one batch")
         result = WriteResult()
         with Session(self.engine) as s, s.begin():
+            conn = s.connection()
             for chunk in _chunks([f.path for f, _ in batch]):  # replaced files go first
-                result.removed += s.scalars(select(Item.id).join(File)
-                                            .where(File.path.in_(chunk)))
-                s.execute(delete(File).where(File.path.in_(chunk)))  # items cascade
-            item_ids = _insert_rows(s, batch)
+                result.removed += _delete_files(conn, chunk)
+            item_ids = _insert_rows(conn, batch, blobs, self.name)
             _bump(s)
-        items = [it for _, its in batch for it in its]  # the order of `item_ids`
         for kind in KINDS:
             rows = [n for n, it in enumerate(items) if it.kind == kind]
-            if rows:
+            if rows:  # the vectors as stored, read back from their blobs
                 result.added[kind] = (np.array([item_ids[n] for n in rows], dtype=np.int64),
-                                      np.stack([_decode(_encode(items[n].vector))
-                                                for n in rows]))
+                                      np.frombuffer(b"".join(blobs[n] for n in rows),
+                                                    VECTOR_DTYPE).reshape(len(rows), -1)
+                                      .astype(np.float32))
         return result
 
     def remove_files(self, paths: Iterable[str]) -> list[int]:
@@ -374,8 +322,7 @@ class Store:
         ids: list[int] = []
         with Session(self.engine) as s, s.begin():
             for chunk in _chunks(list(paths)):
-                ids += s.scalars(select(Item.id).join(File).where(File.path.in_(chunk)))
-                s.execute(delete(File).where(File.path.in_(chunk)))
+                ids += _delete_files(s.connection(), chunk)
             _bump(s)
         return ids
 
@@ -484,6 +431,18 @@ class Store:
                 yield ids, np.frombuffer(blob, dtype=VECTOR_DTYPE).reshape(len(rows), -1) \
                     .astype(np.float32)
 
+    def vectors_of(self, ids: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The stored vectors of the items `ids` (any kind; ids not stored left out): ids (n,)
+        int64 ascending and vectors (n, dim) float32. One query (per 10,000 ids): what an
+        IVF-PQ search re-ranks exactly (index.rerank)."""
+        rows: list = []
+        with Session(self.engine) as s:
+            for chunk in _chunks(sorted({int(i) for i in ids})):
+                rows += s.execute(select(Vector.item_id, Vector.data)
+                                  .where(Vector.item_id.in_(chunk))
+                                  .order_by(Vector.item_id)).all()
+        return _stacked(rows)
+
     def items(self, ids: Sequence[int]) -> dict[int, ItemView]:
         with Session(self.engine) as s:
             rows = s.execute(
@@ -583,53 +542,282 @@ class Store:
     def tags(self, ids: Sequence[int]) -> dict[int, list[str]]:
         """item id -> its labels (every label set), sorted; items without tags are left out."""
         with Session(self.engine) as s:
-            rows = s.execute(select(Tag.item_id, Tag.label).distinct()
-                             .where(Tag.item_id.in_([int(i) for i in ids]))
-                             .order_by(Tag.item_id, Tag.label))
-            found: dict[int, list[str]] = {}
-            for item_id, label in rows:
-                found.setdefault(item_id, []).append(label)
-            return found
+            return _labels_by_item(s.execute(select(Tag.item_id, Tag.label).distinct()
+                                             .where(Tag.item_id.in_([int(i) for i in ids]))
+                                             .order_by(Tag.item_id, Tag.label)))
 
 
-def _insert_rows(s: Session, batch: Sequence[tuple[FileRecord, Sequence[ItemRecord]]]
-                 ) -> list[int]:
-    """Insert the files, their items and vectors as plain multi-row INSERTs (no ORM objects,
-    no RETURNING, which SQLAlchemy runs row by row on SQLite: 6x faster, bench/scale.py);
-    the new ids are read back by path, and by (file, kind, position). Returns the new item
-    ids in batch order."""
-    if not batch:
-        return []
+
+# A current store's schema version: index.migrations.LATEST, which imports SQLAlchemy
+# (tests/test_store_reader.py keeps the two equal).
+SCHEMA_VERSION = 6
+
+
+class SqliteReader(Store):
+    """A current SQLite store read through the standard library's sqlite3: the reads a search
+    makes, in the SQL `Store` has SQLAlchemy run, with the same answers (tests/
+    test_store_reader.py runs both), without SQLAlchemy's ~250 ms of imports. Any other read
+    makes SQLAlchemy's engine then (`engine`), read-only: a write raises `IndexReadOnly`."""
+
+    def __init__(self, url: str, path: Path, db: sqlite3.Connection) -> None:
+        # Store's attributes, without an engine (made on first use) or a migration
+        self.url, self.read_only, self.path, self.postgresql = url, True, path, False
+        self.name = str(path)
+        self._db = db
+        self._engine_store: Store | None = None
+
+    @classmethod
+    def open(cls, url: str, read_only: bool) -> SqliteReader | None:
+        """The store at a `sqlite:///PATH` URL whose schema is current, or None: `Store` then
+        opens it, migrates it or says what is wrong. `read_only`: its folder is read-only, and
+        the file is opened as `Store` opens it then; else read-write, as a search always did:
+        a read-only connection would leave behind the -wal and -shm files SQLite makes to read
+        (the last read-write one to close removes them). No statement here writes."""
+        path = _plain_sqlite_path(url)
+        if path is None or not path.is_file():
+            return None
+        params = "&".join(f"{k}={v}" for k, v in
+                          (_read_only_params(path) if read_only else {"mode": "rw"}).items())
+        try:
+            db = sqlite3.connect(f"file:{quote(str(path.absolute()))}?{params}", uri=True,
+                                 timeout=30)
+        except sqlite3.Error:
+            return None
+        try:
+            versions = {row[0] for row in db.execute("SELECT version FROM schema_migrations")}
+        except sqlite3.Error:  # no store yet, or a damaged one
+            versions = set()
+        if versions.issuperset(range(1, SCHEMA_VERSION + 1)):
+            return cls(url, path, db)
+        db.close()
+        return None
+
+    @property  # Store's attribute, made here on first use
+    def engine(self) -> Engine:  # type: ignore[override]
+        if self._engine_store is None:
+            self._engine_store = Store(self.url, read_only=True)
+        return self._engine_store.engine
+
+    def close(self) -> None:
+        self._db.close()
+        if self._engine_store is not None:
+            self._engine_store.close()
+
+    def _rows(self, sql: str, params: Sequence = ()) -> list[tuple]:
+        try:
+            return self._db.execute(sql, params).fetchall()
+        except sqlite3.Error as err:
+            named = _named_error(self.path or Path(self.url), err)
+            if named is None:
+                raise
+            raise named from err
+
+    def model(self) -> ModelRecord | None:
+        rows = self._rows("SELECT name, pretrained, dim, fingerprint FROM collection_model "
+                          "WHERE id = 1")
+        return ModelRecord(*rows[0]) if rows else None
+
+    def generation(self) -> int:
+        rows = self._rows("SELECT store_state.generation FROM store_state")
+        return int(rows[0][0] or 0) if rows else 0
+
+    def has_items(self, kind: str) -> bool:
+        return bool(self._rows("SELECT items.id FROM items WHERE items.kind = ? LIMIT 1",
+                               (kind,)))
+
+    def count_items(self, kind: str) -> int:
+        return int(self._rows("SELECT count(items.id) FROM items WHERE items.kind = ?",
+                              (kind,))[0][0] or 0)
+
+    def items(self, ids: Sequence[int]) -> dict[int, ItemView]:
+        found: dict[int, ItemView] = {}
+        for chunk in _chunks(sorted({int(i) for i in ids})):
+            found.update((r[0], ItemView(*r)) for r in self._rows(
+                "SELECT items.id, files.path, items.kind, items.position, items.passage, "
+                "files.caption, items.time, files.taken_at FROM items JOIN files ON "
+                f"files.id = items.file_id WHERE items.id IN ({', '.join('?' * len(chunk))})",
+                chunk))
+        return found
+
+    def tags(self, ids: Sequence[int]) -> dict[int, list[str]]:
+        rows: list[tuple] = []
+        for chunk in _chunks(sorted({int(i) for i in ids})):  # ascending: chunks stay in order
+            rows += self._rows("SELECT DISTINCT tags.item_id, tags.label FROM tags WHERE "
+                               f"tags.item_id IN ({', '.join('?' * len(chunk))}) "
+                               "ORDER BY tags.item_id, tags.label", chunk)
+        return _labels_by_item(rows)
+
+    def item_ids_where(self, kind: str, prefix: str | None = None, after: float | None = None,
+                       before: float | None = None, tag: str | None = None) -> np.ndarray:
+        where: list[str] = ["items.kind = ?"]
+        params: list[object] = [kind]
+        for clause, value in (
+                ("items.id IN (SELECT tags.item_id FROM tags WHERE tags.label = ?)", tag),
+                ("(files.path LIKE ? || '%' ESCAPE '/')",
+                 None if prefix is None else _like_escaped(prefix)),
+                ("files.taken_at >= ?", after), ("files.taken_at < ?", before)):
+            if value is not None:
+                where.append(clause)
+                params.append(value)
+        rows = self._rows("SELECT items.id FROM items JOIN files ON files.id = items.file_id "
+                          f"WHERE {' AND '.join(where)}", params)
+        return np.fromiter((r[0] for r in rows), dtype=np.int64)
+
+    def item_vector(self, item_id: int) -> tuple[str, np.ndarray] | None:
+        rows = self._rows("SELECT items.kind, vectors.data FROM items JOIN vectors ON "
+                          "items.id = vectors.item_id WHERE items.id = ?", (int(item_id),))
+        return (rows[0][0], _decode(rows[0][1])) if rows else None
+
+    def vectors_of(self, ids: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        rows: list[tuple] = []
+        for chunk in _chunks(sorted({int(i) for i in ids})):  # ascending: chunks stay in order
+            rows += self._rows("SELECT vectors.item_id, vectors.data FROM vectors WHERE "
+                               f"vectors.item_id IN ({', '.join('?' * len(chunk))}) "
+                               "ORDER BY vectors.item_id", chunk)
+        return _stacked(rows)
+
+    def image_items_at(self, paths: Sequence[str]) -> dict[str, int]:
+        found: dict[str, int] = {}
+        for chunk in _chunks(list(paths)):
+            found.update(self._rows(
+                "SELECT files.path, items.id FROM files JOIN items ON files.id = items.file_id "
+                f"WHERE items.kind = ? AND files.path IN ({', '.join('?' * len(chunk))})",
+                [IMAGE, *chunk]))
+        return found
+
+
+def open_store(url: str, read_only: bool = False, reading: bool = False) -> Store:
+    """The store at `url`, as `Store(url, read_only)` opens it; or, for a caller that will only
+    read (`reading`: a one-off search), a current SQLite store as a `SqliteReader`."""
+    reader = SqliteReader.open(url, read_only) if reading else None
+    return reader if reader is not None else Store(url, read_only)
+
+
+def _plain_sqlite_path(url: str) -> Path | None:
+    """The file of a `sqlite:///PATH` URL, PATH as SQLAlchemy reads it, or None for any other
+    URL, and for one SQLAlchemy would decode (%-escapes, a query) or not open as a file."""
+    head = "sqlite:///"
+    path = url[len(head):] if url.startswith(head) else ""
+    return Path(path) if path and path != ":memory:" and not set(path) & set("%?") else None
+
+
+def _like_escaped(prefix: str) -> str:
+    """`prefix` matched literally by LIKE ... ESCAPE '/', as SQLAlchemy's `autoescape` does."""
+    return prefix.replace("/", "//").replace("%", "/%").replace("_", "/_")
+
+
+def _labels_by_item(rows: Iterable[tuple[int, str]]) -> dict[int, list[str]]:
+    """(item id, label) rows, in order -> item id -> its labels."""
+    found: dict[int, list[str]] = {}
+    for item_id, label in rows:
+        found.setdefault(item_id, []).append(label)
+    return found
+
+
+# The columns write_files fills, in the order of the tuples it builds for each table.
+BULK_COLUMNS = {
+    "files": ("id", "path", "kind", "content_hash", "size", "mtime", "width", "height",
+              "caption", "taken_at", "indexed_at"),
+    "items": ("id", "file_id", "kind", "position", "passage", "time"),
+    "vectors": ("item_id", "data"),
+}
+PG_BINARY_TYPES = {int: "int8", float: "float8", str: "text", bytes: "bytea"}  # COPY's types
+
+
+def _insert_rows(conn: Connection, batch: Sequence[tuple[FileRecord, Sequence[ItemRecord]]],
+                 blobs: list[bytes], name: str) -> list[int]:
+    """Insert the files, their items and vectors, with the ids the database's own counters
+    give them (`_new_ids`), so nothing is read back: one executemany of a prepared INSERT a
+    table on SQLite, a binary COPY on PostgreSQL. No ORM, no SQLAlchemy statement compiled per
+    row (bench/scale.py). `blobs`: the items' vectors, encoded. Returns the new item ids, in
+    batch order."""
+    items = [(n, it) for n, (_, its) in enumerate(batch) for it in its]
+    file_ids = _new_ids(conn, "files", len(batch))
+    item_ids = _new_ids(conn, "items", len(items))
     now = time.time()
-    tables = Base.metadata.tables
-    s.execute(insert(tables["files"]), [{**{name: getattr(f, name) for name in _FILE_FIELDS},
-                                         "indexed_at": now} for f, _ in batch])
-    file_ids: dict[str, int] = {}
-    for chunk in _chunks([f.path for f, _ in batch]):
-        file_ids.update((path, file_id) for path, file_id in
-                        s.execute(select(File.path, File.id).where(File.path.in_(chunk))))
-    items = [(file_ids[f.path], it) for f, its in batch for it in its]
-    if not items:
+    _bulk_insert(conn, name, "files", [
+        (i, f.path, f.kind, f.content_hash, f.size, f.mtime, f.width, f.height, f.caption,
+         f.taken_at, now) for i, (f, _) in zip(file_ids, batch, strict=True)])
+    _bulk_insert(conn, name, "items", [(i, file_ids[n], it.kind, it.position, it.passage,
+                                        it.time) for i, (n, it) in zip(item_ids, items,
+                                                                       strict=True)])
+    _bulk_insert(conn, name, "vectors", list(zip(item_ids, blobs, strict=True)))
+    return item_ids
+
+
+def _new_ids(conn: Connection, table: str, count: int) -> list[int]:
+    """The ids `count` rows inserted into `table` now get, in order, from the database's own
+    counter, as an INSERT leaving out the id would: the table's PostgreSQL sequence; on SQLite
+    one past the largest id the table holds, or (AUTOINCREMENT: items) ever held. The write
+    lock is held by then (`_delete_files` ran in this transaction); were it not, a writer
+    taking the same ids would make the insert fail, never share them."""
+    if count == 0:
         return []
-    s.execute(insert(tables["items"]), [{"file_id": file_id, "kind": it.kind,
-                                         "position": it.position, "passage": it.passage,
-                                         "time": it.time} for file_id, it in items])
-    item_ids: dict[tuple[int, str, int], int] = {}
-    for chunk in _chunks(list(file_ids.values())):
-        item_ids.update({(file_id, kind, position): item_id for item_id, file_id, kind, position
-                         in s.execute(select(Item.id, Item.file_id, Item.kind, Item.position)
-                                      .where(Item.file_id.in_(chunk)))})
-    ids = [item_ids[file_id, it.kind, it.position] for file_id, it in items]
-    s.execute(insert(tables["vectors"]), [{"item_id": i, "data": _encode(it.vector)}
-                                          for i, (_, it) in zip(ids, items, strict=True)])
+    if conn.dialect.name == "postgresql":  # the sequence named once: 8x faster than per id
+        sequence = conn.exec_driver_sql("SELECT pg_get_serial_sequence(%s, 'id')",
+                                        (table,)).scalar_one()
+        return list(conn.exec_driver_sql(
+            "SELECT nextval(%s::regclass) AS id FROM generate_series(1, %s) ORDER BY id",
+            (sequence, count)).scalars().all())
+    last = conn.exec_driver_sql(
+        f"SELECT max(coalesce(max(id), 0), coalesce((SELECT seq FROM sqlite_sequence "
+        f"WHERE name = ?), 0)) FROM {table}", (table,)).scalar_one()
+    return list(range(last + 1, last + 1 + count))
+
+
+def _bulk_insert(conn: Connection, name: str, table: str, rows: list[tuple]) -> None:
+    """Insert `rows`, tuples in BULK_COLUMNS[table]'s order, in this transaction."""
+    if not rows:
+        return
+    columns = BULK_COLUMNS[table]
+    if conn.dialect.name == "postgresql":
+        _copy(conn, name, table, rows)
+    else:
+        conn.exec_driver_sql(f"INSERT INTO {table} ({', '.join(columns)}) "
+                             f"VALUES ({', '.join('?' * len(columns))})", rows)
+
+
+def _copy(conn: Connection, name: str, table: str, rows: list[tuple]) -> None:
+    """PostgreSQL's COPY FROM STDIN, binary, on the transaction's own connection: several
+    times faster than INSERTs (bench/scale.py). The driver's errors are named here, as the
+    engine's `handle_error` names those of the statements it runs."""
+    import psycopg
+
+    columns = BULK_COLUMNS[table]
+    statement = f"COPY {table} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)"
+    types = [PG_BINARY_TYPES[Base.metadata.tables[table].c[c].type.python_type]
+             for c in columns]
+    raw: psycopg.Connection = conn.connection.driver_connection  # type: ignore[assignment]
+    try:
+        with raw.cursor() as cursor, cursor.copy(statement) as copy:
+            copy.set_types(types)
+            for row in rows:
+                copy.write_row(row)
+    except psycopg.Error as error:
+        raise (_server_error(name, error, raw.broken)
+               or DBAPIError.instance(statement, None, error, psycopg.Error)) from error
+
+
+def _delete_files(conn: Connection, paths: list[str]) -> list[int]:
+    """Delete the files at `paths` (their items, vectors and tags cascade); returns the ids of
+    their items. Driver SQL: binding thousands of paths through SQLAlchemy's expanding IN
+    costs more than the statements (bench/scale.py). PostgreSQL takes the paths as one array,
+    sent binary (`%b`), in one statement (its SELECT sees the items before the cascade)."""
+    if conn.dialect.name == "postgresql":
+        return list(conn.exec_driver_sql(
+            "WITH gone AS (DELETE FROM files WHERE path = ANY(%b) RETURNING id) "
+            "SELECT items.id FROM items JOIN gone ON gone.id = items.file_id", (paths,))
+            .scalars().all())
+    where = f"IN ({', '.join('?' * len(paths))})"
+    ids = list(conn.exec_driver_sql(
+        "SELECT items.id FROM items JOIN files ON files.id = items.file_id "
+        f"WHERE files.path {where}", tuple(paths)).scalars().all())
+    conn.exec_driver_sql(f"DELETE FROM files WHERE path {where}", tuple(paths))
     return ids
 
 
 def _encode(vector: np.ndarray) -> bytes:
     return np.ascontiguousarray(vector, dtype=VECTOR_DTYPE).tobytes()
-
-
-_FILE_FIELDS = [f.name for f in dataclasses.fields(FileRecord)]
 
 
 def _bump(s: Session) -> None:
@@ -646,6 +834,16 @@ def _chunks(values: list, size: int = 10_000) -> Iterator[list]:
 
 def _decode(blob: bytes) -> np.ndarray:
     return np.frombuffer(blob, dtype=VECTOR_DTYPE).astype(np.float32)
+
+
+def _stacked(rows: Sequence) -> tuple[np.ndarray, np.ndarray]:
+    """(item id, vector blob) rows -> ids (n,) int64 and vectors (n, dim) float32; (0, 0)
+    when there are none (the dimension unknown)."""
+    if not rows:
+        return np.empty(0, np.int64), np.empty((0, 0), np.float32)
+    ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+    blob = b"".join(bytes(r[1]) for r in rows)
+    return ids, np.frombuffer(blob, dtype=VECTOR_DTYPE).reshape(len(rows), -1).astype(np.float32)
 
 
 # SQLite result codes (the low byte of an extended code): https://sqlite.org/rescode.html
@@ -680,11 +878,10 @@ PG_UNREACHABLE = ("08", "28", "3D", "57P")  # connection, authorization, no such
 WRITER_LOCK_SPACE = 0x52455452  # "RETR": the first key of the writer's advisory lock
 
 
-def _server_error(name: str, context: ExceptionContext) -> StoreError | None:
-    """A PostgreSQL error as a named one, or None."""
-    error = context.original_exception
+def _server_error(name: str, error: BaseException, lost: bool) -> StoreError | None:
+    """A PostgreSQL error as a named one, or None. `lost`: no connection, or not any more."""
     state = getattr(error, "sqlstate", None) or ""
-    if context.connection is None or context.is_disconnect or state.startswith(PG_UNREACHABLE):
+    if lost or state.startswith(PG_UNREACHABLE):
         said = (str(error).strip().splitlines() or [type(error).__name__])[0]
         return StoreError(f"cannot use the store {name} ({said}): check that its server is "
                           f"running and the URL's host, database and user")
@@ -748,9 +945,14 @@ def _read_only(url: URL) -> URL:
     the database file holds everything, and `immutable` spares creating the -shm file the
     reader could not write in a read-only folder; with one, `mode=ro` reads the WAL too."""
     path = Path(url.database or "").absolute()
-    wal = path.with_name(f"{path.name}-wal").exists()
-    query = {"mode": "ro", "uri": "true", **({} if wal else {"immutable": "1"})}
+    query = {**_read_only_params(path), "uri": "true"}
     return url.set(database=f"file:{quote(str(path))}", query=query)
+
+
+def _read_only_params(path: Path) -> dict[str, str]:
+    """The SQLite URI parameters of `_read_only`."""
+    wal = path.with_name(f"{path.name}-wal").exists()
+    return {"mode": "ro", **({} if wal else {"immutable": "1"})}
 
 
 def _sqlite_pragmas_ro(dbapi_conn, _record) -> None:
@@ -762,6 +964,11 @@ def _sqlite_pragmas_ro(dbapi_conn, _record) -> None:
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cursor = dbapi_conn.cursor()
     cursor.execute("PRAGMA foreign_keys = ON")  # ON DELETE CASCADE needs it in SQLite
+    # a new store's pages (an existing one keeps its own): set before WAL mode creates the file
+    cursor.execute(f"PRAGMA page_size = {SQLITE_PAGE_SIZE}")
     cursor.execute("PRAGMA journal_mode = WAL")  # readers (search) never block the writer
     cursor.execute("PRAGMA busy_timeout = 30000")
+    cursor.execute(f"PRAGMA cache_size = -{SQLITE_WRITER_CACHE_KIB}")
+    page_size = cursor.execute("PRAGMA page_size").fetchone()[0]  # an old store's: 4 KiB
+    cursor.execute(f"PRAGMA wal_autocheckpoint = {SQLITE_CHECKPOINT_BYTES // page_size}")
     cursor.close()

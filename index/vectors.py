@@ -5,6 +5,7 @@ large ones IVF or IVF-PQ (see `index.ann`), whose tuned `nprobe` is stored in th
 All map ids to the store's item ids and remove by id. `from_batches` builds any of them from
 vectors streamed in batches (an IVF trains on a sample). When FAISS sees GPUs, searches run on
 a GPU clone (an IVF split across them). Files are written atomically (temp file, then rename).
+A reader may instead search a saved IVF from its file, lists memory-mapped (index.ondisk).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from index.ann import (
 from index.atomic import replacing
 from index.checksums import Summing
 from index.deltas import Journal
+from index.rerank import tune_reranked
 
 Batch = tuple[np.ndarray, np.ndarray]  # ids (b,) int64, vectors (b, dim) float32
 
@@ -70,14 +72,14 @@ class VectorIndex:
         for ids, vectors in batches():
             built.add(ids, vectors)
             exact.update(ids, vectors)
-        ivf.nprobe = tune_on(ivf, queries, query_ids, exact.ids, ann.recall_target)
+        # an IVF-PQ's searches are re-ranked exactly (index.rerank): tuned for that recall
+        tune = tune_reranked if isinstance(ivf, faiss.IndexIVFPQ) else tune_on
+        ivf.nprobe = tune(ivf, queries, query_ids, exact.ids, ann.recall_target)
         return built
 
     @property
     def kind(self) -> str:
-        if isinstance(self.faiss_index, faiss.IndexIVFPQ):
-            return "ivfpq"
-        return "ivf" if isinstance(self.faiss_index, faiss.IndexIVF) else "flat"
+        return kind_of(self.faiss_index)
 
     @classmethod
     def load(cls, path: Path) -> VectorIndex:
@@ -142,7 +144,7 @@ class VectorIndex:
         if k <= 0:
             return np.empty((len(queries), 0), np.float32), np.empty((len(queries), 0), np.int64)
         if allowed is not None:
-            selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed, dtype=np.int64))
+            selector = only(allowed)
             params: faiss.SearchParameters
             # faiss's stubs omit the keyword constructors its wrapper provides
             if isinstance(self.faiss_index, faiss.IndexIVF):
@@ -163,6 +165,18 @@ class VectorIndex:
             options.shard = isinstance(self.faiss_index, faiss.IndexIVF)
             self._gpu = faiss.index_cpu_to_all_gpus(self.faiss_index, co=options)
         return self._gpu
+
+
+def kind_of(index: faiss.Index) -> str:
+    """"flat", "ivf" or "ivfpq": which of `index.ann`'s types a FAISS index is."""
+    if isinstance(index, faiss.IndexIVFPQ):
+        return "ivfpq"
+    return "ivf" if isinstance(index, faiss.IndexIVF) else "flat"
+
+
+def only(ids: np.ndarray) -> faiss.IDSelector:
+    """A FAISS IDSelector of `ids` (n,): evaluated inside the index, not a Python scan."""
+    return faiss.IDSelectorBatch(np.ascontiguousarray(ids, dtype=np.int64))
 
 
 def _gather(batches: Iterable[Batch], *rows: np.ndarray) -> list[Batch]:

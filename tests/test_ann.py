@@ -106,3 +106,18 @@ def test_a_collection_switches_to_ivf_when_it_grows(tmp_path, monkeypatch):
         collection.save()
     reopened = Collection.open(tmp_path / "index").vectors(IMAGE)
     assert reopened.kind == "ivf" and len(reopened) == 3000
+
+
+def test_ivfpq_below_its_codebook_size_is_exact_until_it_grows():
+    """`--index-type ivfpq` on a handful of photos: FAISS cannot train 256-code codebooks on
+    fewer vectors, so the index is flat (exact) until its training sample reaches 256, then
+    IVF-PQ (Collection._fit rebuilds it when choose's answer changes)."""
+    vectors = clustered(400)
+    ids = np.arange(400, dtype=np.int64)
+    first = next(n for n in range(1, 400) if choose(n, 32, AnnConfig("ivfpq")) == "ivfpq")
+    assert min(first, ann.nlist_for(first) * ann.TRAIN_PER_LIST) >= 2 ** ann.PQ_BITS
+    for n, kind in ((8, "flat"), (first - 1, "flat"), (first, "ivfpq")):
+        index = VectorIndex.from_vectors(32, ids[:n], vectors[:n], AnnConfig("ivfpq"))
+        assert index.kind == kind and len(index) == n
+        assert index.search(vectors[:1], 1)[1][0, 0] == 0
+    assert choose(8, 32, AnnConfig(memory_budget=1)) == "flat"  # auto's ivfpq too

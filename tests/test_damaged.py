@@ -179,12 +179,17 @@ STORE_DAMAGES = {"truncated": truncate, "garbage header": garbage_header,
                  "damaged page": flip_middle}
 
 
+BIGGER = 1000  # passages in `bigger_store`
+
+
 def bigger_store(directory: Path) -> Path:
-    """A store of a few dozen pages (long passages), so damage lands inside its data."""
+    """A store of 2.6 MB (80 pages of 32 KiB: long passages), so damage in the middle of the
+    file lands inside its data; in a smaller one it lands in the first page of some empty
+    table, which nothing reads."""
     store = Store(f"sqlite:///{directory / 'store.db'}")
     store.write_files([(FileRecord(f"/m/t{i}", TEXT, f"t{i}", 1, 1.0),
                         [ItemRecord(TEXT, 0, "words " * 300, unit(np.random.default_rng(i), 1)[0])])
-                       for i in range(100)])
+                       for i in range(BIGGER)])
     store.close()
     return directory
 
@@ -196,7 +201,7 @@ def test_a_damaged_store_is_one_line_naming_integrity_check(tmp_path, damage, cl
     with pytest.raises(StoreDamaged) as raised:
         collection = Collection.open(db)
         collection.store.vectors(TEXT)
-        collection.store.items(list(range(1, 101)))
+        collection.store.items(list(range(1, BIGGER + 1)))
     assert str(db / "store.db") in str(raised.value)
     assert "PRAGMA integrity_check" in str(raised.value)
     if damage == "damaged page":

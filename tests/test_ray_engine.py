@@ -1,8 +1,12 @@
 """`--engine ray`: the same collection as the local engine, incremental, and a killed driver
-loses nothing committed. One local Ray for the module (2 CPUs, no dashboard)."""
+loses nothing committed; read tasks get only what reading takes (no torch for photos, stored
+hashes by 64 bits, where a chance match costs a second read and nothing else); a plan leaves
+CPUs to reading. One local Ray for the module (2 CPUs, no dashboard)."""
 
 from __future__ import annotations
 
+import hashlib
+import pickle
 import signal
 import sqlite3
 import subprocess
@@ -26,7 +30,7 @@ from .test_faults import contents
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = 60
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Ray Data's own
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Ray's own
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +38,8 @@ def ray_address():
     """The module's Ray: its address, for a driver in another process."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             configure_logging=False)  # "local": a new one, never a cluster found running
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 
@@ -137,7 +142,7 @@ def test_a_worker_with_other_weights_is_refused(ray_address, media, tiny_encoder
 
 
 def test_without_ray_it_is_one_line_naming_the_extra(cli, media, tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "ray.data", None)  # `import ray.data` fails, as uninstalled
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails, as uninstalled
     result = cli("index", media, "--db", tmp_path / "db", "--engine", "ray",
                  "--model", "retriever-tiny", "--pretrained", "none")
     assert result.exit_code == 2
@@ -150,3 +155,87 @@ def test_a_ray_address_needs_the_ray_engine(cli, media, tmp_path):
     result = cli("index", media, "--db", tmp_path / "db", "--ray-address", "head:6379")
     assert result.exit_code == 2 and "--ray-address head:6379: it needs --engine ray" in (
         result.stderr)
+
+
+def test_a_read_task_reads_photos_without_torch_and_texts_alike(media, tiny_encoder, tmp_path):
+    """The reader a read task unpickles: a photo read without importing torch (open_clip's
+    tokenizer is only unpickled for a text), and both read as the driver reads them."""
+    from retriever.library.indexer import IndexOptions, _reader
+    from retriever.library.ray_engine import _for_tasks
+    from retriever.media.scan import scan
+
+    read = _reader(tiny_encoder.input_spec(), {}, IndexOptions((media,)))
+    found = {f.path.name: f for f in scan([media], (), False).files}
+    photo, note = found["p003.jpg"], found["n5.md"]
+    (tmp_path / "task.pkl").write_bytes(pickle.dumps((_for_tasks(read), photo, note)))
+    script = ("import pickle, sys\n"
+              "read, photo, note = pickle.loads(open(sys.argv[1], 'rb').read())\n"
+              "out = [read(photo), 'torch' in sys.modules, read(note), 'torch' in sys.modules]\n"
+              "open(sys.argv[2], 'wb').write(pickle.dumps(out))\n")
+    subprocess.run([sys.executable, "-c", script, tmp_path / "task.pkl", tmp_path / "out.pkl"],
+                   cwd=ROOT, check=True)
+    got_photo, torch_for_photo, got_note, torch_for_note = pickle.loads(
+        (tmp_path / "out.pkl").read_bytes())
+    assert (torch_for_photo, torch_for_note) == (False, True)
+    np.testing.assert_array_equal(got_photo.pixels.data, read(photo).pixels.data)
+    assert got_note.passages == read(note).passages and len(got_note.passages) > 1
+
+
+def test_known_hashes_hold_each_hash_by_its_first_64_bits():
+    from retriever.library.ray_engine import _KnownHashes
+
+    hashes = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(2000)]
+    known = _KnownHashes(hashes[:1000])
+    assert all(h in known for h in hashes[:1000])
+    assert not any(h in known for h in hashes[1000:])
+    assert hashes[7][:16] + "0" * 48 in known  # same first 64 bits: taken for a stored hash
+    assert hashes[7] not in _KnownHashes([])
+
+
+def test_a_hash_taken_for_a_stored_one_costs_a_read_not_a_result(
+        ray_address, media, tmp_path, monkeypatch):
+    """A read task that takes a new file's bytes for stored ones (`_KnownHashes` compares 64
+    bits) leaves it undecoded: the driver reads it again, and the collection is the same."""
+    from retriever.library import ray_engine
+
+    digest = hashlib.sha256((media / "p005.jpg").read_bytes()).hexdigest()
+    shipped = ray_engine._for_tasks
+    monkeypatch.setattr(ray_engine, "_for_tasks", lambda read: replace(
+        shipped(read), known=ray_engine._KnownHashes([digest[:16] + "0" * 48])))
+    again: list[str] = []
+    read_now = ray_engine.RayEngine.read_now
+    monkeypatch.setattr(ray_engine.RayEngine, "read_now", lambda self, read, m: (
+        again.append(m.path.name), read_now(self, read, m))[1])
+    index(media, tmp_path / "local", "local")
+    index(media, tmp_path / "ray", "ray")
+    assert again == ["p005.jpg"]
+    assert_same(tmp_path / "ray", tmp_path / "local")
+
+
+def test_a_plan_leaves_cpus_to_reading_and_bounds_what_is_read_ahead():
+    from retriever.library.ray_engine import READ_AHEAD_BYTES, _plan
+
+    tiny, large = 64 * 3 * 32 * 32 * 4, 64 * 3 * 224 * 224 * 4  # a block's float32 pixels
+    two = _plan({"CPU": 2.0}, large)
+    assert (two.actors, two.actor_cpus, two.actor_gpus) == (1, 1, 0)
+    assert two.window * large <= READ_AHEAD_BYTES and two.window >= 2 * 1 + 2 * 1
+    assert _plan({"CPU": 2.0}, tiny).window == READ_AHEAD_BYTES // tiny  # all of it, small
+    sixteen = _plan({"CPU": 16.0}, large)
+    assert (sixteen.actors, sixteen.actor_cpus) == (4, 2)  # 8 CPUs left to read tasks
+    gpus = _plan({"CPU": 64.0, "GPU": 8.0}, large)
+    assert (gpus.actors, gpus.actor_cpus, gpus.actor_gpus) == (8, 1, 1)
+    assert gpus.window == 2 * 56 + 2 * 8  # a block read and one read ahead per reading CPU
+
+
+def test_a_ray_started_for_the_run_runs_its_workers_at_the_users_priority():
+    """Ray's default puts workers at nice 15, behind every other process on the machine."""
+    script = ("import os, ray\n"
+              "from retriever.library.ray_engine import _start\n"
+              "_start(None)\n"
+              "print(ray.get(ray.remote(lambda: os.nice(0)).remote()), os.nice(0))\n"
+              "ray.shutdown()\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    worker, driver = done.stdout.split()
+    assert worker == driver

@@ -7,24 +7,13 @@ import pytest
 
 from index import ann
 from index.ann import AnnConfig, recall_at
-from index.store import IMAGE, FileRecord, ItemRecord, ModelRecord, Store
+from index.store import IMAGE, ModelRecord, Store
 from index.vectors import VectorIndex
 from retriever.library import collection as collection_module
 from retriever.library.collection import VECTOR_FILES, Collection
+from tests.clustered import clustered, files
 
 DIM = 32
-
-
-def clustered(n, seed=0):
-    rng = np.random.default_rng(seed)
-    centres = np.random.default_rng(99).normal(size=(50, DIM))
-    x = centres[rng.integers(0, 50, n)] + rng.normal(scale=0.7, size=(n, DIM))
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
-
-def files(vectors, start=0, tag=""):
-    return [(FileRecord(f"/m/{start + i}.jpg", IMAGE, f"{tag}{start + i}", 1, 1.0),
-             [ItemRecord(IMAGE, 0, None, v)]) for i, v in enumerate(vectors)]
 
 
 @pytest.fixture

@@ -4,11 +4,13 @@ the three scenes) and by one of its frames. Broken videos are reported and skipp
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
@@ -82,9 +84,46 @@ def test_scene_changes_are_sampled_at_their_moments(tmp_path):
     capped = sample_frames(tmp_path / "clip.mp4", VideoOptions(every=0.5, same=0.0,
                                                                max_frames=4), 32)
     assert len(capped.frames) == 4 and capped.frames[0].time == 0.0
+    # 12 candidates (0.5 s apart): at 8 held they thin to 0, 1, 2, 3 s and then every other
+    # candidate is taken (4, 5 s); those 6 spread to 4 evenly across the video
+    assert [f.time for f in capped.frames] == [0.0, 2.0, 3.0, 5.0]
     blue = frame_at(tmp_path / "clip.mp4", 3.0, 32)
     assert blue.getpixel((blue.width // 2, blue.height // 2))[2] > 150
     assert clock(83.0) == "01:23" and clock(3723.0) == "1:02:03"
+
+
+def test_a_long_video_never_holds_more_than_twice_the_cap(monkeypatch):
+    """Frames are thinned as they come, so memory is bounded by the cap, not the length."""
+    import retriever.media.video as video
+
+    monkeypatch.setattr(video, "_signature", lambda frame: frame.signature)
+
+    class FakeFrame:  # what _sample reads of a PyAV frame: its time, its signature, pixels
+        def __init__(self, time: float) -> None:
+            self.time, self.signature = time, np.full((16, 16, 3), time % 2, np.float32)
+
+        def reformat(self, **_: object) -> FakeFrame:
+            return self
+
+        def to_image(self) -> Pixels:
+            return Pixels()
+
+    alive = [0, 0]  # (now, most at once): pictures held, counted as made and freed
+
+    class Pixels:
+        def __init__(self) -> None:
+            alive[0] += 1
+            alive[1] = max(alive)
+
+        def __del__(self) -> None:
+            alive[0] -= 1
+
+    frames = (FakeFrame(t / 4) for t in range(4 * 3600))  # an hour, one candidate per 0.5 s
+    kept, last = video._sample(frames, VideoOptions(every=0.5, same=0.0, max_frames=10), (2, 2))
+    assert last == 3599.75 and 10 <= len(kept) < 20 and alive[1] <= 20
+    gaps = {round(b.time - a.time, 3) for a, b in itertools.pairwise(kept)}
+    assert len(gaps) == 1  # evenly spaced: one stride between every pair
+    assert kept[0].time == 0.0 and kept[-1].time > 3000  # the whole hour is covered
 
 
 def test_each_scene_found_at_its_time_by_words_and_by_a_frame(tmp_path, cli, trained,

@@ -7,9 +7,11 @@
     torch      open_clip in torch (`retriever.encoding.clip_encoder`)
     onnx       the towers exported to ONNX, fp32: vectors equal torch's (cosine >= 0.9999,
                tested)
-    onnx-int8  the image tower with int8 matrix products: 2.8x faster image encoding on this
-               CPU (VNNI), vectors within cosine ~1e-4 of fp32 on random weights (measured,
-               not guaranteed for trained ones)
+    onnx-int8  the image tower with int8 matrix products (7-bit weights: the same vectors on
+               every x86 kernel): 2.55x faster image encoding on a 2-core Xeon with VNNI;
+               on a trained model, held-out recall within 0.1 point of fp32 and top-10
+               agreement 0.993 (bench/RESULTS.md). `auto` does not pick it: an index does not
+               record which precision made its vectors, so it would mix them (README, Speed)
 
 Exports are cached per user, shared by every index, never in a media or index folder:
 $XDG_CACHE_HOME/retriever/onnx/<key>/ (`retriever.userdirs`), where key hashes the model name,

@@ -60,6 +60,7 @@ from index.store import (
     RunRecord,
     Store,
     TagRecord,
+    open_store,
     read_only_message,
 )
 from retriever.errors import (
@@ -75,6 +76,7 @@ from retriever.library.locations import ENV_STORE_URL, STORE_FILE
 if TYPE_CHECKING:  # FAISS loads only when an index is written or an ANN index searched
     import numpy as np
 
+    from index.ondisk import DiskIndex
     from index.vectors import VectorIndex
 
 VECTOR_FILES = {IMAGE: "images.faiss", TEXT: "texts.faiss", VIDEO: "videos.faiss",
@@ -94,7 +96,8 @@ class Collection:
         self.store = store
         self.ann = ann or AnnConfig()  # index type policy applied when the writer saves
         self._vectors: dict[str, VectorIndex] = {}
-        self._exact: dict[str, ExactIndex] = {}  # flat copies a reader searches (searcher)
+        # what a reader searches (searcher): flat copies, IVFs searched from disk
+        self._readers: dict[str, ExactIndex | DiskIndex] = {}
         self.rebuilt: list[str] = []  # kinds whose FAISS file was stale and rebuilt from store
         self._saved: dict[str, dict] = {}  # kind -> the .faiss.json its loaded index matches
         # nothing may be written: no lock, no saved index, no thumbnail cache
@@ -102,17 +105,18 @@ class Collection:
 
     @classmethod
     def open(cls, directory: Path, ann: AnnConfig | None = None,
-             store_url: str | None = None) -> Collection:
+             store_url: str | None = None, reading: bool = False) -> Collection:
         """The collection in `directory`, created if missing, its store at `store_url` (else
         $RETRIEVER_STORE_URL, else `directory`/store.db). One the user cannot write is opened
-        read-only (see the module docstring)."""
+        read-only (see the module docstring). `reading`: the caller only reads (a one-off
+        search): a current SQLite store is then read without SQLAlchemy (`open_store`)."""
         if not directory.is_dir():
             with _file_errors(directory):
                 directory.mkdir(parents=True)
         given = store_url or os.environ.get(ENV_STORE_URL)
         try:
-            store = Store(given or f"sqlite:///{directory / STORE_FILE}",
-                          read_only=not _writable(directory))
+            store = open_store(given or f"sqlite:///{directory / STORE_FILE}",
+                               read_only=not _writable(directory), reading=reading)
         except BadStoreUrl as err:
             if not given:
                 raise
@@ -290,20 +294,55 @@ class Collection:
             self._vectors[kind] = self._load_or_rebuild(kind)
         return self._vectors[kind]
 
-    def searcher(self, kind: str) -> VectorIndex | ExactIndex:
+    def searcher(self, kind: str) -> VectorIndex | ExactIndex | DiskIndex:
         """What searches `kind` for a reader: the loaded FAISS index if there is one; else, for
-        a flat index saved at the store's generation, its memory-mapped vectors (no FAISS),
-        unless FAISS can search on a GPU. Writes load the FAISS index, which then wins."""
+        a flat index saved at the store's generation, its memory-mapped vectors (no FAISS);
+        for an IVF so saved, its file searched from disk where `ann.on_disk` says so
+        (index.ondisk); unless FAISS can search on a GPU. Writes load the FAISS index, which
+        then wins."""
         if kind in self._vectors or gpu_visible():
             return self.vectors(kind)
-        if kind not in self._exact:
+        if kind not in self._readers:
             path = self.directory / VECTOR_FILES[kind]
-            exact = self._load_current(kind, lambda meta: [p.name for p in mirror_paths(path)],
-                                       lambda meta: ExactIndex.load(path))
-            if exact is None:
+            found: ExactIndex | DiskIndex | None = self._load_current(
+                kind, lambda meta: [p.name for p in mirror_paths(path)],
+                lambda meta: ExactIndex.load(path))
+            if found is None:
+                found = self._from_disk(kind)
+            if found is None:
                 return self.vectors(kind)
-            self._exact[kind] = exact
-        return self._exact[kind]
+            self._readers[kind] = found
+        return self._readers[kind]
+
+    def nearest(self, kind: str, queries: np.ndarray, k: int,
+                allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The `searcher`'s top k of `kind`: queries (q, dim) -> scores (q, k') and ids
+        (q, k'), k' = min(k, candidates), id -1 empty. An IVF-PQ's candidates are re-ranked
+        with the store's exact vectors (index.rerank): its codes alone cap recall."""
+        searcher = self.searcher(kind)
+        k = min(k, len(searcher))  # FAISS allocates k results up front
+        if searcher.kind != "ivfpq":
+            return searcher.search(queries, k, allowed)
+        from index.rerank import reranked
+
+        return reranked(searcher, self.store.vectors_of, queries, k, allowed)
+
+    def _from_disk(self, kind: str) -> DiskIndex | None:
+        """`kind`'s saved IVF and deltas, searched from disk, if `ann.on_disk` wants it (asked
+        before any file is read) and they are current."""
+        from index.ondisk import DiskIndex, wanted
+
+        path = self.directory / VECTOR_FILES[kind]
+        if not wanted(path, self.ann.on_disk):
+            return None
+
+        def load(meta: dict) -> DiskIndex | None:
+            if meta.get("mirror"):  # a flat index whose mirror is damaged: loaded in memory
+                return None
+            return DiskIndex.load(path, [path.with_name(name) for name in _deltas(meta)],
+                                  int(meta["count"]))
+
+        return self._load_current(kind, lambda meta: [path.name, *_deltas(meta)], load)
 
     def write_files(self, batch: Sequence[tuple[FileRecord, Sequence[ItemRecord]]]) -> None:
         """Store a batch of files (one transaction), then mirror it into the vector indexes.

@@ -26,7 +26,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Container, Iterator
 from concurrent.futures import Future, wait
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -223,9 +223,6 @@ class Encoded:
     report: IndexReport
 
 
-Reader = Callable[[MediaFile], PreparedFile]
-
-
 class Engine(Protocol):
     """Where the files to encode are read, and maybe encoded: `LocalEngine` (threads beside
     this process's encoder) or `retriever.library.ray_engine.RayEngine` (a Ray cluster)."""
@@ -386,15 +383,27 @@ def _read_ahead(readers: _ReaderThreads, todo: list[MediaFile],
 
 
 def _reader(spec: InputSpec, stored: dict[str, FileState], options: IndexOptions) -> Reader:
-    known = {state.content_hash for state in stored.values()}  # bytes already in the store
+    return Reader(spec, options, frozenset(state.content_hash for state in stored.values()))
 
-    def read(media: MediaFile) -> PreparedFile:
+
+@dataclass(frozen=True)
+class Reader:
+    """Reads one file (`__call__`): hashes it and, unless its bytes are `known`, decodes what
+    the encoder takes. Holds only what reading needs, and pickles: the Ray engine ships one to
+    its read tasks (with `known` and the token counter in forms cheaper to ship)."""
+
+    spec: InputSpec  # the encoder's input: pixels, and how passages are cut
+    options: IndexOptions
+    # content hashes already stored: a file with such bytes is touched or reused, not decoded.
+    # A hash found here that is not stored only costs a second read (`_index_chunk`)
+    known: Container[str]
+
+    def __call__(self, media: MediaFile) -> PreparedFile:
+        spec, options = self.spec, self.options
         try:
             with open_regular(media.path) as fh:
                 record = _file_record(media, fh, options)
-                previous = stored.get(record.path)
-                if record.content_hash in known or (
-                        previous is not None and previous.content_hash == record.content_hash):
+                if record.content_hash in self.known:  # every stored file's hash is in it
                     return PreparedFile(media, record)  # touched or reused: nothing to decode
                 fh.seek(0)
                 if media.kind == IMAGE:
@@ -410,8 +419,6 @@ def _reader(spec: InputSpec, stored: dict[str, FileState], options: IndexOptions
                 text, spec.count_tokens, spec.text_budget))
         except Exception as err:  # whatever one file raises is that file's failure alone
             return PreparedFile(media, failure=_failure(media, err))
-
-    return read
 
 
 def _index_chunk(

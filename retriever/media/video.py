@@ -6,8 +6,11 @@ is a candidate when it differs from the frame before it by more than `scene` (a 
 absolute difference of the signatures, 0..1), or when `every` seconds have passed since the last
 kept frame (the ceiling), and the first frame is one. A candidate near-identical to the last kept
 frame (difference under `same`) is merged into it, so a still shot gives one item however long it
-lasts. Past `max_frames` candidates, evenly spaced ones are kept. Kept frames are scaled by FFmpeg
-so their short side is `min_side` (the model's input; a 4K frame is never held whole).
+lasts. Past `max_frames` candidates, evenly spaced ones are kept: memory holds at most
+2 x `max_frames` frames however long the video (at 2 x the cap, every other kept frame is dropped
+and from then on every other candidate is taken, so the kept ones stay evenly spread). Kept frames
+are scaled by FFmpeg so their short side is `min_side` (the model's input; a 4K frame is never
+held whole).
 
 A file FFmpeg cannot open or decode (not a video, truncated, damaged) raises `VideoError`.
 """
@@ -24,9 +27,12 @@ from retriever.errors import BadSetting, VideoError
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi"})
 SIGNATURE = 16  # px: the side of the colour thumbnail frames are compared by
-# One frame at least every 5 s: a 10-minute video is at most 120 items plus its cuts, and a
-# shot held longer than that is still one item (identical frames merge)
-DEFAULT_EVERY = 5.0
+# One frame at least every 2 s: whatever is in view 2 s without a cut (a pan, a dissolve) gets
+# one. At 5 s, 7 of 19 landmarks a pan shows for 2 s got one (10 s: 3), for 12 items per minute
+# of constant motion against 30 (`python -m bench.media video-every`, bench/RESULTS.md). A
+# still shot is still one item (identical frames merge); past DEFAULT_MAX_FRAMES (4 minutes of
+# constant motion at 2 s) the kept frames are spread evenly.
+DEFAULT_EVERY = 2.0
 DEFAULT_MAX_FRAMES = 120
 
 if TYPE_CHECKING:  # numpy loads when a video is read: the CLI imports this module at start
@@ -73,8 +79,8 @@ def sample_frames(source: Path | BinaryIO, options: VideoOptions, min_side: int)
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             width, height = stream.codec_context.width, stream.codec_context.height
-            kept, last = _sample(container.decode(stream), options, _scaled(width, height,
-                                                                            min_side))
+            kept, last = _sample(container.decode(stream), options,
+                                 _scaled(width, height, min_side))
     except VideoError:
         raise
     except (av.FFmpegError, OSError, ValueError, EOFError) as err:
@@ -87,10 +93,12 @@ def sample_frames(source: Path | BinaryIO, options: VideoOptions, min_side: int)
 
 def _sample(frames: Any, options: VideoOptions, size: tuple[int, int]
             ) -> tuple[list[Frame], float]:
-    """(kept frames, the last frame's time) from decoded `frames`."""
+    """(kept frames, the last frame's time) from decoded `frames`; at most 2 x max_frames
+    of them (then every `stride`-th candidate is taken, see the module docstring)."""
     kept: list[Frame] = []
     previous = kept_signature = None
     kept_at, time = float("-inf"), 0.0
+    stride, candidates = 1, 0
     for index, frame in enumerate(frames):
         time = float(frame.time) if frame.time is not None else float(index)
         signature = _signature(frame)
@@ -102,9 +110,14 @@ def _sample(frames: Any, options: VideoOptions, size: tuple[int, int]
         if kept_signature is not None and _difference(signature, kept_signature) < options.same:
             kept_at = time  # the same picture as the last kept frame: merged into it
             continue
+        kept_signature, kept_at = signature, time
+        candidates += 1
+        if (candidates - 1) % stride:
+            continue  # thinned: candidates 0, stride, 2 x stride, ... are kept
         image = frame.reformat(width=size[0], height=size[1], format="rgb24").to_image()
         kept.append(Frame(round(time, 3), image))
-        kept_signature, kept_at = signature, time
+        if len(kept) >= 2 * options.max_frames:
+            kept, stride = kept[::2], stride * 2
     return kept, time
 
 

@@ -134,11 +134,13 @@ def search_index(index_dir: Path, query: Query, asked: ModelSpec | None = None,
                  progress: Progress | None = None) -> list[Result]:
     """One query on the index in `index_dir` (its store at `store_url`, if not the default),
     with the model it was built with (`asked`, a model or weights expected, must agree: else
-    `AskedModelDiffers`). `progress` shows a first query's model export as a step."""
+    `AskedModelDiffers`). `progress` shows a first query's model export as a step. Made for a
+    one-off query: the collection is opened for reading only (a current SQLite store without
+    SQLAlchemy), the encoder to start fast (`quick_start`)."""
     from retriever.library.collection import Collection
     from retriever.library.index_encoder import index_encoder
 
-    collection = Collection.open(index_dir, store_url=store_url)
+    collection = Collection.open(index_dir, store_url=store_url, reading=True)
     encoder = index_encoder(collection, asked, backend, quick_start=True, progress=progress)
     return search(collection, encoder, query)
 
@@ -177,11 +179,7 @@ def _search_kind(collection: Collection, kind: str, vector: np.ndarray,
     """(score, item id) of the best `query.k` items of one kind, best first."""
     if not collection.holds(kind):  # no FAISS file to load for a kind never indexed
         return []
-    searcher = collection.searcher(kind)
-    k = min(query.k, len(searcher))  # FAISS allocates k results up front
-    if k == 0:
-        return []
-    scores, ids = searcher.search(vector, k, _allowed(collection, kind, query))
+    scores, ids = collection.nearest(kind, vector, query.k, _allowed(collection, kind, query))
     return [(float(s), int(i)) for s, i in zip(scores[0], ids[0], strict=True) if i >= 0]
 
 

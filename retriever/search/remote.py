@@ -19,7 +19,6 @@ Stdlib and retriever.errors only: this module is on the cold path of every `retr
 
 from __future__ import annotations
 
-import http.client
 import ipaddress
 import json
 import os
@@ -210,6 +209,8 @@ def _post(url: str, path: str, body: bytes, content_type: str, timeout: float
           ) -> tuple[int, Any]:
     """(status, parsed JSON) of one POST. http.client, not urllib: no proxy from the
     environment may see a request for a loopback address."""
+    import http.client  # only when a server answers: a one-off search does without it
+
     parts = urlsplit(url)
     connection = http.client.HTTPConnection(parts.hostname or "", parts.port,
                                             timeout=min(timeout, CONNECT_TIMEOUT))
