@@ -20,8 +20,9 @@ ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "a
              "asimddot", "i8mm", "sve")
 # The encoder's batch: as many images as keep the largest activation of every image in flight
 # within the cores' L2 caches. ViT-B-32's MLP hidden layer is 50 x 3072 floats = 0.6 MB per
-# image; fp32 ran at 23.8 images/s in batches of 8 and 13.4 in batches of 64 on a 2-core Xeon
-# with 2 MB L2 per core (bench/RESULTS.md, "Encoder alone against indexing end to end")
+# image. On an idle 2-core Xeon with 2 MB L2 per core batches of 8 to 64 ran alike (28.2
+# images/s fp32), batch 1 28% slower; under load larger batches fell behind (13.4 images/s at 64
+# against 23.8 at 8): bench/RESULTS.md, "Encoder alone against indexing end to end"
 IMAGE_WORKING_SET_KB = 512
 MIN_BATCH, MAX_BATCH = 4, 64
 
