@@ -121,36 +121,26 @@ class Neighbours:
         self.ids = np.take_along_axis(found, top, axis=1)
 
 
-def tune_nprobe(
-    index: faiss.Index, ids: np.ndarray, vectors: np.ndarray, target: float, seed: int = 0
-) -> int:
-    """`tune_on` with the queries and exact neighbours taken from `vectors` (n, dim) under
-    `ids` (n,), all held by `index`."""
-    picked = tuning_rows(len(vectors), seed)
-    queries = np.ascontiguousarray(vectors[picked])
-    exact = Neighbours(queries, TUNE_K + 1)
-    exact.update(ids, vectors)
-    return tune_on(index, queries, ids[picked], exact.ids, target)
-
-
 def tune_on(index: faiss.Index, queries: np.ndarray, own: np.ndarray, exact: np.ndarray,
-            target: float) -> int:
+            target: float, depth: int = TUNE_K) -> int:
     """Smallest power-of-two nprobe whose recall@10 reaches `target` (with a margin),
     measured leave-one-out: the queries (q, dim) are corpus vectors (ids `own`, (q,)) and each
     one's own hit is dropped, so the neighbours sought are those a new query from the same
     distribution would have. `exact` (q, TUNE_K + 1): each query's exact neighbours' ids.
+    `depth`: the candidates a search keeps per query; more than TUNE_K for an index whose
+    results are re-ranked (index.rerank), where the exact 10 need only be among them.
     """
     import faiss
 
     if not isinstance(index, faiss.IndexIVF) or index.ntotal == 0:
         return 1
-    truth = _drop_self(exact, own)
+    truth = _drop_self(exact, own, TUNE_K)
     aim = target + (1 - target) / 2  # a margin: new queries scatter around the sample's recall
     nprobe, best = 1, -1.0
     while nprobe < index.nlist:
         params = faiss.SearchParametersIVF(nprobe=nprobe)  # type: ignore[call-arg]
-        _, found = index.search(queries, TUNE_K + 1, params=params)
-        recall = recall_at(truth, _drop_self(found, own))
+        _, found = index.search(queries, depth + 1, params=params)
+        recall = recall_at(truth, _drop_self(found, own, depth))
         # PQ codes cap recall below what any nprobe reaches: stop once probing more stops paying
         if recall >= aim or recall - best < PLATEAU:
             return nprobe
@@ -158,9 +148,9 @@ def tune_on(index: faiss.Index, queries: np.ndarray, own: np.ndarray, exact: np.
     return int(index.nlist)
 
 
-def _drop_self(found: np.ndarray, own: np.ndarray) -> np.ndarray:
+def _drop_self(found: np.ndarray, own: np.ndarray, k: int) -> np.ndarray:
     """(q, k+1) ids -> (q, k): each row without its query's own id (or without its last)."""
-    rows = [[i for i in row if i != me][:TUNE_K] for row, me in zip(found, own, strict=True)]
+    rows = [[i for i in row if i != me][:k] for row, me in zip(found, own, strict=True)]
     return np.array(rows, dtype=np.int64)
 
 

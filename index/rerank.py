@@ -5,21 +5,17 @@ recall@10 against exact search stops near 0.33 whatever nprobe. The store holds 
 exactly, so a search asks the index for RERANK_FACTOR x k candidates, reads their vectors from
 the store in one query, scores them by exact inner product and keeps the best k, with exact
 scores. The index then only has to put the true top k among its top k x RERANK_FACTOR.
-The index's nprobe is tuned for this (`tune_reranked`): the recall to reach is that of its top
-k x RERANK_FACTOR, which the codes' own top k plateaus far below.
+The index's nprobe is tuned for this (`index.ann.tune_on` with depth TUNE_K x RERANK_FACTOR): the
+recall to reach is that of its top k x RERANK_FACTOR, which the codes' own top k plateaus far
+below.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import numpy as np
-
-from index.ann import PLATEAU, TUNE_K
-
-if TYPE_CHECKING:  # imported where used: a reader re-ranking needs no FAISS of its own
-    import faiss
 
 # candidates fetched per result wanted. 100k clustered 512-d vectors (bench/rerank.py, nprobe
 # 4): recall@10 0.54 codes alone; re-ranked 0.78 (2), 0.951 (5), 0.953 (10 and 20: the lists
@@ -66,34 +62,3 @@ def exact_top(queries: np.ndarray, candidates: np.ndarray, fetch: Fetch,
     top = np.take_along_axis(scores, order, axis=1)
     ids = np.where(np.isfinite(top), np.take_along_axis(candidates, order, axis=1), -1)
     return top, ids.astype(np.int64)
-
-
-def tune_reranked(index: faiss.IndexIVF, queries: np.ndarray, own: np.ndarray,
-                  exact: np.ndarray, target: float) -> int:
-    """`index.ann.tune_on` for an IVF-PQ searched through `reranked`: the smallest
-    power-of-two nprobe whose recall@10 after re-ranking (the share of each query's exact
-    neighbours among its TUNE_K x RERANK_FACTOR candidates, all of which re-ranking keeps)
-    reaches `target` with tune_on's margin, or stops gaining. Leave-one-out as tune_on:
-    queries (q, dim) are corpus vectors with ids `own` (q,); `exact` (q, TUNE_K + 1) ids."""
-    import faiss
-
-    if index.ntotal == 0:
-        return 1
-    truth = [set(_others(row, me)[:TUNE_K]) for row, me in zip(exact, own, strict=True)]
-    aim = target + (1 - target) / 2
-    nprobe, best = 1, -1.0
-    while nprobe < index.nlist:
-        params = faiss.SearchParametersIVF(nprobe=nprobe)  # type: ignore[call-arg]
-        _, found = index.search(queries, TUNE_K * RERANK_FACTOR + 1, params=params)
-        hits = [len(t & set(_others(row, me))) for t, row, me in zip(truth, found, own,
-                                                                     strict=True)]
-        recall = float(np.mean(hits)) / TUNE_K
-        if recall >= aim or recall - best < PLATEAU:
-            return nprobe
-        nprobe, best = nprobe * 2, recall
-    return int(index.nlist)
-
-
-def _others(row: np.ndarray, me: int) -> list[int]:
-    """The ids of `row` but the query's own `me` (and the empty -1)."""
-    return [int(i) for i in row if i != me and i >= 0]

@@ -30,7 +30,7 @@ from index.ann import (
 from index.atomic import replacing
 from index.checksums import Summing
 from index.deltas import Journal
-from index.rerank import tune_reranked
+from index.rerank import RERANK_FACTOR
 
 Batch = tuple[np.ndarray, np.ndarray]  # ids (b,) int64, vectors (b, dim) float32
 
@@ -73,8 +73,8 @@ class VectorIndex:
             built.add(ids, vectors)
             exact.update(ids, vectors)
         # an IVF-PQ's searches are re-ranked exactly (index.rerank): tuned for that recall
-        tune = tune_reranked if isinstance(ivf, faiss.IndexIVFPQ) else tune_on
-        ivf.nprobe = tune(ivf, queries, query_ids, exact.ids, ann.recall_target)
+        depth = TUNE_K * RERANK_FACTOR if isinstance(ivf, faiss.IndexIVFPQ) else TUNE_K
+        ivf.nprobe = tune_on(ivf, queries, query_ids, exact.ids, ann.recall_target, depth)
         return built
 
     @property

@@ -133,7 +133,6 @@ def test_an_ivfpq_is_tuned_for_its_reranked_recall():
     target's share (with tune_on's margin) of each tuning query's exact neighbours."""
     import faiss
 
-    from index.rerank import tune_reranked
     from index.vectors import VectorIndex
 
     vectors, ids = clustered(N), np.arange(N, dtype=np.int64)
@@ -141,7 +140,8 @@ def test_an_ivfpq_is_tuned_for_its_reranked_recall():
     picked = ann.tuning_rows(N)
     exact = ann.Neighbours(vectors[picked], ann.TUNE_K + 1)
     exact.update(ids, vectors)
-    assert ivf.nprobe == tune_reranked(ivf, vectors[picked], ids[picked], exact.ids, 0.95)
+    assert ivf.nprobe == ann.tune_on(ivf, vectors[picked], ids[picked], exact.ids, 0.95,
+                                     ann.TUNE_K * RERANK_FACTOR)
 
     def recall(nprobe):
         params = faiss.SearchParametersIVF(nprobe=nprobe)
