@@ -26,6 +26,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from bench.results import machine_line, write_section
@@ -268,15 +269,22 @@ def on_disk_table(r: dict, args: argparse.Namespace) -> list[str]:
     return rows
 
 
+def measured(args: argparse.Namespace, saved: str, folder: str,
+             run: Callable[[argparse.Namespace, Path], dict]) -> dict:
+    """With --section-only, the results `run` saved in WORK/`saved`; else `run` them afresh in
+    an emptied WORK/`folder`."""
+    if args.section_only:
+        return json.loads((WORK / saved).read_text())
+    directory = WORK / folder
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    return run(args, directory)
+
+
 def on_disk_section(args: argparse.Namespace) -> None:
     """Run (or with --section-only, reread) the on-disk measurements; write their section."""
-    if args.section_only:
-        r = json.loads((WORK / f"ondisk-{args.rows}.json").read_text())
-    else:
-        directory = WORK / f"ondisk-{args.rows}-{args.dim}"
-        shutil.rmtree(directory, ignore_errors=True)
-        directory.mkdir(parents=True)
-        r = on_disk_runs(args, directory)
+    r = measured(args, f"ondisk-{args.rows}.json", f"ondisk-{args.rows}-{args.dim}",
+                 on_disk_runs)
     b = r["ivf"]["built"]
     same = ", ".join(f"{kind} {r[kind]['same_ids']:.0%}" for kind in ON_DISK_KINDS)
     notes = [
@@ -510,13 +518,7 @@ def main() -> None:
         on_disk_section(args)
         return
     args.postgres_rows = args.postgres_rows or args.rows
-    if args.section_only:
-        r = json.loads((WORK / f"results-{args.rows}.json").read_text())
-    else:
-        directory = WORK / f"idx-{args.rows}-{args.dim}"
-        shutil.rmtree(directory, ignore_errors=True)
-        directory.mkdir(parents=True)
-        r = run_all(args, directory)
+    r = measured(args, f"results-{args.rows}.json", f"idx-{args.rows}-{args.dim}", run_all)
     before = r.get("serve_before_has_items")
     fixed = [f"Serve was measured again after `Collection.holds` stopped counting every item of "
              f"a kind on each query (`Store.has_items`): before, item queries took p50 "
