@@ -411,11 +411,7 @@ class Store:
         if prefix is not None:
             query = query.join(File).where(File.path.startswith(prefix, autoescape=True))
         with Session(self.engine) as s:
-            rows = s.execute(query.order_by(Vector.item_id)).all()
-        if not rows:
-            return np.empty(0, np.int64), np.empty((0, 0), np.float32)
-        ids = np.array([r[0] for r in rows], dtype=np.int64)
-        return ids, np.stack([_decode(r[1]) for r in rows])
+            return _stacked(s.execute(query.order_by(Vector.item_id)).all())
 
     def vector_batches(self, kind: str, size: int = 10_000
                        ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -426,10 +422,7 @@ class Store:
                  .order_by(Vector.item_id).execution_options(yield_per=size))
         with Session(self.engine) as s:
             for rows in s.execute(query).partitions():
-                ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-                blob = b"".join(r[1] for r in rows)
-                yield ids, np.frombuffer(blob, dtype=VECTOR_DTYPE).reshape(len(rows), -1) \
-                    .astype(np.float32)
+                yield _stacked(rows)
 
     def vectors_of(self, ids: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The stored vectors of the items `ids` (any kind; ids not stored left out): ids (n,)
