@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -21,13 +22,16 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from retriever import __version__
-from retriever.errors import AskedModelDiffers, BadSetting, RetrieverError
+from retriever.errors import AskedModelDiffers, BadSetting, RetrieverError, RetrieverWarning
 from retriever.media.images import DEFAULT_MAX_PIXELS
 from retriever.media.ocr import check_tesseract
 from retriever.media.passages import DEFAULT_MAX_TEXT_BYTES
 from retriever.media.video import DEFAULT_EVERY, DEFAULT_MAX_FRAMES
 from retriever.search.output import plain as _plain
-from retriever.search.output import visible  # file text and error messages: shown, never read
+from retriever.search.output import (
+    unbounded,  # tables: never cut when piped
+    visible,  # file text and error messages: shown, never read
+)
 
 if TYPE_CHECKING:
     from retriever.library.indexing import IndexOutcome
@@ -36,6 +40,7 @@ if TYPE_CHECKING:
 # click's exceptions, or typer's copy of click (typer 0.28 vendors it)
 CLICK = sys.modules[typer.BadParameter.__module__]
 NO_ARGS_IS_HELP = getattr(CLICK, "NoArgsIsHelpError", ())  # click >= 8.2: shows the help
+SHOW_WARNING = warnings.showwarning  # Python's, for warnings not ours
 
 
 class OneLineErrors(TyperGroup):
@@ -162,7 +167,8 @@ MaxTextBytesOpt = Annotated[int, typer.Option(help="Read text documents up to th
 FollowSymlinksOpt = Annotated[bool, typer.Option(
     help="Index symlinked files whose target is outside FOLDERS (skipped by default).")]
 ReindexOpt = Annotated[bool, typer.Option(
-    help="Drop everything indexed and re-encode with --model/--pretrained.")]
+    help="Drop everything indexed and re-encode with --model/--pretrained (tags are kept, "
+    "on the same files).")]
 WaitOpt = Annotated[bool, typer.Option(
     help="If another run is writing this index, wait for it instead of exiting.")]
 IndexTypeOpt = Annotated[str, typer.Option(
@@ -327,12 +333,23 @@ def search(
         from retriever.search.html_page import write_html
 
         title = f"retriever: {query or image or f'item {item}'}"
-        stderr.print(f"wrote {visible(str(write_html(results, html_file, title)))}",
-                     markup=False)
-    _print_results(results, json_out, paths_only, preview)
+        written = write_html(results, html_file, title, _reading(index_dir, store))
+        stderr.print(f"wrote {visible(str(written))}", markup=False)
+    _print_results(results, json_out, paths_only, _reading(index_dir, store) if preview else None)
 
 
-def _print_results(results: list[Any], json_out: bool, paths_only: bool, preview: bool) -> None:
+def _reading(index_dir: Path, store: str | None) -> Any:
+    """The index opened for reading: --html and --preview show its files, checked as the
+    server checks them (a result from a server has the same ids)."""
+    from retriever.library.collection import Collection
+
+    return Collection.open(index_dir, store_url=store, reading=True)
+
+
+def _print_results(results: list[Any], json_out: bool, paths_only: bool,
+                   preview: Any | None) -> None:
+    """The results as JSON lines, paths, pictures of `preview`'s files (a Collection), or
+    tables."""
     if not results:
         stderr.print("no results (a filter or --min-score may exclude them all)", markup=False)
     if json_out:
@@ -341,8 +358,8 @@ def _print_results(results: list[Any], json_out: bool, paths_only: bool, preview
     elif paths_only:  # one per line: a newline in a name is printed as \n (README, Output)
         for result in results:
             stdout.print(visible(result.path), markup=False)
-    elif preview:
-        _print_previews(results)
+    elif preview is not None:
+        _print_previews(results, preview)
     else:
         from retriever.search.output import print_results
 
@@ -359,10 +376,10 @@ def _search_here(index_dir: Path, request: Any, model: str | None, pretrained: s
     return search_index(index_dir, request, asked, backend, store, RichProgress())
 
 
-def _print_previews(results: list[Any]) -> None:
+def _print_previews(results: list[Any], collection: Any) -> None:
     from retriever.search.output import print_previews
 
-    print_previews(stdout, stderr, results)
+    print_previews(stdout, stderr, results, collection)
 
 
 @app.command()
@@ -516,7 +533,8 @@ def train(
     if env_rank() != 0:  # under torchrun every process runs this command; rank 0 reports
         return
     if result.before:
-        stdout.print(_metrics_table(result.before, result.after, "untrained", "trained"))
+        unbounded(stdout).print(_metrics_table(result.before, result.after, "untrained",
+                                               "trained"))
     stdout.print(f"checkpoint: {result.checkpoint} ({result.samples_per_s:.0f} samples/s); "
               f"use it with --pretrained {result.checkpoint}", markup=False)
     stdout.print(f"curves: {result.curve_csv} and {result.curve_png}", markup=False)
@@ -587,7 +605,7 @@ def evaluate(
     if json_out:
         stdout.print(json.dumps(metrics), markup=False)
     else:
-        stdout.print(_metrics_table(metrics))
+        unbounded(stdout).print(_metrics_table(metrics))
 
 
 @app.command()
@@ -619,9 +637,9 @@ def demo(
         for r in results:
             table.add_row(f"{r.score:.3f}", _plain(Path(r.path).name),
                           _plain(r.caption or r.passage))
-        stdout.print(table)
-    stdout.print(_metrics_table(result.training.before, result.training.after, "untrained",
-                             "trained", title="held-out recall"))
+        unbounded(stdout).print(table)
+    unbounded(stdout).print(_metrics_table(result.training.before, result.training.after,
+                                           "untrained", "trained", title="held-out recall"))
     stdout.print(visible(f"try: cd {result.media} && retriever search 'a green square on the "
                          f"right'"), markup=False)
 
@@ -732,7 +750,7 @@ def duplicates(threshold: ThresholdOpt = None, under: FolderOpt = None,
     collection = Collection.open(find_index_dir(db, store_url=store), store_url=store)
     groups = find_duplicates(collection, threshold, os.path.abspath(under) if under else None)
     if html_file is not None:
-        written = write_duplicates_html(groups, html_file, threshold)
+        written = write_duplicates_html(groups, html_file, threshold, collection)
         stderr.print(f"wrote {visible(str(written))}", markup=False)
     if json_out:
         for group in groups:
@@ -743,6 +761,7 @@ def duplicates(threshold: ThresholdOpt = None, under: FolderOpt = None,
 
 def _print_groups(groups: list[Any]) -> None:
     table = Table("group", "score", "pixels", "bytes", "path", "note")
+    table.columns[4].overflow = "fold"  # a long path wraps on a terminal; it is never cut
     for number, group in enumerate(groups, 1):
         for i, c in enumerate(group.copies):
             note = "best copy" if i == 0 else ""
@@ -751,7 +770,7 @@ def _print_groups(groups: list[Any]) -> None:
             table.add_row(str(number) if i == 0 else "", f"{c.score:.3f}",
                           f"{c.width}x{c.height}" if c.width else "?", f"{c.size:,}",
                           _plain(c.path), _plain(note))
-    stdout.print(table)
+    unbounded(stdout).print(table)
     copies = sum(len(g.copies) - 1 for g in groups)
     stdout.print(f"{len(groups)} groups, {copies} copies beyond the best; nothing was deleted",
                  markup=False)
@@ -808,7 +827,22 @@ TagFilterOpt = Annotated[str | None, typer.Option(
 
 def main() -> None:
     logging.getLogger().setLevel(logging.ERROR)  # open_clip logs warnings on the root logger
+    warnings.showwarning = _show_warning
+    # PIL's own pixel cap (89 MP warns, 179 MP fails) would overrule --max-pixels: the guarded
+    # opener (retriever.media.images.decode_image) checks every header against that instead
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = None
     app()
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    """The library's own warnings (a registry rebuilt) as one line; others as Python shows them."""
+    if issubclass(category, RetrieverWarning):
+        stderr.print(f"warning: {visible(str(message))}", markup=False)
+    else:
+        SHOW_WARNING(message, category, filename, lineno, file, line)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,11 @@
 """Numbered schema migrations for the metadata store.
 
 Each migration runs in one transaction together with the row that records it, so a store is
-always at exactly one known version. Never edit a released migration: append a new one.
+always at exactly one known version, whatever fails half-way (a full disk, a killed process):
+both databases roll DDL back. On SQLite that needs an explicit BEGIN (`_exclusive`): Python's
+sqlite3 opens a transaction only before INSERT/UPDATE/DELETE, so a CREATE or ALTER TABLE would
+run on its own and stay applied, with no version row, and the store could never open again.
+Never edit a released migration: append a new one.
 
 The DDL is SQLite's, word for word, so SQLite stores are made exactly as they always were; the
 few words PostgreSQL spells otherwise are written {int}, {rowid}, {serial} and {blob} and filled
@@ -168,7 +172,7 @@ def migrate(connect: Callable[[], object]) -> list[int]:
     `connect` is `engine.begin`: each migration gets its own transaction.
     """
     with connect() as conn:  # type: ignore[attr-defined]
-        _one_at_a_time(conn)
+        _exclusive(conn)
         conn.execute(text(
             "CREATE TABLE IF NOT EXISTS schema_migrations ("
             "version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at FLOAT NOT NULL)"
@@ -179,7 +183,7 @@ def migrate(connect: Callable[[], object]) -> list[int]:
         if version in done:
             continue
         with connect() as conn:  # type: ignore[attr-defined]
-            _one_at_a_time(conn)
+            _exclusive(conn)
             if version in applied_versions(conn):  # another process applied it meanwhile
                 continue
             apply(conn)
@@ -191,9 +195,14 @@ def migrate(connect: Callable[[], object]) -> list[int]:
     return applied
 
 
-def _one_at_a_time(conn: Connection) -> None:
-    """PostgreSQL: processes opening a new store together migrate it one after another (a lock
-    held until this transaction ends), as SQLite's single writer makes them do there."""
-    if conn.dialect.name == "postgresql":
+def _exclusive(conn: Connection) -> None:
+    """Open this migration's transaction for real, held by one process at a time: processes
+    opening a new store together migrate it one after another. SQLite: BEGIN IMMEDIATE (the
+    write lock, waited for by busy_timeout), so the DDL that follows is inside it; without
+    it each CREATE/ALTER commits on its own (see the module docstring). The commit and
+    rollback SQLAlchemy sends end it. PostgreSQL: a lock held until this transaction ends."""
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    elif conn.dialect.name == "postgresql":
         conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('retriever.migrate:' || "
                           "current_schema()))"))

@@ -16,9 +16,10 @@ import socket
 import sqlite3
 import time
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import quote
@@ -33,6 +34,7 @@ if TYPE_CHECKING:  # bound at run time by `_import_sqlalchemy`, when a `Store` i
     from sqlalchemy.engine import URL, Connection, ExceptionContext, make_url
     from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
     from sqlalchemy.orm import Session
+    from sqlalchemy.sql.elements import ColumnElement
 
     from index.migrations import LATEST, migrate, pending
     from index.tables import (
@@ -122,6 +124,18 @@ class TagRecord:
 
 
 @dataclass(frozen=True)
+class PlacedTag:
+    """A tag with its item named by where it is, not by id (`Store.placed_tags`)."""
+
+    path: str
+    kind: str
+    position: int
+    label_set: str
+    label: str
+    score: float
+
+
+@dataclass(frozen=True)
 class FileState:
     size: int
     mtime: float
@@ -200,6 +214,7 @@ class Store:
         try:
             parsed = _with_driver(make_url(url))
             sqlite = parsed.get_backend_name() == "sqlite"
+            _check_kept(parsed)
             self.engine: Engine = create_engine(_read_only(parsed) if read_only and sqlite
                                                 else parsed, **_options(parsed, read_only))
         except (ArgumentError, ImportError) as err:  # garbage, unknown dialect, missing driver
@@ -212,10 +227,14 @@ class Store:
                          else _sqlite_pragmas)
         if sqlite or self.postgresql:
             event.listen(self.engine, "handle_error", self._translate)
-        if read_only:
-            self._check_schema()
-        else:
-            migrate(self.engine.begin)
+        try:
+            if read_only:
+                self._check_schema()
+            else:
+                migrate(self.engine.begin)  # each migration all or nothing (index.migrations)
+        except BaseException:
+            self.engine.dispose()  # a store that cannot open keeps no connection
+            raise
 
     def close(self) -> None:
         self.engine.dispose()
@@ -405,11 +424,11 @@ class Store:
             return {p: FileState(size, mtime, h) for p, size, mtime, h in rows}
 
     def vectors(self, kind: str, prefix: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """All stored vectors of one kind (under path `prefix`): ids (n,) int64 and vectors
-        (n, dim) float32."""
+        """All stored vectors of one kind (under the folder `prefix`, see `_under`): ids (n,)
+        int64 and vectors (n, dim) float32."""
         query = select(Vector.item_id, Vector.data).join(Item).where(Item.kind == kind)
         if prefix is not None:
-            query = query.join(File).where(File.path.startswith(prefix, autoescape=True))
+            query = query.join(File).where(self._under(prefix))
         with Session(self.engine) as s:
             return _stacked(s.execute(query.order_by(Vector.item_id)).all())
 
@@ -453,13 +472,13 @@ class Store:
         before: float | None = None,
         tag: str | None = None,
     ) -> np.ndarray:
-        """Ids of `kind` items under path `prefix`, taken in [after, before), tagged `tag`
-        (SQL, indexed)."""
+        """Ids of `kind` items under the folder `prefix` (see `_under`), taken in [after,
+        before), tagged `tag` (SQL, indexed)."""
         query = select(Item.id).join(File).where(Item.kind == kind)
         if tag is not None:
             query = query.where(Item.id.in_(select(Tag.item_id).where(Tag.label == tag)))
         if prefix is not None:
-            query = query.where(File.path.startswith(prefix, autoescape=True))
+            query = query.where(self._under(prefix))
         if after is not None:
             query = query.where(File.taken_at >= after)
         if before is not None:
@@ -513,13 +532,34 @@ class Store:
     # --- duplicates and tags ------------------------------------------------------------------
 
     def image_files(self, prefix: str | None = None) -> list[ImageFile]:
-        """Every image item (under path `prefix`) with its file's size, dimensions and hash."""
+        """Every image item (under the folder `prefix`, see `_under`) with its file's size,
+        dimensions and hash."""
         query = select(Item.id, File.path, File.size, File.width, File.height,
                        File.content_hash).join(File).where(Item.kind == IMAGE)
         if prefix is not None:
-            query = query.where(File.path.startswith(prefix, autoescape=True))
+            query = query.where(self._under(prefix))
         with Session(self.engine) as s:
             return [ImageFile(*row) for row in s.execute(query.order_by(Item.id))]
+
+    def _under(self, folder: str) -> ColumnElement[bool]:
+        """`files.path` is `folder` or below it: UNDER_SQL, in SQLAlchemy's words, compared
+        byte-wise as the range needs (`_paths_bytewise`)."""
+        path = File.path if self._paths_bytewise else File.path.collate("C")
+        own, low, high = under_bounds(folder)
+        return (path == own) | ((path >= low) & (path < high))
+
+    @cached_property
+    def _paths_bytewise(self) -> bool:
+        """Whether `files.path` sorts byte-wise: on SQLite always, on PostgreSQL in a database
+        whose collation is C. Then the folder range uses the path index; under a language's
+        collation each comparison says COLLATE "C" (exact, but `files` is scanned)."""
+        if not self.postgresql:
+            return True
+        with self.engine.connect() as conn:  # as JSON: datlocprovider is new in PostgreSQL 15
+            database = conn.execute(text("SELECT to_jsonb(d) FROM pg_database d WHERE "
+                                         "datname = current_database()")).scalar_one()
+        return (database.get("datlocprovider", "c") == "c"  # not ICU's or another's
+                and database["datcollate"] in ("C", "POSIX"))
 
     def replace_tags(self, label_set: str, item_ids: Sequence[int],
                      tags: Sequence[TagRecord]) -> None:
@@ -539,6 +579,29 @@ class Store:
                                              .where(Tag.item_id.in_([int(i) for i in ids]))
                                              .order_by(Tag.item_id, Tag.label)))
 
+    def placed_tags(self) -> list[PlacedTag]:
+        """Every tag, its item named by place (path, kind, position) rather than id: what
+        outlives the items, which `--reindex` makes anew under new ids."""
+        with Session(self.engine) as s:
+            return [PlacedTag(*row) for row in s.execute(
+                select(File.path, Item.kind, Item.position, Tag.label_set, Tag.label, Tag.score)
+                .join(Item, Tag.item_id == Item.id).join(File).order_by(Tag.item_id))]
+
+    def place_tags(self, tags: Sequence[PlacedTag]) -> int:
+        """Put each tag on the item now at its place, in one transaction; a tag whose place
+        holds no item any more is dropped. Returns how many were put back."""
+        where: dict[tuple[str, str, int], int] = {}
+        with Session(self.engine) as s, s.begin():
+            for chunk in _chunks(sorted({t.path for t in tags})):
+                where.update(((path, kind, position), item_id) for path, kind, position, item_id
+                             in s.execute(select(File.path, Item.kind, Item.position, Item.id)
+                                          .join(File).where(File.path.in_(chunk))))
+            placed = {(where[t.path, t.kind, t.position], t.label_set, t.label): t.score
+                      for t in tags if (t.path, t.kind, t.position) in where}
+            s.add_all(Tag(item_id=item_id, label_set=label_set, label=label, score=score)
+                      for (item_id, label_set, label), score in placed.items())
+        return len(placed)
+
 
 
 # A current store's schema version: index.migrations.LATEST, which imports SQLAlchemy
@@ -549,8 +612,10 @@ SCHEMA_VERSION = 6
 class SqliteReader(Store):
     """A current SQLite store read through the standard library's sqlite3: the reads a search
     makes, in the SQL `Store` has SQLAlchemy run, with the same answers (tests/
-    test_store_reader.py runs both), without SQLAlchemy's ~250 ms of imports. Any other read
-    makes SQLAlchemy's engine then (`engine`), read-only: a write raises `IndexReadOnly`."""
+    test_store_reader.py runs both), without SQLAlchemy's ~250 ms of imports: also the vector
+    reads that rebuild a stale or damaged FAISS index in memory. Every other `Store` method is
+    run by a read-only `Store` made on its first use (`_by_store`): a write raises
+    `IndexReadOnly`."""
 
     def __init__(self, url: str, path: Path, db: sqlite3.Connection) -> None:
         # Store's attributes, without an engine (made on first use) or a migration
@@ -587,9 +652,15 @@ class SqliteReader(Store):
 
     @property  # Store's attribute, made here on first use
     def engine(self) -> Engine:  # type: ignore[override]
+        return self.sqlalchemy_store().engine
+
+    def sqlalchemy_store(self) -> Store:
+        """This store opened by SQLAlchemy, read-only, on first use: what runs the reads this
+        class does not write in sqlite3 (and refuses writes). Making it binds SQLAlchemy's
+        names (`_import_sqlalchemy`), which `Store`'s own methods use."""
         if self._engine_store is None:
             self._engine_store = Store(self.url, read_only=True)
-        return self._engine_store.engine
+        return self._engine_store
 
     def close(self) -> None:
         self._db.close()
@@ -597,8 +668,14 @@ class SqliteReader(Store):
             self._engine_store.close()
 
     def _rows(self, sql: str, params: Sequence = ()) -> list[tuple]:
-        try:
+        with self._named_errors():
             return self._db.execute(sql, params).fetchall()
+
+    @contextmanager
+    def _named_errors(self) -> Iterator[None]:
+        """sqlite3's errors as `Store` names them (`_named_error`)."""
+        try:
+            yield
         except sqlite3.Error as err:
             named = _named_error(self.path or Path(self.url), err)
             if named is None:
@@ -646,12 +723,11 @@ class SqliteReader(Store):
         params: list[object] = [kind]
         for clause, value in (
                 ("items.id IN (SELECT tags.item_id FROM tags WHERE tags.label = ?)", tag),
-                ("(files.path LIKE ? || '%' ESCAPE '/')",
-                 None if prefix is None else _like_escaped(prefix)),
+                (UNDER_SQL, None if prefix is None else under_bounds(prefix)),
                 ("files.taken_at >= ?", after), ("files.taken_at < ?", before)):
             if value is not None:
                 where.append(clause)
-                params.append(value)
+                params.extend(value if isinstance(value, tuple) else [value])  # UNDER_SQL: 3
         rows = self._rows("SELECT items.id FROM items JOIN files ON files.id = items.file_id "
                           f"WHERE {' AND '.join(where)}", params)
         return np.fromiter((r[0] for r in rows), dtype=np.int64)
@@ -669,6 +745,17 @@ class SqliteReader(Store):
                                "ORDER BY vectors.item_id", chunk)
         return _stacked(rows)
 
+    def vector_batches(self, kind: str, size: int = 10_000
+                       ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """What rebuilds a stale or damaged FAISS index in memory: one query read `size` rows
+        at a time, in one read snapshot (a writer committing meanwhile is not seen half)."""
+        with self._named_errors():
+            cursor = self._db.execute(
+                "SELECT vectors.item_id, vectors.data FROM vectors JOIN items ON items.id = "
+                "vectors.item_id WHERE items.kind = ? ORDER BY vectors.item_id", (kind,))
+            while rows := cursor.fetchmany(size):
+                yield _stacked(rows)
+
     def image_items_at(self, paths: Sequence[str]) -> dict[str, int]:
         found: dict[str, int] = {}
         for chunk in _chunks(list(paths)):
@@ -677,6 +764,21 @@ class SqliteReader(Store):
                 f"WHERE items.kind = ? AND files.path IN ({', '.join('?' * len(chunk))})",
                 [IMAGE, *chunk]))
         return found
+
+
+def _by_store(name: str) -> Callable[..., object]:
+    """`Store.<name>` for a `SqliteReader`: run by its read-only `Store` (`sqlalchemy_store`),
+    as `Store`'s code needs SQLAlchemy's names bound, which the reader never imports itself."""
+    def method(self: SqliteReader, *args: object, **kwargs: object) -> object:
+        return getattr(self.sqlalchemy_store(), name)(*args, **kwargs)
+
+    method.__name__ = method.__qualname__ = name
+    return method
+
+
+for _name, _method in list(vars(Store).items()):  # every public Store method the reader lacks
+    if callable(_method) and not _name.startswith("_") and _name not in vars(SqliteReader):
+        setattr(SqliteReader, _name, _by_store(_name))
 
 
 def open_store(url: str, read_only: bool = False, reading: bool = False) -> Store:
@@ -694,9 +796,17 @@ def _plain_sqlite_path(url: str) -> Path | None:
     return Path(path) if path and path != ":memory:" and not set(path) & set("%?") else None
 
 
-def _like_escaped(prefix: str) -> str:
-    """`prefix` matched literally by LIKE ... ESCAPE '/', as SQLAlchemy's `autoescape` does."""
-    return prefix.replace("/", "//").replace("%", "/%").replace("_", "/_")
+# A folder filter: the folder's own key (a file given as the folder), or a key below it. Keys
+# below a folder are those that start with its key and '/' (retriever.media.scan.path_key),
+# which sort in [low, high) byte-wise, '0' being '/' + 1: an indexed range query, exact on a
+# path component and case-sensitive, where LIKE ignores ASCII case and sees wildcards.
+UNDER_SQL = "(files.path = ? OR (files.path >= ? AND files.path < ?))"
+
+
+def under_bounds(folder: str) -> tuple[str, str, str]:
+    """(own, low, high) of UNDER_SQL for the key of a folder, a trailing '/' or not."""
+    base = folder.rstrip("/")
+    return base or "/", base + "/", base + "0"
 
 
 def _labels_by_item(rows: Iterable[tuple[int, str]]) -> dict[int, list[str]]:
@@ -869,6 +979,9 @@ def _named_error(path: Path, error: BaseException) -> StoreError | None:
 PG_READ_ONLY_TRANSACTION, PG_DISK_FULL = "25006", "53100"
 PG_UNREACHABLE = ("08", "28", "3D", "57P")  # connection, authorization, no such database, shutdown
 WRITER_LOCK_SPACE = 0x52455452  # "RETR": the first key of the writer's advisory lock
+# Seconds to connect (psycopg's connect_timeout): a port that accepts and never answers
+# (a firewall, a server hung) is one line after this, not minutes of TCP retries
+PG_CONNECT_TIMEOUT = 10
 
 
 def _server_error(name: str, error: BaseException, lost: bool) -> StoreError | None:
@@ -904,19 +1017,37 @@ def _with_driver(url: URL) -> URL:
 
 def _options(url: URL, read_only: bool) -> dict:
     """create_engine's options: PostgreSQL checks a pooled connection before reusing it (a
-    server restarted under `retriever serve`), and a read-only store's sessions are read-only."""
+    server restarted under `retriever serve`), gives up connecting after PG_CONNECT_TIMEOUT
+    (unless the URL sets its own connect_timeout), and a read-only store's sessions are
+    read-only."""
     if url.get_backend_name() != "postgresql":
         return {}
-    options: dict = {"pool_pre_ping": True}
+    connect: dict = {} if "connect_timeout" in url.query else {
+        "connect_timeout": PG_CONNECT_TIMEOUT}
     if read_only:
-        options["connect_args"] = {"options": "-c default_transaction_read_only=on"}
-    return options
+        connect["options"] = "-c default_transaction_read_only=on"
+    return {"pool_pre_ping": True, "connect_args": connect}
+
+
+def _check_kept(url: URL) -> None:
+    """Refuse a SQLite URL of a database that vanishes when the run ends (in memory, or the
+    private temporary file of an empty name): an index would report success and keep
+    nothing."""
+    if url.get_backend_name() != "sqlite":  # a server's database outlives the run
+        return
+    database = url.database or ""
+    uri = url.query.get("uri") in ("true", "1")
+    if database in ("", ":memory:") or (uri and (database.startswith("file::memory:") or
+                                                 "mode=memory" in database or
+                                                 url.query.get("mode") == "memory")):
+        raise ArgumentError("an in-memory or temporary database keeps nothing after the run")
 
 
 def _bad_url(url: str, error: Exception) -> BadStoreUrl:
     """A URL SQLAlchemy cannot open (shown without its password), with the fix in `reason`."""
     try:
-        shown = make_url(url).render_as_string(hide_password=True)
+        parsed = make_url(url)
+        shown = url if parsed.password is None else parsed.render_as_string(hide_password=True)
     except ArgumentError:
         shown = url
     if isinstance(error, ImportError):

@@ -162,3 +162,22 @@ class BadStoreUrl(UsageError):
     def __init__(self, message: str, url: str, reason: str) -> None:
         super().__init__(message)
         self.url, self.reason = url, reason
+
+
+class SmallFileError(RetrieverError):
+    """A small file retriever keeps (a registry, roots.json, an index file's JSON, an export's
+    meta.json) is not what it should be: not a regular file, too big, not JSON, nested too
+    deeply. `path` is the file, `problem` what is wrong with it."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        super().__init__(path, problem)
+        self.path = path
+        self.problem = problem  # e.g. "not a regular file", "over 1048576 bytes"
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.problem}"
+
+
+class RetrieverWarning(UserWarning):
+    """Something done that the user should know of (a damaged registry kept aside and rebuilt);
+    the CLI prints it as one `warning:` line."""

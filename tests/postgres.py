@@ -47,10 +47,25 @@ class Server:
         while self.made:
             self._admin(f'DROP DATABASE IF EXISTS "{self.made.pop()}" WITH (FORCE)')
 
+    def check(self) -> None:
+        """Raise `Unavailable` unless the server answers (within PG_CONNECT_TIMEOUT)."""
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import OperationalError
+
+        try:
+            self._admin("SELECT 1")
+        except OperationalError as err:
+            shown = make_url(self.admin_url).render_as_string(hide_password=True)
+            said = (str(err.orig).strip().splitlines() or [type(err.orig).__name__])[0]
+            raise Unavailable(f"${ENV_TEST_URL} {shown}: {said}") from None
+
     def _admin(self, statement: str) -> None:
         from sqlalchemy import create_engine, text
 
-        engine = create_engine(self.admin_url, isolation_level="AUTOCOMMIT")
+        from index.store import PG_CONNECT_TIMEOUT
+
+        engine = create_engine(self.admin_url, isolation_level="AUTOCOMMIT",
+                               connect_args={"connect_timeout": PG_CONNECT_TIMEOUT})
         try:
             with engine.connect() as conn:
                 conn.execute(text(statement))
@@ -66,7 +81,9 @@ def postgres_server() -> Iterator[Server]:
     except ImportError:
         raise Unavailable("psycopg is not installed: pip install -e '.[postgres]'") from None
     if os.environ.get(ENV_TEST_URL):
-        yield Server(os.environ[ENV_TEST_URL])
+        server = Server(os.environ[ENV_TEST_URL])
+        server.check()  # a server that never answers: one reason, not a hang in every test
+        yield server
         return
     with _cluster(_programs()) as url:
         yield Server(url)

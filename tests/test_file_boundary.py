@@ -157,7 +157,7 @@ def test_a_read_that_never_ends_is_given_up_and_the_run_goes_on(
     monkeypatch.setattr(indexer, "load_pixels", load)
     try:
         started = time.monotonic()
-        report = index_once(root, batch_size=2, read_timeout=0.5)
+        report = index_once(root, batch_size=2, read_timeout=0.5, read_wall_timeout=0.5)
         took = time.monotonic() - started
     finally:
         release.set()

@@ -249,8 +249,8 @@ def test_previews_in_a_terminal_print_file_text_plainly(hostile, tiny_encoder, m
                                                soft_wrap=True, emoji=False, width=1000))
     collection = Collection.open(hostile / ".retriever")
     results = search(collection, tiny_encoder, Query("passage", k=100))
+    cli._print_previews(results, collection)
     collection.close()
-    cli._print_previews(results)
     shown = re.sub(r"\x1b_G[^\x1b]*\x1b\\", "", capsys.readouterr().out)  # drop the images
     assert_plain(shown)
 

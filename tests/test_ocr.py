@@ -50,9 +50,7 @@ def test_words_in_an_image_are_found_by_text_search(tmp_path, cli):
 
 
 def test_without_tesseract_ocr_is_one_line_saying_how_to_install(tmp_path, cli, monkeypatch):
-    import pytesseract
-
-    monkeypatch.setattr(pytesseract.pytesseract, "tesseract_cmd", "/nonexistent/tesseract")
+    monkeypatch.setattr("retriever.media.ocr.PROGRAM", "/nonexistent/tesseract")
     root = tmp_path / "media"
     write_invoice(root.mkdir() or root / "scan.png")
     run = cli("index", root, "--db", tmp_path / "db", "--model", "retriever-tiny",

@@ -1,11 +1,14 @@
 """`--engine ray`: the same collection as the local engine, incremental, and a killed driver
 loses nothing committed; read tasks get only what reading takes (no torch for photos, stored
 hashes by 64 bits, where a chance match costs a second read and nothing else); a plan leaves
-CPUs to reading. One local Ray for the module (2 CPUs, no dashboard)."""
+CPUs to reading; a read task that dies on a file makes that file one failure; the per-file limit
+counts the file's own reading. One local Ray for the module (2 CPUs, on 127.0.0.1, no
+dashboard), started as the engine starts its own."""
 
 from __future__ import annotations
 
 import hashlib
+import os
 import pickle
 import signal
 import sqlite3
@@ -38,8 +41,9 @@ def ray_address():
     """The module's Ray: its address, for a driver in another process."""
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             configure_logging=False)  # "local": a new one, never a cluster found running
+    from retriever.library.ray_engine import start_local
+
+    start_local(2)  # a new one, never a cluster found running; on 127.0.0.1 alone
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 
@@ -58,10 +62,10 @@ def media(tmp_path_factory) -> Path:
     return root
 
 
-def index(media: Path, db: Path, engine: str) -> IndexOutcome:
-    options = IndexOptions((media,), batch_size=8)
+def index(media: Path, db: Path, engine: str, progress=None, **options) -> IndexOutcome:
+    options = IndexOptions((media,), batch_size=8, **options)
     return index_folders(IndexRequest(options, db, ModelSpec("retriever-tiny", "none"), "torch",
-                                      engine=engine))
+                                      engine=engine), progress)
 
 
 def files(db: Path) -> dict:
@@ -239,3 +243,104 @@ def test_a_ray_started_for_the_run_runs_its_workers_at_the_users_priority():
     assert done.returncode == 0, done.stderr
     worker, driver = done.stdout.split()
     assert worker == driver
+
+
+def test_the_modules_ray_and_a_ray_started_for_a_run_are_on_loopback_alone(ray_address):
+    """Ray's default is this machine's own interface address, every interface listening."""
+    import ray
+
+    assert ray_address.startswith("127.0.0.1:")
+    assert {node["NodeManagerAddress"] for node in ray.nodes()} == {"127.0.0.1"}
+    script = ("import ray\n"
+              "from retriever.library.ray_engine import _start\n"
+              "_start(None)\n"
+              "print(ray.get_runtime_context().gcs_address,\n"
+              "      *sorted({n['NodeManagerAddress'] for n in ray.nodes()}))\n"
+              "ray.shutdown()\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    gcs, *nodes = done.stdout.split()
+    assert gcs.startswith("127.0.0.1:") and nodes == ["127.0.0.1"]
+
+
+def with_reader_hook(monkeypatch, hook) -> None:
+    """Read tasks call `hook(media)` before each file they read (shipped to the workers by
+    value, as a closure): a stand-in for a hostile file or a slow machine."""
+    from retriever.library import ray_engine
+
+    shipped = ray_engine._for_tasks
+
+    def for_tasks(read):
+        inner = shipped(read)
+
+        def hooked(media):
+            hook(media)
+            return inner(media)
+
+        hooked.spec = inner.spec  # type: ignore[attr-defined]  # as a read task looks at it
+        return hooked
+
+    monkeypatch.setattr(ray_engine, "_for_tasks", for_tasks)
+
+
+def test_a_file_that_kills_its_read_task_is_one_failure_and_the_rest_is_stored(
+        ray_address, media, tmp_path, monkeypatch):
+    """A read task that dies (here: its process exits on one file, as an OOM kill or a
+    decoder's crash ends it) is retried by nobody: its block is read again one file a task,
+    the file whose task dies again is that file's failure, once, and the next run skips it."""
+    def die_on_p007(m):
+        if m.path.name == "p007.jpg":
+            os._exit(1)
+
+    with_reader_hook(monkeypatch, die_on_p007)
+    local = index(media, tmp_path / "local", "local")
+    ray = index(media, tmp_path / "ray", "ray")
+    died = [f for f in ray.report.failures if f.path.endswith("p007.jpg")]
+    assert len(died) == 1 and "reader process died" in died[0].reason
+    assert sorted(f.path for f in ray.report.failures) == sorted(
+        [str(media / "p007.jpg"), str(media / "broken.jpg")])
+    assert set(files(tmp_path / "local")) - set(files(tmp_path / "ray")) == {
+        str(media / "p007.jpg")}  # every other file stored
+    assert ray.counts.images == local.counts.images - 1
+
+    again = index(media, tmp_path / "ray", "ray")
+    assert (again.report.encoded, again.report.known_failures) == (0, 2)
+
+
+def test_the_read_limit_counts_reading_not_waiting(ray_address, media, tmp_path, monkeypatch):
+    """Each note's read waits 2 s without using a CPU (as on a machine loaded with other
+    work, or a task queued), over a limit of 1 CPU-second: nothing fails, nothing differs,
+    and the first text's tokenizer (torch's import, seconds of CPU) is not counted either."""
+    import time
+
+    def wait_on_notes(m):
+        if m.path.suffix == ".md":
+            time.sleep(2)
+
+    with_reader_hook(monkeypatch, wait_on_notes)
+    local = index(media, tmp_path / "local", "local")
+    ray = index(media, tmp_path / "ray", "ray", read_timeout=1.0)
+    assert [f.path for f in ray.report.failures] == [str(media / "broken.jpg")]
+    assert (ray.report.texts, ray.report.passages) == (local.report.texts, local.report.passages)
+    assert_same(tmp_path / "ray", tmp_path / "local")
+
+
+def test_a_read_over_the_limit_is_tried_again_next_run(ray_address, media, tmp_path,
+                                                      monkeypatch):
+    """A read given up on (it used its CPU limit) is a failure of this run, not of the file's
+    bytes: the next run reads it again instead of skipping it as a known bad file."""
+    import time
+
+    def spin_on_n3(m):
+        if m.path.name == "n3.md":
+            until = time.thread_time() + 3
+            while time.thread_time() < until:
+                pass
+
+    with_reader_hook(monkeypatch, spin_on_n3)
+    for run in range(2):
+        done = index(media, tmp_path / "ray", "ray", read_timeout=1.0)
+        over = [f for f in done.report.failures if f.path.endswith("n3.md")]
+        assert len(over) == 1 and "given up" in over[0].reason, run
+        assert done.report.known_failures == run  # broken.jpg, skipped from the second run

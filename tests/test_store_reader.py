@@ -112,11 +112,12 @@ def test_every_read_a_search_makes_equals_sqlalchemys(url):
 
 
 def test_every_filter_of_ids_where_equals_sqlalchemys(url):
-    """Folder prefixes with LIKE's wildcards, upper case (LIKE ignores ASCII case on both),
+    """Folders with LIKE's wildcards, upper case, a string prefix that is no folder, a file,
     dates at the stored values' edges, tags of either set."""
     reader, store = SqliteReader.open(url, read_only=False), Store(url)
     assert reader is not None
-    prefixes = [None, ROOT, f"{ROOT}/a_", f"{ROOT}/ax", "/m/Ph%", "/m/", "/M/PH_TOS", "/x"]
+    prefixes = [None, ROOT, f"{ROOT}/a_", f"{ROOT}/ax", "/m/Ph%", "/m/", "/M/PH_TOS", "/x",
+                f"{ROOT}/a_b.jpg", f"{ROOT}/notes/", "/"]
     times = [None, 100.0, 200.25, 250]
     tags = [None, "dog", "cat", "sky", "none"]
     for kind, prefix, after, before, tag in itertools.product(
@@ -124,7 +125,8 @@ def test_every_filter_of_ids_where_equals_sqlalchemys(url):
         mine = reader.item_ids_where(kind, prefix, after, before, tag)
         theirs = store.item_ids_where(kind, prefix, after, before, tag)
         assert same(mine, theirs), (kind, prefix, after, before, tag)
-    assert len(store.item_ids_where(IMAGE, f"{ROOT}/a_")) == 1  # `_` taken literally
+    assert len(store.item_ids_where(IMAGE, f"{ROOT}/a_")) == 0  # a folder, not a string prefix
+    assert len(store.item_ids_where(IMAGE, f"{ROOT}/a_b.jpg")) == 1  # a file: itself
     reader.close()
     store.close()
 

@@ -233,5 +233,5 @@ def test_server_rows_and_html_page_play_the_video_from_its_moment(tmp_path, cli)
         thumb = client.get(row["thumbnail"])
         assert thumb.status_code == 200 and thumb.content[:2] == b"\xff\xd8"
     results = search(collection, encoder, Query(text="x", target="videos"))
-    page = write_html(results, tmp_path / "page.html", "videos").read_text()
+    page = write_html(results, tmp_path / "page.html", "videos", collection).read_text()
     assert "<video" in page and f"clip.mp4#t={results[0].time:g}" in page

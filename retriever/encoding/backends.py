@@ -18,6 +18,11 @@ $XDG_CACHE_HOME/retriever/onnx/<key>/ (`retriever.userdirs`), where key hashes t
 the weights name and, for files, their size and mtime; a changed weights file gets a new export
 and the old one for the same names is removed. A query on an index whose export exists loads
 neither torch nor open_clip.
+
+An export is checked before it is used (`ort_encoder.export_problem`: checksums, as index files
+are); a damaged one is made again, with a note. When the cache cannot be written (read-only, a
+file where its folder should be, a full disk), the model runs in torch this time, with a note:
+the same vectors (cosine >= 0.9999), slower to start.
 """
 
 from __future__ import annotations
@@ -26,22 +31,30 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from index.exact import gpu_visible
 from retriever.encoding.encoders import Encoder
 from retriever.encoding.ort_encoder import (
     FORMAT,
-    VISUAL_INT8,
+    META,
+    MISSING,
     OrtEncoder,
-    is_export,
+    export_problem,
     quantize,
+    quantized,
 )
 from retriever.encoding.specs import ModelId, ModelSpec
 from retriever.encoding.weights import check_available
-from retriever.errors import BadSetting
+from retriever.errors import BadSetting, SmallFileError
+from retriever.jsonfile import read_json
 from retriever.progress import NullProgress, Progress
 from retriever.userdirs import cache_dir
+
+if TYPE_CHECKING:
+    from retriever.encoding.models import LoadedModel
 
 BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
 EXPORTS_DIRNAME = "onnx"
@@ -59,31 +72,70 @@ def open_encoder(model: ModelSpec | ModelId, backend: str, exports: Path | None 
     progress = progress or NullProgress()
     chosen = "torch" if backend == "auto" and gpu_visible() else backend
     folder = export_dir(exports, model) if isinstance(model, ModelId) else None
-    if folder is None or chosen == "torch" or not is_export(folder):
-        # the export is missing (or torch was asked for): the model is loaded in torch, unless
-        # its weights cannot be had (offline), which is told before importing torch
-        check_available(ModelSpec(model.name, model.pretrained)
-                        if isinstance(model, ModelId) else model)
-        from retriever.encoding.clip_encoder import ClipEncoder
-        from retriever.encoding.models import load_model
-        from retriever.encoding.onnx_export import export, supported
+    if folder is not None and chosen != "torch" and export_problem(folder) is None:
+        return _ort_encoder(folder, chosen, batch_size, quick_start, progress)
+    # no sound export (or torch was asked for): the model is loaded in torch, unless its
+    # weights cannot be had (offline), which is told before importing torch
+    check_available(ModelSpec(model.name, model.pretrained) if isinstance(model, ModelId)
+                    else model)
+    from retriever.encoding.clip_encoder import ClipEncoder
+    from retriever.encoding.models import load_model
+    from retriever.encoding.onnx_export import supported
 
-        with progress.task("loading the model in torch", None):
-            loaded = load_model(ModelSpec(model.name, model.pretrained)
-                                if isinstance(model, ModelId) else model)
-        if chosen == "torch" or (chosen == "auto" and supported(loaded) is not None):
-            return ClipEncoder(loaded, batch_size or 64)
-        folder = export_dir(exports, loaded.model_id)
-        if not is_export(folder):
-            with progress.task(f"exporting {loaded.model_id.name} to ONNX, once per model "
-                               f"(~20 s for ViT-B-32)", None):
-                export(loaded, folder)
-            _remove_stale_exports(folder)
+    with progress.task("loading the model in torch", None):
+        loaded = load_model(ModelSpec(model.name, model.pretrained)
+                            if isinstance(model, ModelId) else model)
+    if chosen == "torch" or (chosen == "auto" and supported(loaded) is not None):
+        return ClipEncoder(loaded, batch_size or 64)
+    folder = export_dir(exports, loaded.model_id)
+    if not _exported(loaded, folder, progress):
+        return ClipEncoder(loaded, batch_size or 64)
+    return _ort_encoder(folder, chosen, batch_size, quick_start, progress)
+
+
+def _exported(loaded: LoadedModel, folder: Path, progress: Progress) -> bool:
+    """Make `folder` a sound export of `loaded` (made again if damaged); False, with a note,
+    when the cache cannot be written."""
+    from retriever.encoding.onnx_export import export
+
+    problem = export_problem(folder)
+    if problem is None:
+        return True
+    try:
+        with progress.task(f"exporting {loaded.model_id.name} to ONNX, once per model "
+                           f"(~20 s for ViT-B-32)", None):
+            export(loaded, folder)
+    except OSError as err:
+        note(f"cannot write the ONNX export {folder} ({_reason(err)}): encoding in torch "
+             f"this time")
+        return False
+    if problem != MISSING:
+        note(f"the ONNX export {folder} could not be used ({problem}): made again")
+    _remove_stale_exports(folder)
+    return True
+
+
+def _ort_encoder(folder: Path, chosen: str, batch_size: int | None, quick_start: bool,
+                 progress: Progress) -> OrtEncoder:
     int8 = chosen == "onnx-int8"
-    if int8 and not (folder / VISUAL_INT8).is_file():
-        with progress.task("quantizing the image tower to int8 (once)", None):
-            quantize(folder)
+    if int8 and not quantized(folder):
+        try:
+            with progress.task("quantizing the image tower to int8 (once)", None):
+                quantize(folder)
+        except OSError as err:
+            note(f"cannot write the int8 image tower in {folder} ({_reason(err)}): encoding "
+                 f"images in fp32 this time")
+            int8 = False
     return OrtEncoder(folder, batch_size, int8, quick_start)
+
+
+def note(line: str) -> None:
+    """One "note: ..." line on stderr (as `models.print_note`): what the user may not expect."""
+    print(f"note: {line}", file=sys.stderr)
+
+
+def _reason(err: OSError) -> str:
+    return err.strerror or str(err) or type(err).__name__
 
 
 def check_backend(backend: str) -> None:
@@ -113,7 +165,11 @@ def _remove_stale_exports(keep: Path) -> None:
     """Exports of the same model and weights names as `keep` (made before the weights file
     changed); other models' exports serve other indexes and stay."""
     names = _names(keep)
-    for other in keep.parent.iterdir():
+    try:
+        others = list(keep.parent.iterdir())
+    except OSError:
+        return
+    for other in others:
         if other != keep and other.is_dir() and not other.name.startswith(".") \
                 and _names(other) == names:
             shutil.rmtree(other, ignore_errors=True)
@@ -121,7 +177,7 @@ def _remove_stale_exports(keep: Path) -> None:
 
 def _names(folder: Path) -> tuple[str, str] | None:
     try:
-        meta = json.loads((folder / "meta.json").read_text())
+        meta = read_json(folder / META)
         return meta["model"], meta["pretrained"]
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, SmallFileError, KeyError, TypeError):
         return None

@@ -35,7 +35,7 @@ class ClipEncoder(Encoder):
         return self._encode(list(torch.from_numpy(pixels)), self.loaded.model.encode_image)
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        tokens = list(self.loaded.tokenizer(list(texts))) if texts else []
+        tokens = list(self.loaded.tokenizer(self.cut_texts(texts))) if texts else []
         return self._encode(tokens, self.loaded.model.encode_text)
 
     def count_tokens(self, text: str) -> int:

@@ -19,6 +19,7 @@ from PIL import Image
 
 from retriever.encoding.pixels import PixelConfig
 from retriever.encoding.specs import ModelId
+from retriever.encoding.tokenizer import cut_text
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,11 @@ class Encoder(ABC):
         return self.encode_pixels(self.pixels.batch(list(images)))
 
     @abstractmethod
-    def encode_texts(self, texts: Sequence[str]) -> np.ndarray: ...
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Texts -> (n, dim); each is cut first (`cut_texts`), then to the context's tokens."""
+
+    def cut_texts(self, texts: Sequence[str]) -> list[str]:
+        return [cut_text(text, self.context_length) for text in texts]
 
     @abstractmethod
     def count_tokens(self, text: str) -> int:

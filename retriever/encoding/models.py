@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -40,7 +42,14 @@ from retriever.encoding.weights import (
     require_online,
     weights_url,
 )
-from retriever.errors import CheckpointError, ModelMismatch, ModelNotFound, WeightsUnavailable
+from retriever.errors import (
+    BadSetting,
+    CheckpointError,
+    ModelMismatch,
+    ModelNotFound,
+    WeightsUnavailable,
+)
+from retriever.jsonfile import read_json
 
 CHECKPOINT_FORMAT = "retriever-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -49,6 +58,18 @@ CHECKPOINT_VERSION = 1
 RANDOM_SEED = 0
 
 _BUNDLED_CONFIGS = Path(__file__).parent / "model_configs"
+# An architecture name (a checkpoint's "arch", a config file's stem) becomes a config file's name
+# when registered with open_clip: a plain name as open_clip's own (ViT-B-32, coca_ViT-L-14), no
+# path, no "..", no scheme ("hf-hub:", "local-dir:" make open_clip read elsewhere)
+ARCH_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_+-]{0,99}")
+# The largest model built: ~2x open_clip's largest config (ViT-e-14, ~4.6e9 parameters as
+# `estimated_parameters` counts them), 36 GB in fp32. A config asking for more is refused before
+# anything is allocated.
+MAX_PARAMETERS = 9_000_000_000
+# What open_clip and torch raise building a model from a config, or loading weights into it,
+# that does not fit (open_clip uses all of these; safetensors its own)
+_MISFITS = (RuntimeError, AssertionError, KeyError, ValueError, TypeError, AttributeError,
+            IndexError, ZeroDivisionError)
 
 
 @cache
@@ -170,7 +191,7 @@ def _resolve_arch(model: str) -> tuple[str, Path | None]:
         if not path.is_file():
             raise ModelNotFound(f"model config {model} does not exist: pass an existing JSON file")
         cfg = _read_config(path)
-        return _register(path.stem, cfg), path
+        return _register(_plain_name(path.stem), cfg), path
     if model not in open_clip.list_models():
         raise ModelNotFound(
             f"unknown model {model!r}: pass an open_clip name (see `python -c "
@@ -181,25 +202,101 @@ def _resolve_arch(model: str) -> tuple[str, Path | None]:
 
 def _read_config(path: Path) -> dict[str, Any]:
     try:
-        cfg = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise ModelNotFound(f"model config {path} is not readable JSON ({err})") from err
-    cfg = cfg.get("model_cfg", cfg)
-    if not all(key in cfg for key in ("embed_dim", "vision_cfg", "text_cfg")):
-        raise ModelNotFound(
-            f"model config {path} lacks embed_dim/vision_cfg/text_cfg: use an open_clip config"
-        )
+        cfg = read_json(path)
+    except OSError as err:
+        raise ModelNotFound(f"model config {path} is not readable ({err})") from err
+    if isinstance(cfg, dict):
+        cfg = cfg.get("model_cfg", cfg)
+    problem = config_problem(cfg)
+    if problem is not None:
+        raise BadSetting("model", str(path), f"{problem}: pass an open_clip model config")
     return cfg
 
 
+def config_problem(cfg: Any) -> str | None:
+    """Why `cfg` cannot be built (not an open_clip model config, or too large), or None."""
+    if not (isinstance(cfg, dict) and "embed_dim" in cfg and isinstance(cfg.get("vision_cfg"), dict)
+            and isinstance(cfg.get("text_cfg"), dict)):
+        return "lacks the embed_dim, vision_cfg and text_cfg of an open_clip model config"
+    try:
+        n = estimated_parameters(cfg)
+    except ValueError as err:
+        return str(err)
+    if n > MAX_PARAMETERS:
+        return (f"asks for ~{n / 1e9:.1f} billion parameters ({4 * n / 1e9:.0f} GB in fp32), "
+                f"over the {MAX_PARAMETERS / 1e9:.0f} billion retriever builds")
+    return None
+
+
+def estimated_parameters(cfg: dict[str, Any]) -> int:
+    """Parameters an open_clip config asks for, from its sizes alone (within 3% for ViT-B-32,
+    RN50 and ViT-L-14). A timm image tower or a Hugging Face text tower is named, not sized:
+    it counts 0 (its size is the named model's). ValueError for a size that is not a number."""
+    dim = _size(cfg, "embed_dim", 512)
+    vision, text = cfg["vision_cfg"], cfg["text_cfg"]
+    total = 0.0
+    if not vision.get("timm_model_name"):
+        width, side = _size(vision, "width", 768), _size(vision, "image_size", 224)
+        if isinstance(vision.get("layers"), list | tuple):  # ModifiedResNet
+            stages = _sizes(vision, "layers", 4)
+            if len(stages) > 8:
+                raise ValueError(f"layers has {len(stages)} stages, not 4")
+            # stage i: bottlenecks of 17 (width 2^i)^2 each; then an attention pool
+            total += sum(n * 17 * (width << i) ** 2 for i, n in enumerate(stages))
+            embed = width * 32
+            total += 4 * embed**2 + (side // 32) ** 2 * embed + embed * dim
+        else:  # ViT: per layer 4 w^2 (attention) + 2 r w^2 (MLP); patches, positions
+            patch = _size(vision, "patch_size", 16)
+            total += _size(vision, "layers", 12) * width**2 * (4 + 2 * _ratio(vision))
+            total += (side // patch) ** 2 * width + 3 * patch**2 * width + width * dim
+    if not text.get("hf_model_name"):
+        width = _size(text, "width", 512)
+        total += (_size(text, "vocab_size", 49408) + _size(text, "context_length", 77)) * width
+        total += _size(text, "layers", 12) * width**2 * (4 + 2 * _ratio(text)) + width * dim
+    return int(total)
+
+
+def _size(cfg: dict[str, Any], key: str, default: int) -> int:
+    """cfg[key] as a positive int (the largest, for an [h, w] pair)."""
+    return max(_sizes(cfg, key, default))
+
+
+def _sizes(cfg: dict[str, Any], key: str, default: int) -> list[int]:
+    """cfg[key], one size or a list of them, as positive ints up to 10^12 (past that, the
+    arithmetic on them is what would take the time)."""
+    value = cfg.get(key, default)
+    values = list(value) if isinstance(value, list | tuple) and value else [value]
+    if not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 10**12
+               for v in values):
+        raise ValueError(f"{key} {str(value)[:40]!r} is not a whole number from 1 to 10^12")
+    return values
+
+
+def _ratio(cfg: dict[str, Any]) -> float:
+    ratio = cfg.get("mlp_ratio", 4.0)
+    if not isinstance(ratio, int | float) or isinstance(ratio, bool) or not 0 < ratio < 1e6:
+        raise ValueError(f"mlp_ratio {str(ratio)[:40]!r} is not a positive number")
+    return float(ratio)
+
+
+def _plain_name(stem: str) -> str:
+    """A config file's stem as an architecture name (ARCH_NAME): other characters become "-"."""
+    name = re.sub(r"[^A-Za-z0-9_+-]+", "-", stem).strip("-_+")[:100]
+    return name or "config"
+
+
 def _register(arch: str, cfg: dict[str, Any]) -> str:
-    """Make `cfg` known to open_clip as `arch` (a differing built-in of that name is kept)."""
+    """Make `cfg` known to open_clip as `arch` (a differing built-in of that name is kept).
+    `arch` must be a plain name (ARCH_NAME): it names the file open_clip reads the config from,
+    which is written in a temporary folder of retriever's own."""
+    if not ARCH_NAME.fullmatch(arch):
+        raise ValueError(f"{arch[:40]!r} is not a plain architecture name")
     known = open_clip.get_model_config(arch)
     if known == cfg:
         return arch
     if known is not None:
         digest = hashlib.sha1(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:8]
-        arch = f"{arch}-{digest}"
+        arch = f"{arch[:90]}-{digest}"
         if open_clip.get_model_config(arch) == cfg:
             return arch
     # open_clip reads a config from a file; it keeps what it read after the file is gone
@@ -264,23 +361,79 @@ def _build(
 
 def _load_file(model: str | None, path: Path, device: torch.device) -> LoadedModel:
     path = path.resolve()
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for a bad file
-        if path.suffix == ".safetensors":
-            return _load_state_file(model, path, device)
-        raise CheckpointError(
-            f"cannot read checkpoint {path} ({type(err).__name__}): pass a file written by "
-            f"`retriever train` or an open_clip state dict"
-        ) from err
+    payload = _read_weights(path)
     if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT:
         return _load_retriever_checkpoint(model, path, payload, device)
+    problem = _state_dict_problem(payload)
+    if problem is not None:
+        raise CheckpointError(f"checkpoint {path} {problem}: {_CHECKPOINT_FIX}")
     return _load_state_file(model, path, device)
+
+
+_CHECKPOINT_FIX = "pass a file written by `retriever train` or an open_clip state dict"
+
+
+def _read_weights(path: Path) -> Any:
+    """What the weights file holds (torch.load with weights_only: tensors and plain data, no
+    code); a .safetensors file, its tensors' names (its header: read whole by open_clip)."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), "pt") as tensors:  # checks the header against the size
+                return dict.fromkeys(tensors.keys(), True)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch and safetensors raise many types for a bad file
+        raise CheckpointError(f"cannot read checkpoint {path} ({type(err).__name__}: "
+                              f"{_brief(err)}): {_CHECKPOINT_FIX}") from err
+
+
+def _state_dict_problem(payload: Any) -> str | None:
+    """Why `payload` is no open_clip state dict (a dict of tensors by name, or one held under
+    "state_dict"), or None."""
+    if isinstance(payload, dict) and "state_dict" in payload:
+        payload = payload["state_dict"]
+    if not isinstance(payload, dict):
+        return f"holds a {type(payload).__name__}, not a state dict"
+    if not payload or not all(isinstance(k, str) for k in payload):
+        return "holds no tensors by name"
+    return None
+
+
+def _checkpoint_problem(payload: dict[str, Any]) -> str | None:
+    """Why a retriever checkpoint's fields cannot be used, or None."""
+    arch = payload.get("arch")
+    if not isinstance(arch, str) or not ARCH_NAME.fullmatch(arch):
+        return f"arch {str(arch)[:60]!r} is not a plain model name"
+    problem = config_problem(payload.get("model_cfg"))
+    if problem is not None:
+        return f"model_cfg {problem}"
+    state = payload.get("state_dict")
+    if not isinstance(state, dict) or _state_dict_problem(state) is not None:
+        return "state_dict is not a dict of tensors by name"
+    for key in ("preprocess_cfg", "extra"):
+        if not isinstance(payload.get(key) or {}, dict):
+            return f"{key} is not a dict"
+    return _preprocess_problem(payload.get("preprocess_cfg") or {})
+
+
+def _preprocess_problem(cfg: dict[str, Any]) -> str | None:
+    """Why a checkpoint's normalisation (per RGB channel) cannot be used, or None."""
+    for key in ("mean", "std"):
+        value = cfg.get(key)
+        if value is not None and not (isinstance(value, list | tuple) and len(value) == 3 and all(
+                isinstance(v, int | float) and math.isfinite(v) and (key == "mean" or v > 0)
+                for v in value)):
+            return f"preprocess_cfg {key} {str(value)[:40]!r} is not 3 numbers"
+    return None
 
 
 def _load_retriever_checkpoint(
     model: str | None, path: Path, payload: dict[str, Any], device: torch.device
 ) -> LoadedModel:
+    problem = _checkpoint_problem(payload)
+    if problem is not None:
+        raise CheckpointError(f"checkpoint {path}: {problem}: {_CHECKPOINT_FIX}")
     cfg = payload["model_cfg"]
     arch = _register(payload["arch"], cfg)
     if model is not None:
@@ -290,26 +443,36 @@ def _load_retriever_checkpoint(
                 f"checkpoint {path} holds a {payload['arch']} model, not {model}: "
                 f"drop --model (the checkpoint describes itself)"
             )
-    loaded = _build(arch, ModelId(arch, str(path)), device,
-                    preprocess_cfg=payload.get("preprocess_cfg"))
     try:
+        loaded = _build(arch, ModelId(arch, str(path)), device,
+                        preprocess_cfg=payload.get("preprocess_cfg"))
         loaded.model.load_state_dict(payload["state_dict"])
-    except RuntimeError as err:
-        raise CheckpointError(f"checkpoint {path} does not fit its own config: {err}") from err
+    except _MISFITS as err:
+        raise CheckpointError(f"checkpoint {path} does not fit its own config "
+                              f"({type(err).__name__}: {_brief(err)})") from err
     loaded.model.to(device).eval()
-    loaded.extra = dict(payload.get("extra", {}))
+    loaded.extra = dict(payload.get("extra") or {})
     return loaded
 
 
 def _load_state_file(model: str | None, path: Path, device: torch.device) -> LoadedModel:
     """A plain open_clip state dict (e.g. open_clip_pytorch_model.bin); --model names the arch."""
+    from safetensors import SafetensorError
+
     arch, config_path = _resolve_arch(model or DEFAULT_MODEL)
     try:
         return _build(arch, ModelId(str(config_path or arch), str(path)), device, weights=str(path))
-    except (RuntimeError, AssertionError, KeyError, ValueError) as err:  # open_clip uses all four
+    except (*_MISFITS, SafetensorError, StopIteration) as err:
         raise CheckpointError(
-            f"weights {path} do not fit {model or DEFAULT_MODEL}: pass the matching --model ({err})"
+            f"weights {path} do not fit {model or DEFAULT_MODEL}: pass the matching --model "
+            f"({type(err).__name__}: {_brief(err)})"
         ) from err
+
+
+def _brief(err: BaseException) -> str:
+    """An exception's message on one line, at most 300 characters (torch's name every key)."""
+    text = " ".join(str(err).split())
+    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def _load_tag(arch: str, tag: str, device: torch.device) -> LoadedModel:

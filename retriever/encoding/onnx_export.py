@@ -6,7 +6,9 @@ One export is a folder (see `retriever.encoding.backends` for where it lives):
     visual.onnx  + visual.onnx.data     image tower: (n, 3, S, S) float32 -> (n, dim)
     textual.onnx + textual.onnx.data    text tower:  (n, L) int64 token ids -> (n, dim)
     tokenizer.json                      the CLIP BPE for `retriever.encoding.tokenizer`, no torch
-    meta.json                           model id, dim, context length, pixel config
+    meta.json                           model id, dim, context length, pixel config, each file's
+                                        CRC-32 and its own (`ort_encoder.export_problem`)
+    verified.json                       when each file's checksum was last found right
     visual.int8-7bit.onnx               only once `--backend onnx-int8` asked for it (quantize)
 
 Weights sit in `.data` files beside each graph: ONNX Runtime maps them instead of copying them
@@ -23,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 import shutil
 import tempfile
@@ -34,8 +35,17 @@ from typing import Any
 import open_clip
 import torch
 
+from index.checksums import checksum
 from retriever.encoding.models import LoadedModel, model_fingerprint
-from retriever.encoding.ort_encoder import FORMAT, META, TEXTUAL, TOKENIZER, VISUAL, is_export
+from retriever.encoding.ort_encoder import (
+    EXPORT_FILES,
+    FORMAT,
+    TEXTUAL,
+    TOKENIZER,
+    VISUAL,
+    is_export,
+    write_meta,
+)
 from retriever.encoding.pixels import PixelConfig
 from retriever.encoding.tokenizer import tokenizer_json
 from retriever.errors import UsageError
@@ -93,7 +103,9 @@ def supported(loaded: LoadedModel) -> str | None:
 
 
 def export(loaded: LoadedModel, directory: Path) -> Path:
-    """Write the export folder `directory` (atomically: all of it or nothing) and return it."""
+    """Write the export folder `directory` (atomically: all of it or nothing) and return it;
+    an unsound one there is replaced. OSError when the cache cannot be written (read-only,
+    not a folder, full)."""
     why = supported(loaded)
     if why is not None:
         raise UsageError(f"{loaded.model_id.name} cannot run on ONNX Runtime ({why}): "
@@ -120,10 +132,11 @@ def export(loaded: LoadedModel, directory: Path) -> Path:
                 "fingerprint": model_fingerprint(loaded),
                 "context_length": context, "variable_length": variable,
                 "pixels": pixels.to_json(), "opset": OPSET,
-                "torch": torch.__version__, "open_clip": open_clip.__version__}
-        (work / META).write_text(json.dumps(meta, indent=1))
-        if directory.exists() and not is_export(directory):  # an older format's leftovers
-            shutil.rmtree(directory)
+                "torch": torch.__version__, "open_clip": open_clip.__version__,
+                "files": {name: checksum(work / name) for name in EXPORT_FILES}}
+        write_meta(work, meta)
+        if directory.is_symlink() or (directory.exists() and not is_export(directory)):
+            _remove(directory)  # an older format's leftovers, or a damaged export
         try:
             os.replace(work, directory)
         except OSError:  # another process exported the same model first: keep theirs
@@ -133,6 +146,13 @@ def export(loaded: LoadedModel, directory: Path) -> Path:
         loaded.model.to(loaded.device).train(training)
         shutil.rmtree(work, ignore_errors=True)
     return directory
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
 
 
 def _causal_argmax(model: Any) -> bool:

@@ -15,13 +15,18 @@ lower case); tests compare the ids with open_clip's and with `tokenizers`' own.
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import math
 import os
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from retriever.errors import SmallFileError
+from retriever.jsonfile import read_small
 
 if TYPE_CHECKING:
     from tokenizers.pre_tokenizers import PreTokenizer
@@ -32,10 +37,22 @@ WORDS = (r"""<start_of_text>|<end_of_text>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{
          r"""[^\s\p{L}\p{N}]+""")
 END_OF_WORD = "</w>"
 # tokenizer.bpe's first line: "retriever-bpe FORMAT <json bytes> <json mtime ns> <tokens>
-# <merges>", then the tokens in id order and the merges ("a b") in rank order, one a line.
-# Byte-level tokens hold no whitespace, so neither separator can occur in one.
-BPE_FORMAT = 1
+# <merges> <crc32 hex of the rest>", then the tokens in id order and the merges ("a b") in rank
+# order, one a line. Byte-level tokens hold no whitespace, so neither separator can occur in one.
+# 2: the CRC-32 (a damaged copy is written again, not used)
+BPE_FORMAT = 2
+MAX_BPE_BYTES = 16 << 20  # CLIP's is ~0.9 MB
 WORD_CACHE = 100_000  # words remembered with their ids (a corpus' vocabulary), then forgotten
+# A text (a query, a tag label, a caption, a class name) is cut to this many characters per
+# context token before tokenizing: a BPE token covers at least one character, so this keeps every
+# token the model can see unless the text is mostly whitespace, and a 20 MB text costs what a
+# page does (CLIP's BPE takes ~20 s over one 100,000-letter word).
+CHARS_PER_TOKEN = 32
+
+
+def cut_text(text: str, context_length: int) -> str:
+    """`text` as far as a model reading `context_length` tokens can see it (CHARS_PER_TOKEN)."""
+    return text[: CHARS_PER_TOKEN * context_length]
 
 
 class ClipTokenizer:
@@ -136,20 +153,24 @@ def bpe_tables(path: Path) -> tuple[list[str], list[str]]:
     stat = path.stat()
     stamp = f"retriever-bpe {BPE_FORMAT} {stat.st_size} {stat.st_mtime_ns}"
     try:
-        lines = copy.read_bytes().decode().split("\n")  # 2x read_text's speed
-        *written, n_tokens, n_merges = lines[0].split(" ")
-        if " ".join(written) == stamp and len(lines) == 1 + int(n_tokens) + int(n_merges):
-            return lines[1: 1 + int(n_tokens)], lines[1 + int(n_tokens):]
-    except (OSError, ValueError):  # missing, or damaged: written again
+        head, _, body = read_small(copy, MAX_BPE_BYTES).partition(b"\n")
+        *written, n_tokens, n_merges, crc = head.decode().split(" ")
+        lines = body.decode().split("\n")  # bytes.decode: 2x read_text's speed
+        if " ".join(written) == stamp and crc == f"{zlib.crc32(body):08x}" and \
+                len(lines) == int(n_tokens) + int(n_merges):
+            return lines[: int(n_tokens)], lines[int(n_tokens):]
+    except (OSError, ValueError, SmallFileError):  # missing, or damaged: written again
         pass
     tokens, merges = _parse_json(path)
+    body = "\n".join([*tokens, *merges]).encode("utf-8")
     tmp = copy.with_name(f".{copy.name}.{os.getpid()}")
     try:
-        tmp.write_text("\n".join([f"{stamp} {len(tokens)} {len(merges)}", *tokens, *merges]),
-                       encoding="utf-8")
+        tmp.write_bytes(f"{stamp} {len(tokens)} {len(merges)} {zlib.crc32(body):08x}\n".encode()
+                        + body)
         os.replace(tmp, copy)
     except OSError:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink()
     return tokens, merges
 
 

@@ -36,7 +36,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -69,8 +69,10 @@ from retriever.errors import (
     IndexBusy,
     IndexReadOnly,
     ModelMismatch,
+    SmallFileError,
     UsageError,
 )
+from retriever.jsonfile import read_json
 from retriever.library.locations import ENV_STORE_URL, STORE_FILE
 
 if TYPE_CHECKING:  # FAISS loads only when an index is written or an ANN index searched
@@ -207,6 +209,8 @@ class Collection:
     def summary(self) -> Summary:
         """What the collection holds, its model, and the last run: `info` and /api/info."""
         counts, run = self.counts(), self.store.last_run()
+        if run is not None and run.status == "running" and not self.being_written():
+            run = replace(run, status="interrupted")  # its writer died (killed, lost power)
         return Summary(str(self.directory), counts.images, counts.texts, counts.files,
                        self.store.model(), run, list(self.store.failures().values()))
 
@@ -242,6 +246,20 @@ class Collection:
                 f"{str(current.fingerprint)[:12]}): restore them, or pass --reindex to "
                 f"re-encode everything with the changed model"
             )
+
+    def being_written(self) -> bool:
+        """Whether a writer holds the lock now. SQLite: probed by a shared lock on the lock
+        file, given back at once (a writer asking that instant is told the index is busy)."""
+        if self.store.postgresql:
+            return self.store.writer() is not None
+        try:
+            with open(self.directory / LOCK_FILE, "rb") as lock:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        except OSError:  # no lock file: no run ever wrote here
+            return False
+        return False
 
     @contextmanager
     def writing(self, wait: bool = False) -> Iterator[None]:
@@ -476,7 +494,7 @@ class Collection:
         checksums match), else None."""
         path = self.directory / VECTOR_FILES[kind]
         try:
-            meta = json.loads(path.with_name(f"{path.name}.json").read_text())
+            meta = read_json(path.with_name(f"{path.name}.json"))
             if not isinstance(meta, dict) or meta.get("generation") != self.store.generation() \
                     or meta.get("count") != self.store.count_items(kind):
                 return None
@@ -487,8 +505,8 @@ class Collection:
                 for name in files(meta):
                     checked.enter_context(verified(path.with_name(name), checksums.get(name)))
                 return load(meta)
-        except (OSError, ValueError, RuntimeError):  # missing, torn or damaged: rebuild
-            return None
+        except (OSError, ValueError, RuntimeError, SmallFileError):  # missing, torn, damaged
+            return None  # rebuilt from the store
 
     def _dim(self) -> int:
         record = self.store.model()

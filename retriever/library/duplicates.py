@@ -17,6 +17,7 @@ import numpy as np
 
 from index.store import ImageFile
 from retriever.library.collection import Collection
+from retriever.media.paths import folder_key
 
 # Measured on retriever-tiny trained on the shape scenes (bench/duplicates.py, bench/RESULTS.md):
 # the lowest threshold with pair precision >= 0.95 on both picture sets (0.976 and 1.0). It finds
@@ -51,13 +52,14 @@ class Group:
 
 def find_duplicates(collection: Collection, threshold: float = DEFAULT_THRESHOLD,
                     prefix: str | None = None) -> list[Group]:
-    """Groups of two or more images under path `prefix` (all when None) whose vectors are
-    within `threshold` cosine of each other (chained) or whose bytes are identical; ordered by
-    their best copy's path."""
+    """Groups of two or more images in the folder `prefix` (all when None; see `folder_key`)
+    whose vectors are within `threshold` cosine of each other (chained) or whose bytes are
+    identical; ordered by their best copy's path."""
     from index.neighbours import close_pairs
 
-    ids, vectors = collection.image_vectors(prefix)
-    files = {f.id: f for f in collection.image_files(prefix)}
+    folder = folder_key(prefix) if prefix else None
+    ids, vectors = collection.image_vectors(folder)
+    files = {f.id: f for f in collection.image_files(folder)}
     rows, cols, _ = close_pairs(vectors, threshold)
     parent = np.arange(len(ids))
     for a, b in zip(rows.tolist(), cols.tolist(), strict=True):

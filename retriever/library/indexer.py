@@ -7,10 +7,16 @@ For each file found:
   failed before and unchanged since        -> skipped (retried once it changes)
   otherwise                                -> encoded
 Files gone from disk are removed last, so a renamed file's vectors are still there to copy.
+Files under a folder the scan could not list are unknown this run, not gone: kept as they are.
 
-One file never stops the run: whatever reading it raises, or a read still running after
-`read_timeout` seconds, makes it a failure (path and reason) and the run goes on. Only regular
-files are read (see media), each up to the size the scan saw.
+One file never stops the run: whatever reading it raises makes it a failure (path and reason)
+and the run goes on. A failure of the file's bytes (a decoder's refusal) is remembered, and a
+stored file whose current bytes fail loses its earlier vectors. A failure of the moment is
+reported and the file read again next run: a read that used `read_timeout` seconds of its own
+CPU, or ran `read_wall_timeout` seconds (a hung mount), an I/O error, a file that kept changing
+while it was read (a file that changes once is read again at once, `Reader`). Only regular
+files are read (see media). A run that dies while reading (a hostile file OOM-killed it) leaves
+the files it was reading in a journal (`inflight`): the next run records them as failures.
 
 Each batch is one store transaction followed by the matching vector-index update; the FAISS files
 are saved at the end, stamped with the store generation. A run killed at any point keeps every
@@ -40,6 +46,7 @@ from retriever.encoding.encoders import Encoder, InputSpec
 from retriever.encoding.pixels import Pixels, load_pixels
 from retriever.errors import ImageError, NonFiniteVectors, UsageError, VideoError
 from retriever.library.collection import Collection
+from retriever.library.inflight import JOURNAL_FILE, InFlight, died_reading
 from retriever.library.media_items import (
     Frames,
     read_image_words,
@@ -56,18 +63,24 @@ from retriever.media.scan import (
     TEXT_SUFFIXES,
     VIDEO,
     MediaFile,
+    ScanResult,
     check_roots,
     open_regular,
     path_key,
     scan,
+    shown,
 )
 from retriever.media.video import VideoOptions
 from retriever.progress import NullProgress, Progress
 
 FileItems = tuple[FileRecord, list[ItemRecord]]  # a file and its items, ready for the store
-# Reading, hashing and decoding one file takes well under a second (a 100 MP photo: about 2 s);
-# one still running after this is stuck (a hung network mount, a decoder that never ends).
+# Reading, hashing and decoding one file takes well under a second of CPU (a 100 MP photo:
+# about 2 s); one that used this much is stuck (a decoder that never ends). CPU time of the
+# reading thread, not time waited: a loaded machine slows a read, it does not fail it.
 DEFAULT_READ_TIMEOUT = 60.0
+# A read that blocks without using CPU (a hung network mount) is given up after this long
+DEFAULT_READ_WALL_TIMEOUT = 600.0
+READ_TRIES = 3  # a file that changes while it is read is read again, up to this many times
 
 
 @dataclass(frozen=True)
@@ -78,7 +91,8 @@ class IndexOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS  # images larger than this are refused (bombs)
     max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES  # longer documents are read up to this
     follow_symlinks_outside: bool = False  # index symlinked files whose target is outside roots
-    read_timeout: float = DEFAULT_READ_TIMEOUT  # seconds one file may take to read and decode
+    read_timeout: float = DEFAULT_READ_TIMEOUT  # CPU seconds one file's reading may use
+    read_wall_timeout: float = DEFAULT_READ_WALL_TIMEOUT  # seconds, whatever CPU it used
     video: VideoOptions = VideoOptions()  # which frames of a video become items
     ocr: bool = False  # read words in images with Tesseract (items of kind image-text)
 
@@ -87,8 +101,9 @@ class IndexOptions:
             value = getattr(self, name)
             if value < 1:
                 raise UsageError(f"--{name.replace('_', '-')} {value}: must be at least 1")
-        if not self.read_timeout > 0:
-            raise UsageError(f"read_timeout {self.read_timeout}: must be more than 0 seconds")
+        for name in ("read_timeout", "read_wall_timeout"):
+            if not getattr(self, name) > 0:
+                raise UsageError(f"{name} {getattr(self, name)}: must be more than 0 seconds")
 
 
 @dataclass
@@ -146,11 +161,18 @@ def index_media(
     report = IndexReport(scanned=len(found.files))
     report.failures = [FailureRecord(f.path, f.reason) for f in found.failures]
     stored = store.file_states()  # path -> size, mtime, hash as of the start of the run
-    todo = _to_read(found.files, stored, store.failures(), report)
+    missing = _missing(roots, found, stored)
+    journal = InFlight(collection.directory / JOURNAL_FILE)
+    died = _died_reading(journal.path, found.files)
+    store.record_failures(run_id, died)  # now: kept should this run die too
+    todo = _to_read(found.files, stored, store.failures(), missing, report)
+    report.known_failures -= len(died)  # skipped as known ones are, but reported by this run
+    report.failures += died
     spec = encoder.input_spec()
     read, again = _reader(spec, stored, options), _reader(spec, {}, options)
-    with progress.task("indexing", total=len(todo)) as task, \
-            (engine or LocalEngine(options.read_timeout)) as running:
+    with progress.task("indexing", total=len(todo)) as task, journal, \
+            (engine or LocalEngine(options.read_timeout, options.read_wall_timeout,
+                                   journal)) as running:
 
         def reread(media: MediaFile) -> PreparedFile:
             return running.read_now(again, media)
@@ -158,7 +180,8 @@ def index_media(
         for chunk in running.chunks(todo, read, options.batch_size):
             _index_chunk(collection, encoder, chunk, stored, reread, report)
             task.advance(len(chunk))
-    report.removed = _remove_missing(collection, roots, found.files, stored)
+    report.removed = _remove_missing(collection, missing)
+    _drop_failed(collection, report.failures, stored)
     store.clear_failures(path_key(f.path) for f in todo)
     store.record_failures(run_id, report.failures)
     with progress.task("building and saving the vector index (FAISS)", None):
@@ -171,12 +194,14 @@ def _to_read(
     files: list[MediaFile],
     stored: dict[str, FileState],
     failed: dict[str, FailureRecord],
+    missing: list[str],
     report: IndexReport,
 ) -> list[MediaFile]:
-    """Files whose size or mtime differ from the store (or that are new), minus known failures.
+    """Files whose size or mtime differ from the store (or that are new), minus known failures
+    (a failure without size and mtime is not one: tried again).
 
     An unchanged image whose sidecar caption is to be read, or whose stored sidecar is gone
-    (deleted, renamed, excluded), is read again too: its caption is set or cleared.
+    (`missing`: deleted, renamed, excluded), is read again too: its caption is set or cleared.
     """
     def same(a: FileState | FailureRecord | None, f: MediaFile) -> bool:
         return a is not None and a.size == f.size and a.mtime == f.mtime
@@ -184,16 +209,15 @@ def _to_read(
     todo, unchanged, reading = [], [], set()
     for f in files:
         key = path_key(f.path)
-        if same(stored.get(key), f):
-            unchanged.append(f)
-        elif same(failed.get(key), f):
+        if same(failed.get(key), f):  # first: an unchanged stored file may have killed a run
             report.known_failures += 1
+        elif same(stored.get(key), f):
+            unchanged.append(f)
         else:
             todo.append(f)
             reading.add(f.path)
-    found = {path_key(f.path) for f in files}
-    gone = {os.path.splitext(p)[0] for p in stored
-            if p not in found and os.path.splitext(p)[1].lower() in TEXT_SUFFIXES}
+    gone = {os.path.splitext(p)[0] for p in missing
+            if os.path.splitext(p)[1].lower() in TEXT_SUFFIXES}
     recaption = [f for f in unchanged if f.kind == IMAGE and (
         f.sidecar in reading or path_key(f.path.with_suffix("")) in gone)]
     report.unchanged = len(unchanged) - len(recaption)
@@ -244,15 +268,18 @@ class Engine(Protocol):
 
 class LocalEngine:
     """Files read in threads here, up to two chunks ahead of the encoder (`_read_ahead`),
-    each within `limit` seconds (`_ReaderThreads`); the caller encodes them. As many threads as
+    each within `limit` CPU seconds and `wall` seconds (`_ReaderThreads`), noted in `journal`
+    while they are read; the caller encodes them. As many threads as
     `retriever.encoding.cpu.plan` leaves beside the encoder."""
 
-    def __init__(self, limit: float) -> None:
-        self._limit = limit
+    def __init__(self, limit: float, wall: float = DEFAULT_READ_WALL_TIMEOUT,
+                 journal: InFlight | None = None) -> None:
+        self._limit, self._wall, self._journal = limit, wall, journal
         self._readers: _ReaderThreads | None = None
 
     def __enter__(self) -> LocalEngine:
-        self._readers = _ReaderThreads(plan().reader_threads, self._limit)
+        self._readers = _ReaderThreads(plan().reader_threads, self._limit, self._wall,
+                                       self._journal)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -267,10 +294,12 @@ class LocalEngine:
         return readers.result(readers.submit(read, media))
 
 
-def read_files(read: Reader, files: list[MediaFile], limit: float, workers: int
+def read_files(read: Reader, files: list[MediaFile], limit: float, workers: int,
+               wall: float = DEFAULT_READ_WALL_TIMEOUT, journal: InFlight | None = None,
                ) -> list[PreparedFile]:
-    """`files` read by `workers` threads, each within `limit` seconds (`_ReaderThreads`)."""
-    with _ReaderThreads(workers, limit) as readers:
+    """`files` read by `workers` threads, each within `limit` CPU seconds and `wall` seconds,
+    noted in `journal` while they are read (`_ReaderThreads`)."""
+    with _ReaderThreads(workers, limit, wall, journal) as readers:
         jobs = [readers.submit(read, media) for media in files]
         return [readers.result(job) for job in jobs]
 
@@ -302,20 +331,42 @@ class _Job:
     future: Future[PreparedFile] = field(default_factory=Future)
     running: threading.Event = field(default_factory=threading.Event)
     since: float = 0.0  # time.monotonic() when a thread took it
+    clock: int | None = None  # that thread's CPU-time clock (None: none on this platform)
+    cpu_since: float = 0.0  # the clock's reading when the thread took it
     given_up: bool = False
+
+    def cpu_used(self) -> float:
+        """CPU seconds the reading thread has used on this job (wall seconds without a clock;
+        0 once the thread has ended, its job then done)."""
+        if self.clock is None:
+            return time.monotonic() - self.since
+        try:
+            return time.clock_gettime(self.clock) - self.cpu_since
+        except OSError:
+            return 0.0
+
+
+# Seconds between looks at a read's CPU time, at least: a read at a fraction of a core gets
+# closer to its limit by ever smaller steps
+_MIN_LOOK = 0.05
 
 
 class _ReaderThreads:
     """Threads reading files, `workers` at a time. Decoding, resizing (PIL) and hashing release
     the GIL, so they overlap the encoder instead of waiting for it.
 
-    A read still running `limit` seconds after it started is given up on: its file becomes a
-    failure and a new thread takes the place of the stuck one, which Python cannot stop. The
-    threads are daemons, so one stuck for good does not keep the process from exiting either.
+    A read is given up on once its thread has used `limit` seconds of CPU on it (its own work:
+    time spent waiting for a core or the GIL on a loaded machine does not count), or once it
+    has run `wall` seconds, CPU or not (a read blocked on a hung mount). Its file becomes a
+    failure of this run, tried again next run, and a new thread takes the place of the stuck
+    one, which Python cannot stop. The threads are daemons, so one stuck for good does not
+    keep the process from exiting either. Each read is noted in `journal` while it runs.
     """
 
-    def __init__(self, workers: int, limit: float) -> None:
-        self._limit, self._spawned, self._closed = limit, 0, False
+    def __init__(self, workers: int, limit: float, wall: float = DEFAULT_READ_WALL_TIMEOUT,
+                 journal: InFlight | None = None) -> None:
+        self._limit, self._wall, self._journal = limit, wall, journal
+        self._spawned, self._closed = 0, False
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         for _ in range(workers):
@@ -335,35 +386,61 @@ class _ReaderThreads:
         return job
 
     def result(self, job: _Job) -> PreparedFile:
-        """The job's read, or a failure once it has run for `limit` seconds."""
-        while not job.running.wait(self._limit):  # every thread busy that long: stuck ones
+        """The job's read, or a failure once it has used `limit` CPU or `wall` seconds."""
+        while not job.running.wait(self._wall):  # every thread busy that long: stuck ones
             self._spawn()
-        wait([job.future], timeout=max(0.0, job.since + self._limit - time.monotonic()))
+        why = self._watch(job)
         with self._lock:
             job.given_up = not job.future.done()
         if not job.given_up:
             return job.future.result()
         self._spawn()
-        media = job.media
-        return PreparedFile(media, failure=FailureRecord(
-            path_key(media.path), f"{media.path}: still reading after {self._limit:g} s, "
-            "given up", media.size, media.mtime))
+        key = path_key(job.media.path)  # no size and mtime: not remembered as a bad file
+        return PreparedFile(job.media, failure=FailureRecord(
+            key, f"{key}: {why}, given up (tried again next run)"))
+
+    def _watch(self, job: _Job) -> str:
+        """Wait for the job's read until it is done (returns "") or over a limit (returns
+        which). CPU time grows no faster than the clock: no look is needed before the CPU
+        seconds left have passed."""
+        while True:
+            used, waited = job.cpu_used(), time.monotonic() - job.since
+            if used >= self._limit:
+                return f"used {self._limit:g} s of CPU reading it"
+            if waited >= self._wall:
+                return f"still reading after {self._wall:g} s"
+            look = max(min(self._limit - used, self._wall - waited), _MIN_LOOK)
+            if wait([job.future], timeout=look).done:
+                return ""
 
     def _spawn(self) -> None:
         self._spawned += 1
         threading.Thread(target=self._work, name="read", daemon=True).start()
 
     def _work(self) -> None:
+        clock = _thread_clock()
         while (job := self._jobs.get()) is not None and not self._closed:
-            job.since = time.monotonic()
+            job.clock, job.since = clock, time.monotonic()
+            job.cpu_since = time.clock_gettime(clock) if clock is not None else 0.0
             job.running.set()
+            token = self._journal.start(job.media) if self._journal is not None else None
             try:
                 job.future.set_result(job.read(job.media))
             except BaseException as err:  # handed to the thread waiting for the result
                 job.future.set_exception(err)
+            if token is not None:
+                cast(InFlight, self._journal).done(token)
             with self._lock:
                 if job.given_up:  # another thread has taken this one's place
                     return
+
+
+def _thread_clock() -> int | None:
+    """The calling thread's CPU-time clock, where the platform has one (Linux does)."""
+    try:
+        return time.pthread_getcpuclockid(threading.get_ident())
+    except (AttributeError, OSError):
+        return None
 
 
 def _read_ahead(readers: _ReaderThreads, todo: list[MediaFile],
@@ -399,26 +476,73 @@ class Reader:
     known: Container[str]
 
     def __call__(self, media: MediaFile) -> PreparedFile:
+        """`media` read, or its failure. A file that changed while it was read (its bytes may
+        be a mix) is read again as it is now, up to READ_TRIES times in all."""
+        for _ in range(READ_TRIES):
+            try:
+                return self._read(media)
+            except _Changed:
+                try:
+                    now = os.stat(media.path)
+                except OSError as err:
+                    return PreparedFile(media, failure=_failure(media, err))
+                media = replace(media, size=now.st_size, mtime=now.st_mtime)
+            except Exception as err:  # whatever one file raises is that file's failure alone
+                return PreparedFile(media, failure=_failure(media, err))
+        key = path_key(media.path)
+        return PreparedFile(media, failure=FailureRecord(
+            key, f"{key}: changed while it was being read, {READ_TRIES} times; "
+            "tried again next run"))
+
+    def _read(self, media: MediaFile) -> PreparedFile:
+        """Raises `_Changed` unless the file stayed, from its opening to the end of its
+        reading, the one the scan saw: its size and mtime, and the file its path names."""
+        with open_regular(media.path) as fh:
+            before = os.fstat(fh.fileno())
+            if (before.st_size, before.st_mtime) != (media.size, media.mtime):
+                raise _Changed
+            try:
+                prepared = self._prepare(media, fh)
+            except Exception:
+                _check_unchanged(media.path, fh, before)  # a failure of mixed bytes: _Changed
+                raise
+            _check_unchanged(media.path, fh, before)
+        return prepared
+
+    def _prepare(self, media: MediaFile, fh: BinaryIO) -> PreparedFile:
         spec, options = self.spec, self.options
-        try:
-            with open_regular(media.path) as fh:
-                record = _file_record(media, fh, options)
-                if record.content_hash in self.known:  # every stored file's hash is in it
-                    return PreparedFile(media, record)  # touched or reused: nothing to decode
-                fh.seek(0)
-                if media.kind == IMAGE:
-                    pixels = load_pixels(fh, spec.pixels, options.max_pixels)
-                    words = (read_image_words(fh, spec, options.max_pixels)
-                             if options.ocr else None)
-                    return PreparedFile(media, record, pixels=pixels, words=words)
-                if media.kind == VIDEO:
-                    record, frames = read_video(fh, record, spec.pixels, options.video)
-                    return PreparedFile(media, record, frames=frames)
-                text = read_text(fh, options.max_text_bytes)
-            return PreparedFile(media, record, passages=split_passages(
-                text, spec.count_tokens, spec.text_budget))
-        except Exception as err:  # whatever one file raises is that file's failure alone
-            return PreparedFile(media, failure=_failure(media, err))
+        record = _file_record(media, fh, options)
+        if record.content_hash in self.known:  # every stored file's hash is in it
+            return PreparedFile(media, record)  # touched or reused: nothing to decode
+        fh.seek(0)
+        if media.kind == IMAGE:
+            pixels = load_pixels(fh, spec.pixels, options.max_pixels)
+            words = read_image_words(fh, spec, options.max_pixels) if options.ocr else None
+            return PreparedFile(media, record, pixels=pixels, words=words)
+        if media.kind == VIDEO:
+            record, frames = read_video(fh, record, spec.pixels, options.video,
+                                        options.max_pixels)
+            return PreparedFile(media, record, frames=frames)
+        text = read_text(fh, options.max_text_bytes)
+        return PreparedFile(media, record, passages=split_passages(
+            text, spec.count_tokens, spec.text_budget))
+
+
+class _Changed(Exception):
+    """The file being read was written to, truncated or replaced meanwhile."""
+
+
+def _check_unchanged(path: Path, fh: BinaryIO, before: os.stat_result) -> None:
+    """Raise `_Changed` if the open file `fh` is not as it was `before`, or `path` now names
+    another file (one renamed over it)."""
+    after, now = os.fstat(fh.fileno()), os.stat(path)
+    if (_identity(after) != _identity(before)
+            or (now.st_dev, now.st_ino) != (before.st_dev, before.st_ino)):
+        raise _Changed
+
+
+def _identity(st: os.stat_result) -> tuple[int, ...]:
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def _index_chunk(
@@ -576,30 +700,54 @@ def _failed_to_encode(record: FileRecord, vectors: np.ndarray, report: IndexRepo
     return True
 
 
-def _remove_missing(
-    collection: Collection, roots: list[Path], files: list[MediaFile],
-    stored: dict[str, FileState],
-) -> int:
-    """Remove stored files under `roots` that the scan did not find. `stored` (the start of the
-    run) suffices: every path this run wrote was found by the scan."""
-    present = {path_key(f.path) for f in files}
-    prefixes = tuple(path_key(r).rstrip(os.sep) + os.sep for r in roots)
-    gone = [p for p in stored if p.startswith(prefixes) and p not in present]
-    if gone:
-        collection.remove_files(gone)
-        collection.store.clear_failures(gone)
-    return len(gone)
+def _missing(roots: list[Path], found: ScanResult, stored: dict[str, FileState]) -> list[str]:
+    """Stored files under `roots` that the scan did not find, and not below a folder it could
+    not list (those are unknown this run, not gone). `stored` (the start of the run)
+    suffices: every path this run writes was found by the scan."""
+    present = {path_key(f.path) for f in found.files}
+    inside, unknown = _below(roots), _below(found.unreadable)
+    return [p for p in stored
+            if p.startswith(inside) and not p.startswith(unknown) and p not in present]
+
+
+def _below(folders: list[Path]) -> tuple[str, ...]:
+    """Prefixes of the path keys below `folders`, for str.startswith."""
+    return tuple(path_key(f).rstrip(os.sep) + os.sep for f in folders)
+
+
+def _remove_missing(collection: Collection, missing: list[str]) -> int:
+    if missing:
+        collection.remove_files(missing)
+        collection.store.clear_failures(missing)
+    return len(missing)
+
+
+def _drop_failed(collection: Collection, failures: list[FailureRecord],
+                 stored: dict[str, FileState]) -> None:
+    """Stored files whose current bytes failed (a failure with size and mtime: not one of the
+    moment) lose their items: vectors of their earlier bytes are not theirs any more."""
+    bad = [f.path for f in failures if f.size is not None and f.path in stored]
+    if bad:
+        collection.remove_files(bad)
+
+
+def _died_reading(journal: Path, files: list[MediaFile]) -> list[FailureRecord]:
+    """The files a run that died was reading (`inflight`), those unchanged since."""
+    now = {path_key(f.path): (f.size, f.mtime) for f in files}
+    return [f for f in died_reading(journal) if now.get(f.path) == (f.size, f.mtime)]
 
 
 def _failure(media: MediaFile, err: Exception) -> FailureRecord:
+    """What reading `media` raised, as its failure. An OSError comes from reading, not from a
+    decoder (they raise ImageError, VideoError): a failure of the moment, tried next run."""
     if isinstance(err, (ImageError, VideoError)):
         reason = str(err)
     elif isinstance(err, OSError):
-        reason = f"{media.path}: {err.strerror or err}"
+        return FailureRecord(path_key(media.path), shown(f"{media.path}: {err.strerror or err}"))
     else:  # a decoder's own error, MemoryError, ...: named, as nothing else says what it is
         detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
         reason = f"{media.path}: {type(err).__name__}" + (f": {detail}" if detail else "")
-    return FailureRecord(path_key(media.path), reason, media.size, media.mtime)
+    return FailureRecord(path_key(media.path), shown(reason), media.size, media.mtime)
 
 
 def _caption(media: MediaFile, options: IndexOptions) -> str | None:
@@ -612,10 +760,12 @@ def _caption(media: MediaFile, options: IndexOptions) -> str | None:
 
 
 def _sha256(fh: BinaryIO, size: int) -> str:
-    """Of the first `size` bytes: the size the scan saw. A file that grows while it is read is
-    cut there (its new size is read next run)."""
+    """Of the first `size` bytes: the size the scan saw. Fewer bytes than that: the file was
+    cut while it was read (`_Changed`); one that grew is caught by its stat after reading."""
     digest = hashlib.sha256()
     while size > 0 and (block := fh.read(min(size, 1 << 20))):
         digest.update(block)
         size -= len(block)
+    if size > 0:
+        raise _Changed
     return digest.hexdigest()

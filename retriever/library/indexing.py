@@ -4,6 +4,10 @@ then `indexer.index_media`."""
 
 from __future__ import annotations
 
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -12,7 +16,7 @@ from index.store import Counts
 from retriever.encoding.backends import open_encoder
 from retriever.encoding.encoders import Encoder
 from retriever.encoding.specs import ModelSpec
-from retriever.errors import BadSetting
+from retriever.errors import BadSetting, IndexBusy, RetrieverError
 from retriever.library.collection import Collection
 from retriever.library.index_encoder import index_encoder
 from retriever.library.indexer import Engine, IndexOptions, IndexReport, index_media
@@ -49,16 +53,63 @@ def index_folders(request: IndexRequest, progress: Progress | None = None) -> In
     roots = check_roots(request.options.roots)
     check_ann(request.ann)
     check_engine(request)
-    collection = Collection.open(index_dir_for(roots, request.index_dir), request.ann,
-                                 request.store_url)
-    with collection.writing(request.wait):
-        if request.reindex:
-            collection.reset()
-        encoder = _encoder(collection, request, progress)
-        report = index_media(collection, encoder, replace(request.options, roots=tuple(roots)),
-                             progress, _engine(request, encoder))
+    directory = index_dir_for(roots, request.index_dir)
+    with _left_as_found(directory) as opened:
+        collection = Collection.open(directory, request.ann, request.store_url)
+        opened.append(collection)
+        with collection.writing(request.wait):
+            encoder = _encoder(collection, request, progress)  # a model that fails: no reset
+            # --reindex keeps the tags: each goes back on the item re-made at its place
+            tags = collection.store.placed_tags() if request.reindex else []
+            if request.reindex:
+                collection.reset()
+            report = index_media(collection, encoder,
+                                 replace(request.options, roots=tuple(roots)), progress,
+                                 _engine(request, encoder))
+            if tags:
+                collection.store.place_tags(tags)
     register(collection.directory, roots)  # `search` from inside any of the roots finds it
     return IndexOutcome(collection.directory, collection.counts(), report)
+
+
+@contextmanager
+def _left_as_found(directory: Path) -> Iterator[list[Collection]]:
+    """A run that fails before its store holds any file (a model that will not load, a store
+    refused, Ctrl-C) leaves `directory` as it found it: what it made there (the folder itself
+    on a first run, store.db, write.lock) is removed. The caller appends the collection it
+    opens. Kept: whatever was there before, a store holding files (what was committed stays
+    for the next run), and everything when another run is writing (IndexBusy)."""
+    before = set(os.listdir(directory)) if directory.is_dir() else None
+    opened: list[Collection] = []
+    try:
+        yield opened
+    except BaseException as error:
+        if not isinstance(error, IndexBusy) and all(_holds_nothing(c) for c in opened):
+            for collection in opened:
+                collection.close()
+            _remove_new(directory, before)
+        raise
+
+
+def _holds_nothing(collection: Collection) -> bool:
+    try:
+        return collection.counts().files == 0
+    except RetrieverError:  # cannot tell (a store out of reach): keep it
+        return False
+
+
+def _remove_new(directory: Path, before: set[str] | None) -> None:
+    """Remove `directory` (None: it did not exist before), or the entries not in `before`."""
+    if before is None:
+        shutil.rmtree(directory, ignore_errors=True)
+        return
+    with suppress(OSError):
+        for name in set(os.listdir(directory)) - before:
+            path = directory / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
 
 
 def check_ann(ann: AnnConfig) -> None:
@@ -86,13 +137,13 @@ def _engine(request: IndexRequest, encoder: Encoder) -> Engine | None:
     from retriever.library.ray_engine import RayEngine
 
     return RayEngine(encoder, request.backend, request.ray_address,
-                     request.options.read_timeout)
+                     request.options.read_timeout, request.options.read_wall_timeout)
 
 
 def _encoder(collection: Collection, request: IndexRequest,
              progress: Progress | None) -> Encoder:
     batch_size = None  # the encoder's own, for this CPU; options.batch_size: files per commit
-    if collection.model() is None:
+    if request.reindex or collection.model() is None:
         return open_encoder(request.model, request.backend, None, batch_size, progress=progress)
     # an existing index keeps its model; another one asked for is refused before loading
     return index_encoder(collection, request.model, request.backend, batch_size,

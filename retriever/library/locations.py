@@ -4,19 +4,28 @@ step, also when a running server answers the query).
 Each index records the folders it covers in `<index>/roots.json` ({"roots": [absolute paths]}),
 and a per-user registry, `$XDG_DATA_HOME/retriever/indexes.json` ({"indexes": {index folder:
 [roots]}}), maps every index to its roots, so `search` from inside any indexed folder finds
-its index wherever it lives (as rclip does). Both are written atomically after each run.
+its index wherever it lives (as rclip does). Both are written atomically after each run, the
+registry under a lock (`indexes.json.lock`), and read with retriever.jsonfile's bounded reader.
+A damaged registry is never silently replaced: it is kept aside (`indexes.json.damaged-...`)
+and rebuilt from the roots.json of the indexes it still names.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
-from collections.abc import Sequence
+import re
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from index.atomic import replacing
-from retriever.errors import IndexNotFound
+from retriever.errors import IndexNotFound, RetrieverWarning, SmallFileError
+from retriever.jsonfile import MAX_BYTES, open_regular, read_json
 from retriever.userdirs import data_dir
 
 if TYPE_CHECKING:
@@ -28,6 +37,7 @@ ENV_DB = "RETRIEVER_DB"  # index folder, instead of <first folder>/.retriever
 ENV_STORE_URL = "RETRIEVER_STORE_URL"  # any SQLAlchemy URL, instead of <index folder>/store.db
 ROOTS_FILE = "roots.json"
 REGISTRY_FILE = "indexes.json"
+JSON_STRING = re.compile(r'"((?:[^"\\\n]|\\.)*)"')  # a string literal, escapes and all
 
 
 def index_dir_for(roots: Sequence[Path], db: Path | None = None) -> Path:
@@ -69,21 +79,115 @@ def registry_path() -> Path:
     return data_dir() / REGISTRY_FILE
 
 
-def registered() -> dict[Path, tuple[Path, ...]]:
-    """index folder -> the folders it covers, from the user's registry (empty if unreadable)."""
+def registered(current: Path | None = None) -> dict[Path, tuple[Path, ...]]:
+    """index folder -> the folders it covers, from the user's registry ({} if there is none).
+    A damaged one (unreadable, not JSON, another shape) is kept aside and rebuilt from the
+    indexes' own roots.json: those it still names, and `current` (the index in use); a
+    `RetrieverWarning` says so."""
     try:
-        entries = json.loads(registry_path().read_text())["indexes"]
-        return {Path(index): tuple(Path(r) for r in roots) for index, roots in entries.items()}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return _entries(registry_path(), read_json(registry_path()))
+    except FileNotFoundError:
         return {}
+    except SmallFileError:
+        with _registry_lock():  # read again: another process may have rebuilt it meanwhile
+            return _read_or_rebuild(current)
+
+
+def _read_or_rebuild(current: Path | None) -> dict[Path, tuple[Path, ...]]:
+    """registered()'s answer, the registry lock held."""
+    path = registry_path()
+    try:
+        return _entries(path, read_json(path))
+    except FileNotFoundError:
+        return {}
+    except SmallFileError as damaged:
+        return _rebuilt(path, damaged.problem, current)
+
+
+def _entries(path: Path, value: Any) -> dict[Path, tuple[Path, ...]]:
+    """The registry's {"indexes": {index: [roots]}} as paths; SmallFileError for any other
+    shape."""
+    entries = value.get("indexes") if isinstance(value, dict) else None
+    if not isinstance(entries, dict) or not all(
+            isinstance(roots, list) and all(isinstance(r, str) for r in roots)
+            for roots in entries.values()):
+        raise SmallFileError(path, 'not {"indexes": {index folder: [folders]}}')
+    return {Path(index): tuple(Path(r) for r in roots) for index, roots in entries.items()}
+
+
+def _rebuilt(path: Path, problem: str, current: Path | None) -> dict[Path, tuple[Path, ...]]:
+    """A registry of every index found (`_salvaged` from the damaged file, and `current`) with
+    its recorded roots, written in place of the damaged file, which is kept beside it."""
+    found = [*_salvaged(path), *([current.resolve()] if current is not None else [])]
+    entries = {index: roots for index in dict.fromkeys(found)
+               if (roots := recorded_roots(index))}
+    aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+    try:
+        os.rename(path, aside)
+        kept = f"kept as {aside}"
+    except OSError as error:
+        kept = f"not kept aside ({error.strerror})"
+    with suppress(OSError):  # a read-only home: the rebuilt list still serves this command
+        _write_json(path, {"indexes": {str(k): [str(r) for r in v] for k, v in entries.items()}})
+    warnings.warn(RetrieverWarning(
+        f"the index registry {path} was damaged ({problem}): {kept}; rebuilt from the "
+        f"roots.json of {len(entries)} index{'' if len(entries) == 1 else 'es'} found"),
+        stacklevel=2)
+    return entries
+
+
+def _salvaged(path: Path) -> list[Path]:
+    """The index folders a damaged registry still names: each absolute path among its JSON
+    strings (its first MAX_BYTES, if it can be opened as a file) holding a roots.json."""
+    try:
+        with open_regular(path) as handle:
+            text = handle.read(MAX_BYTES).decode("utf-8", "replace")
+    except (OSError, SmallFileError):
+        return []
+    found = []
+    for literal in JSON_STRING.findall(text):
+        with suppress(ValueError, RecursionError):
+            name = json.loads(f'"{literal}"')
+            if os.path.isabs(name) and (Path(name) / ROOTS_FILE).is_file():
+                found.append(Path(name))
+    return found
+
+
+@contextmanager
+def _registry_lock() -> Iterator[None]:
+    """Held while the registry is read, changed and written: two `retriever index` runs at once
+    each keep the other's entry. Without a writable data folder, no lock (nothing is written).
+    Not reentrant (flock is per open file): taken once, by registered() or register()."""
+    path = registry_path().with_name(REGISTRY_FILE + ".lock")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # O_RDWR | O_NONBLOCK: a FIFO planted there opens at once (and flock then fails)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
+    except OSError:
+        yield
+        return
+    try:
+        with suppress(OSError):  # a file flock refuses: unlocked, as without a data folder
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    with replacing(path) as tmp:  # atomic: a reader sees the old file or the new, never half
+        Path(tmp).write_text(json.dumps(data, indent=1))
 
 
 def recorded_roots(index_dir: Path) -> tuple[Path, ...]:
     """The folders `index_dir` was last built from (its roots.json), or () if unknown."""
     try:
-        return tuple(Path(r) for r in json.loads((index_dir / ROOTS_FILE).read_text())["roots"])
-    except (OSError, ValueError, KeyError, TypeError):
+        roots = read_json(index_dir / ROOTS_FILE)["roots"]
+    except (OSError, SmallFileError, KeyError, TypeError):
         return ()
+    if not isinstance(roots, list) or not all(isinstance(r, str) for r in roots):
+        return ()
+    return tuple(Path(r) for r in roots)
 
 
 def register(index_dir: Path, roots: Sequence[Path]) -> None:
@@ -91,15 +195,13 @@ def register(index_dir: Path, roots: Sequence[Path]) -> None:
     be written (a read-only home) leaves `--db` and walking up from the roots working."""
     index_dir = index_dir.resolve()
     names = [str(Path(r).resolve()) for r in roots]
-    known = {str(k): [str(r) for r in v] for k, v in registered().items()}
-    known[str(index_dir)] = names
-    for path, data in ((index_dir / ROOTS_FILE, {"roots": names}),
-                       (registry_path(), {"indexes": known})):
-        try:
-            with replacing(path) as tmp:
-                Path(tmp).write_text(json.dumps(data, indent=1))
-        except OSError:
-            continue
+    with suppress(OSError):
+        _write_json(index_dir / ROOTS_FILE, {"roots": names})
+    with _registry_lock():
+        known = {str(k): [str(r) for r in v] for k, v in _read_or_rebuild(index_dir).items()}
+        known[str(index_dir)] = names
+        with suppress(OSError):
+            _write_json(registry_path(), {"indexes": known})
 
 
 def where_things_live(directory: Path, model: ModelRecord | None, store: str) -> dict[str, str]:

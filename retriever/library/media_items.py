@@ -15,7 +15,9 @@ import numpy as np
 from index.store import IMAGE_TEXT, VIDEO, FileRecord, ItemRecord
 from retriever.encoding.encoders import Encoder, InputSpec
 from retriever.encoding.pixels import PixelConfig
-from retriever.media.images import open_image
+from retriever.errors import ImageError
+from retriever.media.formats import name_of
+from retriever.media.images import DEFAULT_MAX_PIXELS, open_image
 from retriever.media.ocr import read_words
 from retriever.media.passages import Passage, split_passages
 from retriever.media.video import VideoOptions, sample_frames
@@ -25,10 +27,11 @@ Frames = list[tuple[float, np.ndarray]]  # (seconds, (3, S, S) float32 model inp
 FIRST_WORDS_POSITION = 1
 
 
-def read_video(fh: BinaryIO, record: FileRecord, pixels: PixelConfig,
-               options: VideoOptions) -> tuple[FileRecord, Frames]:
-    """The sampled frames of a video as model input, and its record with the video's size."""
-    video = sample_frames(fh, options, pixels.size)
+def read_video(fh: BinaryIO, record: FileRecord, pixels: PixelConfig, options: VideoOptions,
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[FileRecord, Frames]:
+    """The sampled frames of a video as model input, and its record with the video's size
+    (as shown: a portrait phone video is taller than wide)."""
+    video = sample_frames(fh, options, pixels.size, max_pixels)
     frames = [(frame.time, pixels.preprocess(frame.image)) for frame in video.frames]
     return replace(record, width=video.width, height=video.height), frames
 
@@ -42,7 +45,10 @@ def video_items(frames: Frames, encoder: Encoder) -> list[ItemRecord]:
 def read_image_words(fh: BinaryIO, spec: InputSpec, max_pixels: int) -> list[Passage]:
     """The words Tesseract reads in the image, cut into passages the text encoder takes."""
     fh.seek(0)
-    words = read_words(open_image(fh, max_pixels))
+    try:
+        words = read_words(open_image(fh, max_pixels))
+    except ImageError as err:  # Tesseract failed on it: name the file
+        raise ImageError(f"{name_of(fh)}: {err}") from None
     return split_passages(words, spec.count_tokens, spec.text_budget) if words else []
 
 

@@ -20,15 +20,24 @@ with the fewest blocks waiting. What a read task is given is only what reading t
 Each actor builds the driver's model from its names (`ModelId`) on the driver's `--backend`,
 and refuses to encode if its weights are not the driver's (another fingerprint: a weights file
 that differs on that machine). A read task reads its files in threads, each within the per-file
-time limit as the local engine does: a file still reading after it is a failure. Blocks come
-back in any order and each is stored as it arrives, so a killed driver or worker loses at most
-the blocks not yet stored; the next run reads only those (its diff finds the rest stored).
+limits as the local engine counts them (`indexer._ReaderThreads`: the reading thread's CPU
+time, and a wall-clock bound for a hung mount), started inside the task around the reads alone:
+a task waiting for a CPU, starting or importing spends none of them, so a loaded machine slows
+a run and changes none of its results. Blocks come back in any order and each is stored as it
+arrives, so a killed driver or worker loses at most the blocks not yet stored; the next run
+reads only those (its diff finds the rest stored).
+
+Ray retries no read task: a task that dies (OOM-killed, a decoder's crash, its node gone) has
+its files read again one a task, and a file whose task dies again, alone, is that file's
+failure, once (`_died`); the rest are stored. A block read and lost with its node before an
+encoder took it is read again; an encoder actor that dies is restarted (RESTARTS).
 
 Without an address a local Ray is started for the run (no dashboard, this machine's CPUs and
-GPUs) and stopped after it; one already running in this process is used. Ray offers no
-loopback-only mode: its processes listen on every interface whatever node address is given
-(Ray 2.60, checked with `ss -ltn`), so Ray's token authentication, on by default for a new
-cluster, is what keeps others out (the token is in ~/.ray/auth_token).
+GPUs) and stopped after it; one already running in this process is used. It binds to and is
+named by 127.0.0.1 alone (`_loopback`; by default Ray listens on every interface), and Ray's
+token authentication, on by default for a new cluster, is checked as well (the token is in
+~/.ray/auth_token). Joining a cluster (--ray-address) first checks, within CONNECT_TIMEOUT,
+that a Ray head answers there (`_answers`): Ray itself retries a silent address for minutes.
 """
 
 from __future__ import annotations
@@ -39,21 +48,34 @@ import pickle
 import socket
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any, cast
 
 import numpy as np
 
+from index.store import FailureRecord
 from retriever.encoding.backends import open_encoder
 from retriever.encoding.encoders import Encoder
 from retriever.encoding.specs import ModelId
 from retriever.errors import ModelMismatch, RayUnavailable
-from retriever.library.indexer import PreparedFile, Reader, encode_read, read_files
-from retriever.media.scan import MediaFile
+from retriever.library.indexer import (
+    DEFAULT_READ_WALL_TIMEOUT,
+    PreparedFile,
+    Reader,
+    encode_read,
+    read_files,
+)
+from retriever.media.scan import TEXT, MediaFile, path_key, shown
 
 INSTALL = "pip install 'retriever[ray]'"
+READER_DIED = ("the reader process died reading it, twice (out of memory or a crash in a "
+               "decoder); skipped until it changes")
 CONNECT_TIMEOUT = 10.0  # seconds a cluster's address may take to answer
+# HTTP/2's client preface and an empty SETTINGS frame: a gRPC server answers with its SETTINGS
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+LOOPBACK = "127.0.0.1"  # the address a Ray of this machine alone binds to and is named by
 READ_THREADS = 2  # per read task (one CPU): reading waits on the disk as much as it decodes
 # What one read task reserves: its worker with the reader loaded (~650 MB, measured) and a file
 # decoding (a 100 MP photo takes 300 MB at its peak), so a node runs no more than fit
@@ -82,9 +104,9 @@ class RayEngine:
     """An `indexer.Engine` on Ray: see the module docstring."""
 
     def __init__(self, encoder: Encoder, backend: str, address: str | None,
-                 limit: float) -> None:
+                 limit: float, wall: float = DEFAULT_READ_WALL_TIMEOUT) -> None:
         self._model = _ModelCopy(encoder.model_id, encoder.fingerprint, backend)
-        self._address, self._limit = address, limit
+        self._address, self._limits = address, _Limits(limit, wall)
         self._started = False  # this engine started or joined a Ray: it stops or leaves it
 
     def __enter__(self) -> RayEngine:
@@ -111,44 +133,94 @@ class RayEngine:
         encoders: list[Any] = [ray.remote(_EncoderActor).options(
             num_cpus=plan.actor_cpus, num_gpus=plan.actor_gpus, max_restarts=RESTARTS,
             max_task_retries=RESTARTS).remote(self._model, size) for _ in range(plan.actors)]
-        read_task = ray.remote(_read_block).options(num_cpus=1, memory=READ_MEMORY)
+        # no retries: a task that dies on a file would die again (and Ray's memory monitor
+        # would retry one it killed for memory forever); `_stream` finds the file instead
+        read_task = ray.remote(_read_block).options(
+            num_cpus=1, memory=READ_MEMORY, num_returns=2, max_retries=0,
+            retry_exceptions=False)
         reader = ray.put(_for_tasks(read))  # in the object store once, not once a task
-        blocks = deque(todo[i : i + size] for i in range(0, len(todo), size))
+        blocks = deque(_Block(todo[i : i + size]) for i in range(0, len(todo), size))
         try:
-            yield from _stream(blocks, lambda block: read_task.remote(reader, block, self._limit),
-                               encoders, plan.window)
+            yield from _stream(blocks, lambda files: cast(tuple[Any, Any], read_task.remote(
+                reader, files, self._limits)), encoders, plan.window)
         finally:  # the driver may stop early: the actors' models are given back now all the same
             for actor in encoders if ray.is_initialized() else ():  # (else they went with it)
                 ray.kill(actor)
 
     def read_now(self, read: Reader, media: MediaFile) -> PreparedFile:
-        return read_files(read, [media], self._limit, 1)[0]
+        return read_files(read, [media], self._limits.cpu, 1, self._limits.wall)[0]
 
 
-def _stream(blocks: deque[list[MediaFile]], read: Callable[[list[MediaFile]], Any],
+@dataclass(frozen=True)
+class _Limits:
+    """What one file's reading may take, as `indexer._ReaderThreads` counts it."""
+
+    cpu: float  # seconds of the reading thread's CPU
+    wall: float  # seconds, CPU or not (a hung mount)
+
+
+@dataclass(frozen=True)
+class _Block:
+    """Files read by one task."""
+
+    files: list[MediaFile]
+    deaths: int = 0  # times a read task holding these files died
+
+
+def _stream(blocks: deque[_Block], read: Callable[[list[MediaFile]], tuple[Any, Any]],
             encoders: list[Any], window: int) -> Iterator[list[PreparedFile]]:
-    """Each block read (`read(block)`: a read task's ObjectRef), then encoded by the encoder with
-    the fewest blocks waiting, and yielded as it comes back; at most `window` blocks in flight."""
+    """Each block read (`read(files)`: a read task's two ObjectRefs, a small one that says it
+    ended and the files read), then encoded by the encoder with the fewest blocks waiting, and
+    yielded as it comes back; at most `window` blocks in flight. A read task that died is
+    `_died`'s to settle; a block lost with its node before it was encoded is read again."""
     import ray
 
-    reading: set[Any] = set()  # ObjectRefs of read tasks
-    encoding: dict[Any, int] = {}  # ObjectRef of an encode call -> index of its encoder
+    reading: dict[Any, tuple[_Block, Any]] = {}  # read task's first ref -> its block, files
+    encoding: dict[Any, tuple[_Block, int]] = {}  # encode call's ref -> block, its encoder
     waiting = [0] * len(encoders)  # blocks each encoder has been given and not returned
     while blocks or reading or encoding:
         while blocks and len(reading) + len(encoding) < window:
-            reading.add(read(blocks.popleft()))
+            block = blocks.popleft()
+            ended, files = read(block.files)
+            reading[ended] = block, files
         [done], _ = ray.wait([*reading, *encoding], num_returns=1)
         if done in reading:
-            reading.remove(done)
+            block, files = reading.pop(done)
+            try:
+                ray.get(done)  # a few bytes: raises if the task died
+            except ray.exceptions.RayTaskError:
+                raise  # Python's own error in the task, not a file's: a bug, shown as one
+            except ray.exceptions.RayError:  # the task's process or node died
+                if failed := _died(block, blocks):
+                    yield failed
+                continue
             least = waiting.index(min(waiting))
             waiting[least] += 1
-            encoding[encoders[least].encode.remote(done)] = least
+            encoding[encoders[least].encode.remote(files)] = block, least
             continue
-        waiting[encoding.pop(done)] -= 1
-        files, refused = ray.get(done)
+        block, least = encoding.pop(done)
+        waiting[least] -= 1
+        try:
+            files, refused = ray.get(done)
+        except ray.exceptions.ObjectLostError:  # its node left before the encoder had it
+            blocks.appendleft(block)
+            continue
         if refused:
             raise ModelMismatch(refused)
         yield files
+
+
+def _died(block: _Block, blocks: deque[_Block]) -> list[PreparedFile]:
+    """A read task died (its process killed for memory, crashed, or its node gone): its files
+    are read again one a task, and a file whose task dies again, alone, is a failure (returned:
+    remembered with its size and mtime, so later runs skip it until it changes)."""
+    if len(block.files) > 1 or block.deaths == 0:
+        blocks.extendleft(_Block([media], block.deaths + 1) for media in block.files)
+        return []
+    media = block.files[0]
+    key = path_key(media.path)
+    return [PreparedFile(media, failure=FailureRecord(key, shown(
+        f"{media.path}: {READER_DIED}"), media.size, media.mtime))]
 
 
 @dataclass(frozen=True)
@@ -181,9 +253,20 @@ class _EncoderActor:
         return files, ""
 
 
-def _read_block(read: Reader, files: list[MediaFile], limit: float) -> list[PreparedFile]:
-    """A read task: its files read in threads, each within `limit` seconds."""
-    return read_files(read, files, limit, READ_THREADS)
+def _read_block(read: Reader, files: list[MediaFile], limits: _Limits
+                ) -> tuple[int, list[PreparedFile]]:
+    """A read task: its files read in threads, each within `limits` (the file's own reading:
+    the task's start, its imports and the tokenizer's loading are not counted); returns how
+    many, and them."""
+    from PIL import Image
+
+    # a read task is this worker process's edge, as cli.main is the driver's: `--max-pixels`
+    # alone decides, checked from each header (retriever.media.images), not PIL's own cap
+    Image.MAX_IMAGE_PIXELS = None
+    counter = read.spec.count_tokens
+    if isinstance(counter, _Unpickled) and any(f.kind == TEXT for f in files):
+        counter.load()  # imports torch (seconds): before the clocks start
+    return len(files), read_files(read, files, limits.cpu, READ_THREADS, limits.wall)
 
 
 def _for_tasks(read: Reader) -> Reader:
@@ -223,7 +306,10 @@ class _Unpickled:
     pickled: bytes
 
     def __call__(self, text: str) -> int:
-        return cast(int, _unpickle(self.pickled)(text))
+        return cast(int, self.load()(text))
+
+    def load(self) -> Any:
+        return _unpickle(self.pickled)
 
 
 @lru_cache(maxsize=2)
@@ -258,22 +344,98 @@ def _start(address: str | None) -> None:
     import ray
 
     if address is None:  # a Ray of this machine alone, for this run (see the module docstring)
-        ray.init(address="local", num_cpus=len(os.sched_getaffinity(0)),
-                 include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
-                 _system_config={"worker_niceness": WORKER_NICENESS})
+        start_local(len(os.sched_getaffinity(0)))
         return
     try:
-        _reachable(address)  # Ray itself retries an address that never answers for minutes
-        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+        target, loopback = _dialled(address)
+        _answers(target)  # Ray itself retries an address that never answers for minutes
+        with _loopback() if loopback else nullcontext():
+            ray.init(address=target, log_to_driver=False, logging_level=logging.WARNING,
+                     _node_ip_address=LOOPBACK if loopback else None)
+    except ray.exceptions.AuthenticationError as err:
+        raise RayUnavailable(f"--ray-address {address}: the cluster refused this machine's "
+                             f"token ({_first_line(err)}): put the head's token (`ray "
+                             f"get-auth-token` there) in ~/.ray/auth_token or $RAY_AUTH_TOKEN"
+                             ) from None
     except (OSError, ValueError, RuntimeError) as err:  # ConnectionError is an OSError
-        raise RayUnavailable(f"--ray-address {address}: no Ray cluster answers there ({err}): "
-                             f"start one with `ray start --head`, or leave --ray-address out "
-                             f"to run on this machine alone") from None
+        raise RayUnavailable(f"--ray-address {address}: cannot join a Ray cluster there "
+                             f"({_first_line(err)}): check the address (`ray start --head` "
+                             f"prints it) and that this machine has the head's token (`ray "
+                             f"get-auth-token`), or leave --ray-address out to run on this "
+                             f"machine alone") from None
 
 
-def _reachable(address: str) -> None:
-    """Raise OSError unless something listens at `address` (HOST:PORT); other forms (auto,
-    ray://) are left to Ray."""
+def start_local(cpus: int) -> None:
+    """A new Ray of this machine alone in this process: `cpus` CPUs, on 127.0.0.1, workers at
+    the user's priority, no dashboard (tests start theirs with this too)."""
+    import ray
+
+    with _loopback():
+        ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.WARNING, _node_ip_address=LOOPBACK,
+                 _system_config={"worker_niceness": WORKER_NICENESS})
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
+@contextmanager
+def _loopback() -> Iterator[None]:
+    """Ray as this process starts or dials it binds to and names 127.0.0.1 (`_node_ip_address`
+    alone is not enough: on Linux Ray turns a loopback address into the machine's own, and
+    listens on every interface, unless it believes it runs outside a cluster)."""
+    from unittest import mock
+
+    from ray._private import ray_constants
+
+    with mock.patch.object(ray_constants, "ENABLE_RAY_CLUSTER", False):
+        yield
+
+
+def _dialled(address: str) -> tuple[str, bool]:
+    """Where ray.init is to dial `address` (HOST:PORT), and whether as loopback. Ray turns a
+    loopback host into this machine's own address: right for a head listening everywhere (a
+    plain `ray start --head`), unreachable for one bound to 127.0.0.1 (a Ray started by
+    `_start`, or `ray start --head --node-ip-address 127.0.0.1` under `_loopback`'s setting),
+    which is dialled as loopback. Other forms (auto, ray://) are left to Ray."""
+    from ray._common.network_utils import is_localhost
+    from ray._private.services import canonicalize_bootstrap_address
+
+    given = _host_port(address)
+    if given is None or not is_localhost(given[0]):
+        return address, False
+    own = canonicalize_bootstrap_address(address) or address
+    try:
+        socket.create_connection(_host_port(own) or given, timeout=CONNECT_TIMEOUT).close()
+        return own, False
+    except OSError:  # refused there: a head bound to loopback alone, or nothing at all
+        return address, True
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    """("host", port) of an address HOST:PORT ([v6]:PORT); None for Ray's other forms."""
     host, _, port = address.rpartition(":")
-    if host and port.isdigit() and "://" not in address:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT).close()
+    if not host or not port.isdigit() or "://" in address:
+        return None
+    return host.strip("[]"), int(port)
+
+
+def _answers(address: str) -> None:
+    """Raise OSError unless what listens at `address` (HOST:PORT) answers as a Ray head's GCS
+    (a gRPC server) does within CONNECT_TIMEOUT: a port that accepts and never answers, or
+    answers HTTP/1, would have ray.init retry for minutes. Other forms are left to Ray."""
+    host_port = _host_port(address)
+    if host_port is None:
+        return
+    with socket.create_connection(host_port, timeout=CONNECT_TIMEOUT) as conn:
+        conn.settimeout(CONNECT_TIMEOUT)
+        conn.sendall(HTTP2_PREFACE)
+        try:  # a frame header: length (3), type (1), flags (1), stream (4)
+            head = conn.recv(9, socket.MSG_WAITALL)
+        except TimeoutError:
+            raise OSError(f"{address} accepted a connection and said nothing for "
+                          f"{CONNECT_TIMEOUT:g} s") from None
+    is_settings = len(head) == 9 and head[3] == 0x4  # gRPC's HTTP/2 server preface
+    if not (is_settings or head[:1] in (b"\x15", b"\x16")):  # or TLS (a Ray with RAY_USE_TLS)
+        raise OSError(f"{address} does not answer as a Ray cluster does (gRPC)")

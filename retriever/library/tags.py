@@ -20,6 +20,7 @@ from index.store import TagRecord
 from retriever.encoding.encoders import Encoder
 from retriever.errors import UsageError
 from retriever.library.collection import Collection
+from retriever.media.paths import folder_key
 
 # A small CLIP-style ensemble (CLIP's ImageNet prompts are 80 of this kind).
 DEFAULT_TEMPLATES = ("a photo of {}.", "a picture of {}.", "an image of {}.",
@@ -31,7 +32,7 @@ TIE = 1e-6  # labels scoring within this of the best are all the image's tags
 class TagRequest:
     labels: tuple[str, ...]  # what each image may be tagged as
     templates: tuple[str, ...] = DEFAULT_TEMPLATES  # prompts, "{}" standing for the label
-    prefix: str | None = None  # only images whose absolute path starts with this
+    prefix: str | None = None  # only images in this folder, or this file (`folder_key`)
     min_score: float | None = None  # no tag for an image whose best cosine is below this
 
     def check(self) -> None:
@@ -66,8 +67,10 @@ class Tagged:
 
 def label_vectors(encoder: Encoder, labels: Sequence[str],
                   templates: Sequence[str]) -> np.ndarray:
-    """(labels, dim) unit vectors: each label's prompt vectors averaged, renormalised."""
-    prompts = [t.replace("{}", label) for label in labels for t in templates]
+    """(labels, dim) unit vectors: each label's prompt vectors averaged, renormalised. A label
+    is cut as a query is (`cut_text`) before it goes into the templates."""
+    cut = encoder.cut_texts(labels)
+    prompts = [t.replace("{}", label) for label in cut for t in templates]
     vectors = encoder.encode_texts(prompts).reshape(len(labels), len(templates), -1)
     mean = vectors.astype(np.float64).mean(axis=1)  # (labels, dim)
     return (mean / np.linalg.norm(mean, axis=1, keepdims=True)).astype(np.float32)
@@ -78,12 +81,13 @@ def tag_images(collection: Collection, encoder: Encoder, request: TagRequest) ->
     `collection.writing()`); returns each image's tags, path order."""
     request.check()
     labels = [label.strip() for label in request.labels]
-    ids, vectors = collection.image_vectors(request.prefix)
+    folder = folder_key(request.prefix) if request.prefix else None
+    ids, vectors = collection.image_vectors(folder)
     if not len(ids):
         return []
     scores = vectors @ label_vectors(encoder, labels, request.templates).T  # (images, labels)
     best = scores.max(axis=1)
-    paths = {f.id: f.path for f in collection.image_files(request.prefix)}
+    paths = {f.id: f.path for f in collection.image_files(folder)}
     tagged = []
     for row, item_id in enumerate(ids.tolist()):
         kept = request.min_score is None or best[row] >= request.min_score

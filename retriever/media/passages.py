@@ -7,6 +7,7 @@ breaks are preferred cut points: short paragraphs share a passage, long ones are
 
 from __future__ import annotations
 
+import codecs
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,15 +28,23 @@ class Passage:
     text: str
 
 
+# A byte-order mark names its encoding (UTF-32's before UTF-16's: FF FE 00 00 starts both).
+BOMS = ((codecs.BOM_UTF32_LE, "utf-32-le"), (codecs.BOM_UTF32_BE, "utf-32-be"),
+        (codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16-le"),
+        (codecs.BOM_UTF16_BE, "utf-16-be"))
+
+
 def read_text(source: Path | BinaryIO, max_bytes: int = DEFAULT_MAX_TEXT_BYTES) -> str:
-    """UTF-8 text of `source` (a regular file's path, or an open file), up to `max_bytes`;
-    bytes that are not UTF-8 become U+FFFD. Raises OSError."""
+    """The text of `source` (a regular file's path, or an open file), up to `max_bytes`: in
+    the encoding its byte-order mark names (UTF-8/16/32; Windows' Notepad writes UTF-16 so),
+    else UTF-8; the mark left out, bytes that do not decode become U+FFFD. Raises OSError."""
     if isinstance(source, Path):
         with open_regular(source) as fh:
             raw = fh.read(max_bytes)
     else:
         raw = source.read(max_bytes)
-    return raw.decode("utf-8", errors="replace")
+    bom, encoding = next(((b, e) for b, e in BOMS if raw.startswith(b)), (b"", "utf-8"))
+    return raw[len(bom):].decode(encoding, errors="replace")
 
 
 def split_passages(text: str, count_tokens: Callable[[str], int], budget: int) -> list[Passage]:

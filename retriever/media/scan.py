@@ -24,6 +24,7 @@ from typing import BinaryIO
 from index.kinds import IMAGE, TEXT, VIDEO
 from retriever.errors import FolderNotFound
 from retriever.media.images import IMAGE_SUFFIXES
+from retriever.media.paths import path_key, shown  # noqa: F401  (re-exported)
 from retriever.media.video import VIDEO_SUFFIXES
 
 TEXT_SUFFIXES = frozenset({".txt", ".md"})
@@ -48,6 +49,9 @@ class ScanFailure:
 class ScanResult:
     files: list[MediaFile] = field(default_factory=list)
     failures: list[ScanFailure] = field(default_factory=list)
+    # folders (a root included) that could not be listed in this run (permission denied, I/O
+    # error): what lies below them is unknown, not gone
+    unreadable: list[Path] = field(default_factory=list)
 
     @property
     def images(self) -> list[MediaFile]:
@@ -56,12 +60,6 @@ class ScanResult:
     @property
     def texts(self) -> list[MediaFile]:
         return [f for f in self.files if f.kind == TEXT]
-
-
-def path_key(path: Path) -> str:
-    """The text a path is stored and shown as. File names are bytes on POSIX; bytes that are
-    not UTF-8 (SQLite text must be) become backslash escapes, the same way every time."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def check_roots(roots: Sequence[Path]) -> list[Path]:
@@ -83,7 +81,7 @@ def scan(roots: Sequence[Path], exclude: Sequence[str] = (),
     checked = check_roots(roots)
     inside = None if follow_symlinks_outside else [os.path.realpath(r) for r in checked]
     for root in checked:
-        for path in _walk(root, exclude, result.failures):
+        for path in _walk(root, exclude, result):
             if path in seen:
                 continue
             seen.add(path)
@@ -94,18 +92,57 @@ def scan(roots: Sequence[Path], exclude: Sequence[str] = (),
     return result
 
 
-def _walk(root: Path, exclude: Sequence[str], failures: list[ScanFailure]) -> Iterator[Path]:
-    def on_error(err: OSError) -> None:
-        where = path_key(Path(err.filename or "?"))
-        failures.append(ScanFailure(where, f"{where}: cannot read folder ({err.strerror})"))
-
-    for folder, dirs, names in os.walk(root, onerror=on_error):
-        base = Path(folder)
-        dirs[:] = sorted(d for d in dirs if not _skipped(base / d, root, exclude))
-        for name in sorted(names):
-            path = base / name
+def _walk(root: Path, exclude: Sequence[str], result: ScanResult) -> Iterator[Path]:
+    """Files under `root` in sorted order, a folder's files before its subfolders'. A stack,
+    not recursion: a tree thousands of folders deep is walked like a flat one. A folder that
+    cannot be listed goes to `result.unreadable` and `result.failures`."""
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        listed = _listing(folder, result)
+        if listed is None:
+            continue
+        dirs, names = listed
+        for name in names:
+            path = folder / name
             if not _skipped(path, root, exclude):
                 yield path
+        stack.extend(reversed([folder / d for d in dirs
+                               if not _skipped(folder / d, root, exclude)]))
+
+
+def _listing(folder: Path, result: ScanResult) -> tuple[list[str], list[str]] | None:
+    """(subfolders to enter, other names), each sorted; symlinked folders are neither. None
+    when `folder` cannot be listed (recorded in `result`)."""
+    dirs: list[str] = []
+    names: list[str] = []
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                kind = _entry_kind(entry)
+                if kind != "linked folder":
+                    (dirs if kind == "folder" else names).append(entry.name)
+    except OSError as err:
+        result.unreadable.append(folder)
+        where = path_key(folder)
+        result.failures.append(ScanFailure(where, f"{where}: cannot read folder ({err.strerror})"))
+        return None
+    return sorted(dirs), sorted(names)
+
+
+def _entry_kind(entry: os.DirEntry) -> str:
+    """What the walk makes of `entry`: a "folder" (walked into), a "linked folder" (not
+    followed: no loops) or a "file" (anything else). As os.walk: an entry that cannot be
+    stat'ed is a file, and a folder that may be a link is not walked into."""
+    try:
+        if not entry.is_dir():
+            return "file"
+    except OSError:
+        return "file"
+    try:
+        return "linked folder" if entry.is_symlink() else "folder"
+    except OSError:
+        return "linked folder"
 
 
 def _skipped(path: Path, root: Path, exclude: Sequence[str]) -> bool:

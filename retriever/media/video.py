@@ -12,18 +12,28 @@ and from then on every other candidate is taken, so the kept ones stay evenly sp
 are scaled by FFmpeg so their short side is `min_side` (the model's input; a 4K frame is never
 held whole).
 
-A file FFmpeg cannot open or decode (not a video, truncated, damaged) raises `VideoError`.
+Frames are turned upright as the video's display matrix says (a phone's portrait video is
+stored landscape with a 90-degree rotation), and the video's size is given upright.
+
+FFmpeg runs in a worker process (`retriever.media.isolation`) with bounded memory, and a stream
+whose coded size is over the pixel cap is refused before a frame is decoded. A file FFmpeg
+cannot open or decode (not a video, truncated, damaged) raises `VideoError`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 from PIL import Image
 
-from retriever.errors import BadSetting, VideoError
+from retriever.errors import BadSetting, ImageError, VideoError
+from retriever.media.formats import name_of, refuse_over
+from retriever.media.images import DEFAULT_MAX_PIXELS, decode_memory
+from retriever.media.isolation import isolated
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi"})
 SIGNATURE = 16  # px: the side of the colour thumbnail frames are compared by
@@ -34,6 +44,11 @@ SIGNATURE = 16  # px: the side of the colour thumbnail frames are compared by
 # constant motion at 2 s) the kept frames are spread evenly.
 DEFAULT_EVERY = 2.0
 DEFAULT_MAX_FRAMES = 120
+# the display matrix's rotation (degrees counter-clockwise, as PyAV's VideoFrame.rotation gives
+# it) -> the PIL transpose that shows the frame upright
+TURNS = {90: Image.Transpose.ROTATE_90, -90: Image.Transpose.ROTATE_270,
+         270: Image.Transpose.ROTATE_270, 180: Image.Transpose.ROTATE_180,
+         -180: Image.Transpose.ROTATE_180}
 
 if TYPE_CHECKING:  # numpy loads when a video is read: the CLI imports this module at start
     import numpy as np
@@ -67,28 +82,72 @@ class VideoFrames:
     duration: float  # seconds, the last decoded frame's time
 
 
-def sample_frames(source: Path | BinaryIO, options: VideoOptions, min_side: int) -> VideoFrames:
+def sample_frames(source: Path | BinaryIO, options: VideoOptions, min_side: int,
+                  max_pixels: int = DEFAULT_MAX_PIXELS) -> VideoFrames:
     """The frames of `source` worth an item each (see the module docstring)."""
+    return cast(VideoFrames, isolated(sample_in_worker, source, options, min_side, max_pixels,
+                                      memory=decode_memory(max_pixels),
+                                      failure=_failure(source)))
+
+
+def sample_in_worker(source: BinaryIO, options: VideoOptions, min_side: int,
+                     max_pixels: int) -> VideoFrames:
+    """`sample_frames`, in a worker process."""
+    rotation: list[int] = []  # the first frame's: the container's display matrix
+    with _opened(source, max_pixels) as (container, stream):
+        width, height = stream.codec_context.width, stream.codec_context.height
+        kept, last = _sample(_noting_rotation(container.decode(stream), rotation), options,
+                             _scaled(width, height, min_side))
+    if not kept:
+        raise VideoError(f"{name_of(source)}: no decodable video frames", name_of(source))
+    turn = TURNS.get(rotation[0])
+    if turn is not None:
+        kept = [Frame(frame.time, frame.image.transpose(turn)) for frame in kept]
+        if turn != Image.Transpose.ROTATE_180:  # the video's size as shown
+            width, height = height, width
+    return VideoFrames(_spread(kept, options.max_frames), width, height, last)
+
+
+def _noting_rotation(frames: Iterator[Any], rotation: list[int]) -> Iterator[Any]:
+    """`frames`, the first one's rotation put in `rotation` (degrees counter-clockwise)."""
+    for frame in frames:
+        if not rotation:
+            rotation.append(round(frame.rotation or 0))
+        yield frame
+
+
+@contextmanager
+def _opened(source: BinaryIO, max_pixels: int) -> Iterator[tuple[Any, Any]]:
+    """(container, its first video stream), the stream's coded size checked against
+    `max_pixels`; FFmpeg's errors as `VideoError`."""
     import av
 
-    name = source if isinstance(source, Path) else getattr(source, "name", "video")
+    name = name_of(source)
     try:
-        with av.open(str(source) if isinstance(source, Path) else source, "r") as container:
+        with av.open(source, "r") as container:
             if not container.streams.video:
-                raise VideoError(f"{name}: no video stream", str(name))
+                raise VideoError(f"{name}: no video stream", name)
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
-            width, height = stream.codec_context.width, stream.codec_context.height
-            kept, last = _sample(container.decode(stream), options,
-                                 _scaled(width, height, min_side))
-    except VideoError:
+            context = stream.codec_context
+            refuse_over(name, (context.width, context.height), max_pixels, "video frame")
+            yield container, stream
+    except (VideoError, ImageError):
         raise
-    except (av.FFmpegError, OSError, ValueError, EOFError) as err:
+    except (av.FFmpegError, OSError, ValueError, EOFError, IndexError) as err:
         reason = getattr(err, "strerror", None) or str(err).strip() or type(err).__name__
-        raise VideoError(f"{name}: not a readable video ({reason})", str(name)) from err
-    if not kept:
-        raise VideoError(f"{name}: no decodable video frames", str(name))
-    return VideoFrames(_spread(kept, options.max_frames), width, height, last)
+        raise VideoError(f"{name}: not a readable video ({reason})", name) from err
+
+
+def _failure(source: Path | BinaryIO) -> Callable[[str], VideoError]:
+    return lambda line: VideoError(line, name_of(source))
+
+
+def _upright(frame: Any, size: tuple[int, int]) -> Image.Image:
+    """A decoded frame scaled to `size` (w, h, as stored), RGB, turned as it is shown."""
+    image = frame.reformat(width=size[0], height=size[1], format="rgb24").to_image()
+    turn = TURNS.get(round(frame.rotation or 0))
+    return image.transpose(turn) if turn is not None else image
 
 
 def _sample(frames: Any, options: VideoOptions, size: tuple[int, int]
@@ -121,30 +180,30 @@ def _sample(frames: Any, options: VideoOptions, size: tuple[int, int]
     return kept, time
 
 
-def frame_at(source: Path | BinaryIO, time: float, min_side: int) -> Image.Image:
-    """The frame shown at `time` seconds (the first at or after it), short side `min_side`.
-    Raises `VideoError`."""
-    import av
+def frame_at(source: Path | BinaryIO, time: float, min_side: int,
+             max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """The frame shown at `time` seconds (the first at or after it), upright, short side
+    `min_side`. Raises `VideoError`."""
+    return cast(Image.Image, isolated(frame_in_worker, source, time, min_side, max_pixels,
+                                      memory=decode_memory(max_pixels),
+                                      failure=_failure(source)))
 
-    name = source if isinstance(source, Path) else getattr(source, "name", "video")
-    try:
-        with av.open(str(source) if isinstance(source, Path) else source, "r") as container:
-            stream = container.streams.video[0]
-            size = _scaled(stream.codec_context.width, stream.codec_context.height, min_side)
-            if stream.time_base is not None and time > 0:
-                container.seek(int(time / stream.time_base), stream=stream, backward=True)
-            chosen = None
-            for frame in container.decode(stream):
-                chosen = frame
-                if frame.time is None or frame.time >= time - 1e-3:
-                    break
-            if chosen is None:
-                raise VideoError(f"{name}: no frame at {time:g} s", str(name))
-            return chosen.reformat(width=size[0], height=size[1], format="rgb24").to_image()
-    except VideoError:
-        raise
-    except (av.FFmpegError, OSError, ValueError, EOFError, IndexError) as err:
-        raise VideoError(f"{name}: not a readable video ({err})", str(name)) from err
+
+def frame_in_worker(source: BinaryIO, time: float, min_side: int,
+                    max_pixels: int) -> Image.Image:
+    """`frame_at`, in a worker process."""
+    with _opened(source, max_pixels) as (container, stream):
+        size = _scaled(stream.codec_context.width, stream.codec_context.height, min_side)
+        if stream.time_base is not None and time > 0:
+            container.seek(int(time / stream.time_base), stream=stream, backward=True)
+        chosen = None
+        for frame in container.decode(stream):
+            chosen = frame
+            if frame.time is None or frame.time >= time - 1e-3:
+                break
+        if chosen is None:
+            raise VideoError(f"{name_of(source)}: no frame at {time:g} s", name_of(source))
+        return _upright(chosen, size)
 
 
 def frame_jpeg(source: Path | BinaryIO, time: float, size: int) -> bytes:

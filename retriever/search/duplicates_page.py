@@ -1,14 +1,18 @@
 """`retriever duplicates --html FILE`: a self-contained page, each group's copies side by side
-(thumbnails embedded as data URIs, as `search --html` does), best copy first."""
+(thumbnails embedded as data URIs, checked as `search --html` checks them), best copy first."""
 
 from __future__ import annotations
 
 import html
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from retriever.library.duplicates import Copy, Group
 from retriever.search.html_page import check_target, image_tag, write_page
+
+if TYPE_CHECKING:
+    from retriever.library.collection import Collection
 
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
@@ -26,23 +30,26 @@ body {{ font: 14px system-ui, sans-serif; margin: 1.5em; background: #fafafa; }}
 """
 
 
-def write_duplicates_html(groups: Sequence[Group], path: Path, threshold: float) -> Path:
+def write_duplicates_html(groups: Sequence[Group], path: Path, threshold: float,
+                          collection: Collection) -> Path:
+    """The page of `groups`, found in `collection` (whose files its pictures show)."""
     check_target(path)
-    body = "\n".join(_group(n, g) for n, g in enumerate(groups, 1))
+    body = "\n".join(_group(collection, n, g) for n, g in enumerate(groups, 1))
     return write_page(path, PAGE.format(title="retriever: duplicates", count=len(groups),
                                         threshold=f"{threshold:g}", groups=body))
 
 
-def _group(number: int, group: Group) -> str:
-    copies = "".join(_copy(c, i == 0) for i, c in enumerate(group.copies))
+def _group(collection: Collection, number: int, group: Group) -> str:
+    copies = "".join(_copy(collection, c, i == 0) for i, c in enumerate(group.copies))
     return f'<section class="group" id="group-{number}">{copies}</section>'
 
 
-def _copy(c: Copy, best: bool) -> str:
+def _copy(collection: Collection, c: Copy, best: bool) -> str:
     size = f"{c.width}x{c.height}, " if c.width and c.height else ""
     note = "best copy" if best else f"{c.score:.3f}"
     if c.same_bytes_as:
         note += f", same bytes as {c.same_bytes_as}"
-    return (f'<div class="copy">{image_tag(c.path)}<div class="{"best" if best else ""}">'
-            f'{html.escape(note)}</div><div>{size}{c.size:,} bytes</div>'
+    return (f'<div class="copy">{image_tag(collection, c.id, c.path)}'
+            f'<div class="{"best" if best else ""}">{html.escape(note)}</div>'
+            f'<div>{size}{c.size:,} bytes</div>'
             f'<div class="path">{html.escape(c.path)}</div></div>')

@@ -1,4 +1,9 @@
-"""`search --html FILE`: a self-contained results page (thumbnails embedded as data URIs)."""
+"""`search --html FILE`: a self-contained results page (thumbnails embedded as data URIs).
+
+A picture is embedded only as the server would show it (retriever.library.thumbnails.thumbnail:
+the indexed file, still inside the indexed folders and holding the indexed bytes); a file
+swapped since for a link elsewhere shows a note instead.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +12,16 @@ import html
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from index.atomic import replacing
-from retriever.errors import ImageError, UsageError, VideoError
-from retriever.media.images import thumbnail_bytes
-from retriever.media.video import clock, frame_jpeg
+from retriever.errors import ImageError, ItemNotFound, UsageError, VideoError
+from retriever.library.thumbnails import thumbnail
+from retriever.media.video import clock
 from retriever.search.query import Result
+
+if TYPE_CHECKING:
+    from retriever.library.collection import Collection
 
 THUMBNAIL = 256  # px, longest side
 
@@ -51,12 +60,14 @@ def _unwritable(path: Path, error: OSError) -> UsageError:
                       f"folder you can write")
 
 
-def write_html(results: Sequence[Result], path: Path, title: str) -> Path:
+def write_html(results: Sequence[Result], path: Path, title: str,
+               collection: Collection) -> Path:
+    """The page of `results`, found in `collection` (whose files its pictures show)."""
     check_target(path)
     both = len({r.section for r in results}) > 1  # `--to all`: two sections, as in the table
     cards = "\n".join(
         (f"<h2>{heading}</h2>" if both else "") + '<div class="grid">\n'
-        + "\n".join(_card(r) for r in rows) + "\n</div>"
+        + "\n".join(_card(collection, r) for r in rows) + "\n</div>"
         for section, heading in SECTIONS.items()
         if (rows := [r for r in results if r.section == section]))
     return write_page(path, PAGE.format(title=html.escape(title), count=len(results),
@@ -73,35 +84,40 @@ def write_page(path: Path, page: str) -> Path:
     return path
 
 
-def _card(r: Result) -> str:
+def _card(collection: Collection, r: Result) -> str:
     if r.time is not None:  # a video frame: the video, from that moment, the frame its poster
-        return _video_card(r)
+        return _video_card(collection, r)
     where = html.escape(r.path if r.kind == "image" else f"{r.path} (passage {r.position})")
-    body = image_tag(r.path) if r.kind == "image" else (
+    body = image_tag(collection, r.id, r.path) if r.kind == "image" else (
         f'<div class="passage">{html.escape(r.passage or "")}</div>')
     caption = f"<div>{html.escape(r.caption)}</div>" if r.caption else ""
     return (f'<div class="card {r.kind}">{body}<div class="score">{r.score:.3f}</div>'
             f'{caption}<div class="path">{where}</div></div>')
 
 
-def _video_card(r: Result) -> str:
+def _video_card(collection: Collection, r: Result) -> str:
     time = r.time or 0.0
-    try:
-        poster = ' poster="data:image/jpeg;base64,' + base64.b64encode(
-            frame_jpeg(Path(r.path), time, THUMBNAIL)).decode("ascii") + '"'
-    except (VideoError, OSError):
-        poster = ""
-    source = html.escape(f"{Path(r.path).as_uri()}#t={time:g}")
+    frame = embedded(collection, r.id)
+    poster = f' poster="data:image/jpeg;base64,{frame}"' if frame else ""
+    source = html.escape(f"{r.file.as_uri()}#t={time:g}")
     return (f'<div class="card video"><video controls preload="none" src="{source}"{poster}>'
             f'</video><div class="score">{r.score:.3f}</div>'
             f'<div class="path">{html.escape(f"{r.path} @ {clock(time)}")}</div></div>')
 
 
-def image_tag(path: str) -> str:
-    """An <img> with the image's thumbnail embedded (a data URI), or a note if unreadable."""
-    try:
-        data = base64.b64encode(thumbnail_bytes(Path(path), THUMBNAIL)).decode("ascii")
-    except (ImageError, OSError):
-        return '<div class="missing">(image no longer readable)</div>'
-
+def image_tag(collection: Collection, item_id: int, path: str) -> str:
+    """An <img> with item `item_id`'s thumbnail embedded (a data URI), or a note if its file
+    is unreadable or no longer the indexed one."""
+    data = embedded(collection, item_id)
+    if data is None:
+        return '<div class="missing">(image no longer readable as indexed)</div>'
     return f'<img src="data:image/jpeg;base64,{data}" alt="{html.escape(path)}">'
+
+
+def embedded(collection: Collection, item_id: int) -> str | None:
+    """Item `item_id`'s JPEG thumbnail (of an image, or a video's frame) in base64; None when
+    the server would refuse it too."""
+    try:
+        return base64.b64encode(thumbnail(collection, item_id, THUMBNAIL)).decode("ascii")
+    except (ItemNotFound, ImageError, VideoError, UsageError, OSError):
+        return None

@@ -6,18 +6,20 @@ Unicode line/bidi controls become escapes (\\n, \\x1b), and rich never reads it 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import sys
 from collections.abc import Sequence
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from retriever.search.query import Result
+
+if TYPE_CHECKING:
+    from retriever.library.collection import Collection
 
 CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
@@ -79,19 +81,26 @@ def results_tables(results: Sequence[Result]) -> list[Table]:
     return tables
 
 
+def unbounded(out: Console) -> Console:
+    """Where to print a table: `out` on a terminal; piped, a console as wide as the rows need,
+    so a path is never cut at 80 columns (`retriever duplicates | grep`)."""
+    if out.is_terminal:
+        return out
+    return Console(file=out.file, width=10_000, highlight=False, emoji=False)
+
+
 def print_results(out: Console, results: Sequence[Result]) -> None:
     """The tables; as wide as they need when stdout is not a terminal (nothing is cut)."""
-    if not out.is_terminal:  # piped: as wide as the rows need, never cut at 80 columns
-        out = Console(file=out.file, width=10_000, highlight=False, emoji=False)
+    out = unbounded(out)
     for table in results_tables(results):
         out.print(table)
 
 
-def print_previews(out: Console, err: Console, results: Sequence[Result]) -> None:
-    """Thumbnails inline (kitty, iTerm2), each with its row; elsewhere, the tables."""
-    from retriever.errors import ImageError
-    from retriever.media.images import thumbnail_bytes
-    from retriever.search.preview import inline_image, terminal_protocol
+def print_previews(out: Console, err: Console, results: Sequence[Result],
+                   collection: Collection) -> None:
+    """Thumbnails inline (kitty, iTerm2), each with its row; elsewhere, the tables. Pictures
+    of `collection`'s files, checked as the server checks them (preview.preview_png)."""
+    from retriever.search.preview import inline_image, preview_png, terminal_protocol
 
     protocol = terminal_protocol()
     if protocol is None or not out.is_terminal:
@@ -100,9 +109,8 @@ def print_previews(out: Console, err: Console, results: Sequence[Result]) -> Non
         print_results(out, results)
         return
     for r in results:
-        if r.kind == "image":
-            with contextlib.suppress(ImageError, OSError):  # the row still prints below
-                sys.stdout.write(inline_image(thumbnail_bytes(Path(r.path), 160, "PNG"),
-                                              protocol) + "\n")
+        png = preview_png(collection, r.id) if r.kind == "image" else None
+        if png is not None:  # else the row alone
+            sys.stdout.write(inline_image(png, protocol) + "\n")
         text = r.caption if r.kind == "image" else f"#{r.position}: {r.passage}"
         out.print(visible(f"{r.score:.3f}  {r.path}  {text or ''}"), markup=False)

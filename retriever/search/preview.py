@@ -1,6 +1,7 @@
 """Pictures in the terminal: inline thumbnails for kitty's graphics protocol and iTerm2's.
 
 Detection reads the environment the terminal sets; anything else gets a message and no images.
+A picture is drawn only from the indexed file as the server would serve it (`preview_png`).
 """
 
 from __future__ import annotations
@@ -8,8 +9,13 @@ from __future__ import annotations
 import base64
 import os
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from retriever.library.collection import Collection
 
 KITTY_CHUNK = 4096  # the kitty protocol carries at most 4096 base64 bytes per escape code
+PREVIEW_SIZE = 160  # px, longest side: a few terminal rows
 
 
 def terminal_protocol(env: Mapping[str, str] | None = None) -> str | None:
@@ -34,3 +40,18 @@ def inline_image(png: bytes, protocol: str) -> str:
         control = f"a=T,f=100,m={more}" if n == 0 else f"m={more}"  # f=100: PNG payload
         out.append(f"\x1b_G{control};{chunk}\x1b\\")
     return "".join(out)
+
+
+def preview_png(collection: Collection, item_id: int) -> bytes | None:
+    """Image item `item_id` as a small PNG (kitty draws PNG only), read from its file only
+    while it is the indexed one (retriever.library.thumbnails.open_indexed); None otherwise."""
+    from retriever.errors import ImageError, ItemNotFound
+    from retriever.library.thumbnails import open_indexed
+    from retriever.media.images import thumbnail_bytes
+
+    try:
+        _, handle = open_indexed(collection, item_id)
+        with handle:
+            return thumbnail_bytes(handle, PREVIEW_SIZE, "PNG")  # type: ignore[arg-type]
+    except (ItemNotFound, ImageError, OSError):
+        return None

@@ -12,7 +12,8 @@ own and the two are interleaved by rank (the best image, the best passage, the s
 (`photo.txt` beside `photo.jpg`) is not a document of its own: its hit is the photo's row
 (caption shown), in the texts section, where it was found.
 
-Filters run where they are cheap: the folder prefix, the date range and a tag are one SQL query
+Filters run where they are cheap: the folder (that folder and below it, on a path component:
+`--in X/2024` is not `X/2024-old`), the date range and a tag are one SQL query
 whose ids become a FAISS id selector (evaluated inside the index, not by scanning rows in Python);
 `min_score` cuts the ranked list.
 """
@@ -27,7 +28,9 @@ from typing import TYPE_CHECKING
 
 from index.kinds import IMAGE, IMAGE_TEXT, TEXT, VIDEO
 from retriever.encoding.specs import ModelSpec
+from retriever.encoding.tokenizer import CHARS_PER_TOKEN  # as every text a model reads
 from retriever.errors import ItemNotFound, UsageError
+from retriever.media.paths import folder_key, key_path
 
 if TYPE_CHECKING:  # Query and Result are on the CLI's path to a running server: keep it light
     import numpy as np
@@ -43,10 +46,6 @@ TARGET_ALIASES = {"image": "images", "text": "texts", "video": "videos"}  # --ty
 DEFAULT_TARGET = "images"  # words and images alike find photos unless told otherwise
 SECTION_OF = {IMAGE: "images", VIDEO: "images", TEXT: "texts", IMAGE_TEXT: "texts"}
 MAX_ID = 2**63 - 1  # item ids are SQLite integers
-# A query is cut to this many characters per context token before tokenizing: a BPE token
-# covers at least one character, so this keeps every token the model can see unless the text
-# is mostly whitespace, and a 20 MB query costs what a page does.
-CHARS_PER_TOKEN = 32
 
 
 @dataclass(frozen=True)
@@ -82,7 +81,7 @@ class Query:
     item: int | None = None  # or: an item already indexed ("more like this")
     target: str = DEFAULT_TARGET  # "images", "texts", "videos" or "all"
     k: int = 10  # results wanted
-    path_prefix: str | None = None  # only files whose absolute path starts with this
+    path_prefix: str | None = None  # only files in this folder, or this file (`folder_key`)
     add: tuple[Term, ...] = ()  # more of this
     sub: tuple[Term, ...] = ()  # less of this
     after: float | None = None  # unix time: only files taken (EXIF) or modified at/after this
@@ -124,6 +123,11 @@ class Result:
     tags: tuple[str, ...] = ()  # labels `retriever tag` gave it
     section: str = "images"  # "images" or "texts": what kind of vector matched (see `all`)
     taken_at: float | None = None  # the file's EXIF date, else its mtime (unix seconds)
+
+    @property
+    def file(self) -> Path:
+        """The file on disk (`path` is its key, retriever.media.paths)."""
+        return key_path(self.path)
 
     def to_json(self) -> dict:
         return {**asdict(self), "tags": list(self.tags)}
@@ -257,8 +261,8 @@ def _allowed(collection: Collection, kind: str, query: Query) -> np.ndarray | No
     if query.path_prefix is None and query.after is None and query.before is None \
             and query.tag is None:
         return None
-    prefix = os.path.abspath(query.path_prefix) if query.path_prefix else None
-    return collection.ids_where(kind, prefix, query.after, query.before, query.tag)
+    folder = folder_key(query.path_prefix) if query.path_prefix else None
+    return collection.ids_where(kind, folder, query.after, query.before, query.tag)
 
 
 def resolve_target(to: str | None, kind: str | None = None) -> str:

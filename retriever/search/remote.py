@@ -14,7 +14,8 @@ Anything short of an answer (refused, no reply, not JSON, a 5xx, a query the API
 raises `ServerUnavailable`, and the CLI searches locally. An error the server gives
 ({"error": "one line", "type": "ItemNotFound"}, a 4xx) is raised as that library error.
 
-Stdlib and retriever.errors only: this module is on the cold path of every `retriever search`.
+Stdlib, retriever.errors, retriever.jsonfile and retriever.media.paths only: this module is on
+the cold path of every `retriever search`.
 """
 
 from __future__ import annotations
@@ -28,12 +29,15 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from retriever import errors
-from retriever.errors import RetrieverError, UsageError
+from retriever.errors import RetrieverError, SmallFileError, UsageError
+from retriever.jsonfile import open_regular, parse_json, read_open
+from retriever.media.paths import folder_key
 
 if TYPE_CHECKING:  # only for types: retriever.search.query imports SQLAlchemy and numpy
     from retriever.search.query import Query, Result, Term
 
 SERVE_FILE = "serve.json"
+SERVE_MAX_BYTES = 64 * 1024  # {"url", "pid", "directory"}: a path is at most a few kB
 RESULT_FIELDS = ("id", "path", "score", "kind", "position", "passage", "caption", "time",
                  "tags", "section", "taken_at")
 CONNECT_TIMEOUT = 2.0  # seconds; a loopback connect is accepted or refused at once
@@ -48,13 +52,14 @@ def find_server(index_dir: Path) -> str | None:
     """The url in `<index_dir>/serve.json` if the process that wrote it still runs; else None.
 
     Whether it answers is found by asking (`remote_search` raises `ServerUnavailable`)."""
+    path = index_dir / SERVE_FILE
     try:
-        with open(index_dir / SERVE_FILE, "rb") as file:
+        with open_regular(path) as file:  # not a FIFO that never answers, nor /dev/zero
             if os.fstat(file.fileno()).st_uid != os.geteuid():  # planted by another user
                 return None
-            found = json.loads(file.read(64 * 1024))
+            found = parse_json(path, read_open(file, path, SERVE_MAX_BYTES))
         url, pid, directory = found["url"], found["pid"], found["directory"]
-    except (OSError, ValueError, KeyError, TypeError, RecursionError):
+    except (OSError, SmallFileError, KeyError, TypeError):
         return None
     if directory != str(index_dir.resolve()):  # a copied index folder took the file along
         return None
@@ -125,7 +130,7 @@ def request_for(query: Query) -> tuple[dict[str, Any], Path | None]:
     fields = {
         "text": query.text, "item": query.item, "target": query.target, "k": query.k,
         # as the local search does: `in` is a folder relative to this process's cwd
-        "in": os.path.abspath(query.path_prefix) if query.path_prefix else None,
+        "in": folder_key(query.path_prefix) if query.path_prefix else None,
         "after": query.after, "before": query.before, "min_score": query.min_score,
         "tag": query.tag, "video_frames": query.video_frames or None,
         "add": [_term(t) for t in query.add] or None, "sub": [_term(t) for t in query.sub] or None,

@@ -56,8 +56,10 @@ from retriever.errors import (
     ItemNotFound,
     ModelMismatch,
     RetrieverError,
+    SmallFileError,
     UsageError,
 )
+from retriever.jsonfile import read_json
 from retriever.library.collection import Collection
 from retriever.library.thumbnails import (
     CHUNK,
@@ -66,6 +68,7 @@ from retriever.library.thumbnails import (
     open_indexed,
     thumbnail,
 )
+from retriever.media.paths import key_path
 from retriever.search.query import (
     Query,
     Result,
@@ -75,7 +78,7 @@ from retriever.search.query import (
     resolve_target,
     search,
 )
-from retriever.search.remote import SERVE_FILE
+from retriever.search.remote import SERVE_FILE, SERVE_MAX_BYTES
 
 WEB = Path(__file__).parent / "web"
 ASSETS = {"/": ("index.html", "text/html"), "/app.js": ("app.js", "text/javascript"),
@@ -240,8 +243,8 @@ def announce(directory: Path, url: str) -> Path:
 def withdraw(directory: Path) -> None:
     """Remove `<directory>/serve.json` if this process wrote it (not a later server's)."""
     path = directory / SERVE_FILE
-    with suppress(OSError, ValueError, AttributeError):  # none, unreadable, or read-only
-        if json.loads(path.read_text()).get("pid") == os.getpid():
+    with suppress(OSError, SmallFileError, AttributeError):  # none, damaged, or read-only
+        if read_json(path, SERVE_MAX_BYTES).get("pid") == os.getpid():
             path.unlink(missing_ok=True)
 
 
@@ -305,10 +308,9 @@ class Api:
         # No lock: reading the store is thread-safe, and a collection being replaced by a
         # newer one (LiveCollection.current) stays usable.
         item = _whole_number(request.path_params["item"], "item")
+        # bytes, never a cache path reopened: retriever.library.thumbnails checked both
         made = thumbnail(self.live.collection, item, self.settings.thumbnail_size)
-        if isinstance(made, bytes):  # not cached: the index folder is read-only
-            return Response(made, media_type="image/jpeg", headers=THUMB_HEADERS)
-        return FileResponse(made, media_type="image/jpeg", headers=THUMB_HEADERS)
+        return Response(made, media_type="image/jpeg", headers=THUMB_HEADERS)
 
     def file(self, request: Request) -> StreamingResponse:
         """The checked, open file (retriever.library.thumbnails.open_indexed), not its path
@@ -465,15 +467,16 @@ def _time(values: Mapping[str, Any], name: str) -> float | None:
 
 
 def _folder(value: Any) -> str | None:
-    """The `in` filter: a prefix of indexed paths as results show them. It is compared with
-    stored paths in SQL, never opened; a relative one would mean the server's cwd."""
+    """The `in` filter: a folder (or file) as result paths show it (a key, retriever.media.
+    paths), as the path `Query` takes. It is compared with stored paths in SQL, never opened;
+    a relative one would mean the server's cwd."""
     if value in (None, ""):
         return None
     if not isinstance(value, str) or not os.path.isabs(value):
         raise UsageError(f"in must be an absolute folder as result paths show it, not {value!r}")
     if ".." in PurePosixPath(value).parts:
         raise UsageError(f"in must not contain '..': pass the folder itself, not {value!r}")
-    return value
+    return str(key_path(value))
 
 
 def _terms(value: Any, name: str) -> tuple[Term, ...]:

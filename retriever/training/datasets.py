@@ -33,6 +33,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from retriever.encoding.models import LoadedModel
+from retriever.encoding.tokenizer import cut_text
 from retriever.errors import DatasetError, ImageError, UsageError
 from retriever.media.images import open_image
 from retriever.training.pairs import Pair
@@ -116,8 +117,8 @@ class _Transform:
 class _Collate:
     """[(pixels, caption) or None] -> StepBatch; picklable for DataLoader workers."""
 
-    def __init__(self, tokenizer: Any) -> None:
-        self.tokenizer = tokenizer
+    def __init__(self, tokenizer: Any, context_length: int) -> None:
+        self.tokenizer, self.context_length = tokenizer, context_length
 
     def __call__(self, items: list[tuple[torch.Tensor, str] | None], skipped: int = 0) -> StepBatch:
         readable = [item for item in items if item is not None]
@@ -125,7 +126,8 @@ class _Collate:
         if not readable:
             return StepBatch(torch.empty(0), torch.empty(0, dtype=torch.long), skipped)
         pixels = torch.stack([p for p, _ in readable])
-        return StepBatch(pixels, self.tokenizer([c for _, c in readable]), skipped)
+        captions = [cut_text(c, self.context_length) for _, c in readable]  # as queries are
+        return StepBatch(pixels, self.tokenizer(captions), skipped)
 
 
 def _transform(loaded: LoadedModel, feed: LoaderSettings) -> _Transform:
@@ -158,7 +160,8 @@ class PairData:
 
     def __init__(self, pairs: Sequence[Pair], loaded: LoadedModel, feed: LoaderSettings) -> None:
         self.pairs, self.feed = list(pairs), feed
-        self.transform, self.collate = _transform(loaded, feed), _Collate(loaded.tokenizer)
+        self.transform = _transform(loaded, feed)
+        self.collate = _Collate(loaded.tokenizer, loaded.context_length)
         self.steps_per_epoch = math.ceil(len(self.pairs) / feed.step_pairs)
         self.pairs_per_epoch = len(self.pairs)
 
@@ -323,7 +326,8 @@ class ShardData:
                              f"{max(feed.num_workers, 1)} workers: write at least {readers} "
                              f"shards or lower --num-workers / --nproc")
         self.urls, self.feed = list(urls), feed
-        self.transform, self.collate = _transform(loaded, feed), _Collate(loaded.tokenizer)
+        self.transform = _transform(loaded, feed)
+        self.collate = _Collate(loaded.tokenizer, loaded.context_length)
         self.steps_per_epoch = max(1, pairs_per_epoch // feed.step_pairs)
         self.pairs_per_epoch = self.steps_per_epoch * feed.step_pairs
 
