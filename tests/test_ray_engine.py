@@ -231,17 +231,22 @@ def test_a_plan_leaves_cpus_to_reading_and_bounds_what_is_read_ahead():
     assert gpus.window == 2 * 56 + 2 * 8  # a block read and one read ahead per reading CPU
 
 
-def test_a_ray_started_for_the_run_runs_its_workers_at_the_users_priority():
-    """Ray's default puts workers at nice 15, behind every other process on the machine."""
+def with_own_ray(body: str) -> list[str]:
+    """The words `body` prints in a fresh process, between a Ray started as a run without
+    --ray-address starts one (`ray_engine._start(None)`) and its shutdown."""
     script = ("import os, ray\n"
               "from retriever.library.ray_engine import _start\n"
-              "_start(None)\n"
-              "print(ray.get(ray.remote(lambda: os.nice(0)).remote()), os.nice(0))\n"
-              "ray.shutdown()\n")
+              f"_start(None)\n{body}ray.shutdown()\n")
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    worker, driver = done.stdout.split()
+    return done.stdout.split()
+
+
+def test_a_ray_started_for_the_run_runs_its_workers_at_the_users_priority():
+    """Ray's default puts workers at nice 15, behind every other process on the machine."""
+    worker, driver = with_own_ray("print(ray.get(ray.remote(lambda: os.nice(0)).remote()), "
+                                  "os.nice(0))\n")
     assert worker == driver
 
 
@@ -251,16 +256,8 @@ def test_the_modules_ray_and_a_ray_started_for_a_run_are_on_loopback_alone(ray_a
 
     assert ray_address.startswith("127.0.0.1:")
     assert {node["NodeManagerAddress"] for node in ray.nodes()} == {"127.0.0.1"}
-    script = ("import ray\n"
-              "from retriever.library.ray_engine import _start\n"
-              "_start(None)\n"
-              "print(ray.get_runtime_context().gcs_address,\n"
-              "      *sorted({n['NodeManagerAddress'] for n in ray.nodes()}))\n"
-              "ray.shutdown()\n")
-    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    gcs, *nodes = done.stdout.split()
+    gcs, *nodes = with_own_ray("print(ray.get_runtime_context().gcs_address,\n"
+                               "      *sorted({n['NodeManagerAddress'] for n in ray.nodes()}))\n")
     assert gcs.startswith("127.0.0.1:") and nodes == ["127.0.0.1"]
 
 
