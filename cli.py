@@ -27,14 +27,14 @@ from retriever.media.images import DEFAULT_MAX_PIXELS
 from retriever.media.ocr import check_tesseract
 from retriever.media.passages import DEFAULT_MAX_TEXT_BYTES
 from retriever.media.video import DEFAULT_EVERY, DEFAULT_MAX_FRAMES
-from retriever.search.output import plain as _plain
-from retriever.search.output import (
+from retriever.present.output import plain as _plain
+from retriever.present.output import (
     unbounded,  # tables: never cut when piped
     visible,  # file text and error messages: shown, never read
 )
 
 if TYPE_CHECKING:
-    from retriever.library.indexing import IndexOutcome
+    from retriever.ingest.run import IngestOutcome
 
 
 # click's exceptions, or typer's copy of click (typer 0.28 vendors it)
@@ -155,7 +155,7 @@ def main_options(
     """Search your own photos and documents by text or by image."""
 
 
-# `index`'s options (IndexOptions, IndexRequest and AnnConfig settings)
+# `index`'s options (IngestOptions, IngestRequest and AnnConfig settings)
 FoldersArg = Annotated[list[Path], typer.Argument(help="Folders of images and text documents.")]
 IndexBatchOpt = Annotated[int, typer.Option(
     help="Files per store commit; the encoder splits them in batches sized for this CPU.")]
@@ -212,12 +212,12 @@ def index(
     """
     from index.ann import AnnConfig
     from retriever.encoding.specs import ModelSpec
-    from retriever.library.indexer import IndexOptions
-    from retriever.library.indexing import IndexRequest, index_folders
+    from retriever.ingest.pipeline import IngestOptions
+    from retriever.ingest.run import IngestRequest, ingest_folders
     from retriever.media.video import VideoOptions
     from retriever.progress import RichProgress
 
-    options = IndexOptions(tuple(folders), tuple(exclude or ()), batch_size, max_pixels,
+    options = IngestOptions(tuple(folders), tuple(exclude or ()), batch_size, max_pixels,
                            max_text_bytes, follow_symlinks_outside,
                            video=VideoOptions(video_every, max_frames=video_max_frames), ocr=ocr)
     if ocr:  # before a model loads: one line saying how to install Tesseract
@@ -225,13 +225,13 @@ def index(
     ann = AnnConfig(index_type, recall_target,
                     memory_budget_mb * 2**20 if memory_budget_mb else None)
     started = time.monotonic()
-    outcome = index_folders(IndexRequest(options, db, ModelSpec(model, pretrained), backend, ann,
+    outcome = ingest_folders(IngestRequest(options, db, ModelSpec(model, pretrained), backend, ann,
                                          reindex, wait, store_url=store, engine=engine,
                                          ray_address=ray_address), RichProgress())
     _print_indexed(outcome, json_out, time.monotonic() - started)
 
 
-def _print_indexed(outcome: IndexOutcome, json_out: bool, seconds: float) -> None:
+def _print_indexed(outcome: IngestOutcome, json_out: bool, seconds: float) -> None:
     report, counts = outcome.report, outcome.counts
     for failure in report.failures:
         stderr.print(f"skipped {visible(failure.reason)}", markup=False)
@@ -304,7 +304,7 @@ def search(
     """
     from retriever.library.locations import find_index_dir
     from retriever.search.query import Query, parse_date, parse_term, resolve_target
-    from retriever.search.remote import search_server
+    from retriever.server.remote import search_server
 
     request = Query(
         text=query, image=image, item=item, target=resolve_target(to, kind), k=k,
@@ -315,7 +315,7 @@ def search(
         tag=tag, video_frames=with_videos)
     request.check()
     if html_file is not None:
-        from retriever.search.html_page import check_target
+        from retriever.present.html_page import check_target
 
         check_target(html_file)  # before the search: a bad --html wastes no model load
     if backend != "auto":  # checked before a server could answer and ignore it
@@ -330,7 +330,7 @@ def search(
     if results is None:
         results = _search_here(index_dir, request, model, pretrained, backend, store)
     if html_file is not None:
-        from retriever.search.html_page import write_html
+        from retriever.present.html_page import write_html
 
         title = f"retriever: {query or image or f'item {item}'}"
         written = write_html(results, html_file, title, _reading(index_dir, store))
@@ -361,7 +361,7 @@ def _print_results(results: list[Any], json_out: bool, paths_only: bool,
     elif preview is not None:
         _print_previews(results, preview)
     else:
-        from retriever.search.output import print_results
+        from retriever.present.output import print_results
 
         print_results(stdout, results)
 
@@ -377,7 +377,7 @@ def _search_here(index_dir: Path, request: Any, model: str | None, pretrained: s
 
 
 def _print_previews(results: list[Any], collection: Any) -> None:
-    from retriever.search.output import print_previews
+    from retriever.present.output import print_previews
 
     print_previews(stdout, stderr, results, collection)
 
@@ -577,7 +577,7 @@ def evaluate(
     """
     from retriever.encoding.clip_encoder import ClipEncoder
     from retriever.encoding.models import ModelSpec, load_model
-    from retriever.library.tags import DEFAULT_TEMPLATES
+    from retriever.encoding.prompts import DEFAULT_TEMPLATES
     from retriever.progress import RichProgress
     from retriever.training.classification import (
         check_templates,
@@ -660,10 +660,10 @@ def serve(
     Example: retriever serve --port 8765, then open http://127.0.0.1:8765
     """
     from retriever.library.collection import Collection
-    from retriever.library.index_encoder import index_encoder
     from retriever.library.locations import find_index_dir
+    from retriever.library.pinned_encoder import pinned_encoder
     from retriever.progress import RichProgress
-    from retriever.search.server import (
+    from retriever.server.app import (
         LOOPBACK_HOSTS,
         ServerSettings,
         check_port,
@@ -675,7 +675,7 @@ def serve(
     check_port(port)
     collection = Collection.open(find_index_dir(db, store_url=store), store_url=store)
     sock = listen(host, port)  # a port in use fails before the model loads
-    app_ = create_app(collection, index_encoder(collection, backend=backend,
+    app_ = create_app(collection, pinned_encoder(collection, backend=backend,
                                                 progress=RichProgress()),
                       ServerSettings.for_host(host))
     if host not in LOOPBACK_HOSTS:
@@ -743,8 +743,8 @@ def duplicates(threshold: ThresholdOpt = None, under: FolderOpt = None,
     if not -1 <= threshold <= 1:  # NaN fails this too
         raise UsageError(f"--threshold {threshold} is not a cosine: pass one in [-1, 1]")
     if html_file is not None:
-        from retriever.search.duplicates_page import write_duplicates_html
-        from retriever.search.html_page import check_target
+        from retriever.present.duplicates_page import write_duplicates_html
+        from retriever.present.html_page import check_target
 
         check_target(html_file)  # before any work: a bad --html wastes nothing
     collection = Collection.open(find_index_dir(db, store_url=store), store_url=store)
@@ -797,10 +797,11 @@ def tag(labels: Annotated[list[str], typer.Argument(help="Labels to choose among
     """
     import os
 
+    from retriever.encoding.prompts import DEFAULT_TEMPLATES
     from retriever.library.collection import Collection
-    from retriever.library.index_encoder import index_encoder
     from retriever.library.locations import find_index_dir
-    from retriever.library.tags import DEFAULT_TEMPLATES, TagRequest, tag_images
+    from retriever.library.pinned_encoder import pinned_encoder
+    from retriever.library.tags import TagRequest, tag_images
     from retriever.progress import RichProgress
 
     request = TagRequest(tuple(labels), tuple(prompt or DEFAULT_TEMPLATES),
@@ -808,7 +809,7 @@ def tag(labels: Annotated[list[str], typer.Argument(help="Labels to choose among
     request.check()
     collection = Collection.open(find_index_dir(db, store_url=store), store_url=store)
     with collection.writing(wait):
-        encoder = index_encoder(collection, backend=backend, progress=RichProgress())
+        encoder = pinned_encoder(collection, backend=backend, progress=RichProgress())
         tagged = tag_images(collection, encoder, request)
     for t in tagged:
         if json_out:

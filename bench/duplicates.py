@@ -126,13 +126,13 @@ def measure(collection, folder: Path, planted: Sequence[Sequence[Path]],  # noqa
 
 def run_set(name: str, pictures: Sequence[Image.Image], with_variants: int, encoder,  # noqa: ANN001
             work: Path) -> list[Row]:
+    from retriever.ingest.pipeline import IngestOptions, ingest_media
     from retriever.library.collection import Collection
-    from retriever.library.indexer import IndexOptions, index_media
 
     folder = work / name
     planted = plant(folder, pictures, with_variants)
     collection = Collection.open(work / f"{name}-index")
-    index_media(collection, encoder, IndexOptions((folder,)))
+    ingest_media(collection, encoder, IngestOptions((folder,)))
     return measure(collection, folder, planted, THRESHOLDS)
 
 

@@ -11,7 +11,7 @@ FOLDER --db FRESH --model retriever-tiny --pretrained none --backend torch`, onc
 before media support (`git archive BEFORE`, run from its own folder with this venv: its own
 `cli` and `retriever` come first on sys.path) and once from the working tree, alternating, in
 several rounds, after one untimed warm-up run each (byte-code, page cache). Each run is a fresh
-process and a fresh index. A small runner around the CLI times `index_media` (the indexing
+process and a fresh index. A small runner around the CLI times `ingest_media` (the indexing
 itself, without start-up and model load) and the encoder's calls; a second run per round
 replaces the forward pass by stand-in unit vectors (`model-free`: scan, read, decode, pixels,
 hash, store, FAISS save). The 1-minute load average is read before each run.
@@ -50,7 +50,7 @@ ROOT = Path(__file__).resolve().parent.parent
 MEDIA_COMMIT = "9af8a52"  # HEIC, RAW, video scenes, OCR (issue 14) came in this commit
 PYTHON = sys.executable
 
-# Runs `python -m cli ARGS` after wrapping `index_media` and the encoders' `encode_pixels` with
+# Runs `python -m cli ARGS` after wrapping `ingest_media` and the encoders' `encode_pixels` with
 # timers; writes {"index_s", "encode_s", "first_s", "images", "module"} to OUT at exit. Mode
 # "model-free" returns stand-in unit vectors instead of running the model. Trees before 9f099b1
 # have the same modules one folder up.
@@ -73,7 +73,7 @@ indexer = module("indexer")
 spent = {"index_s": 0.0, "encode_s": 0.0, "first_s": None, "images": 0,
          "module": retriever.__file__}
 
-def timed_index(*args, _real=indexer.index_media, **kwargs):
+def timed_index(*args, _real=indexer.ingest_media, **kwargs):
     start = time.perf_counter()
     try:
         return _real(*args, **kwargs)
@@ -98,7 +98,7 @@ def wrap(cls):
         return vectors
     cls.encode_pixels = encode_pixels
 
-indexer.index_media = timed_index
+indexer.ingest_media = timed_index
 wrap(module("clip_encoder").ClipEncoder)
 ort = module("ort_encoder")  # None without onnxruntime
 if ort is not None:
@@ -112,7 +112,7 @@ runpy.run_module("cli", run_name="__main__", alter_sys=True)
 @dataclass(frozen=True)
 class Run:
     wall_s: float  # the whole command: interpreter start, imports, model, indexing, exit
-    index_s: float  # inside index_media
+    index_s: float  # inside ingest_media
     encode_s: float  # inside the encoder's encode_pixels
     first_s: float  # of which its first call (the indexer's probe: the model's one-off start)
     images: int  # images (and frames) given to the encoder
@@ -247,7 +247,7 @@ def photos(args: argparse.Namespace) -> tuple[str, str]:
             "(retriever-tiny: a small model, so reading, decoding, hashing and storing, where "
             "media support could cost, weigh the most). Trees alternate, the order swapped each "
             f"round, {args.rounds} rounds after a warm-up run each. whole command: the process "
-            "from start to exit; indexing: inside `index_media` (no start-up or model load); "
+            "from start to exit; indexing: inside `ingest_media` (no start-up or model load); "
             "encoder: inside `encode_pixels`; model-free: indexing with stand-in vectors for "
             "the forward pass. Median (min-max); load avg: the 1-minute load average before "
             "each run, lowest-highest.\n\n" + photo_table(runs, names, args.n)
@@ -518,7 +518,7 @@ def video_every(args: argparse.Namespace) -> tuple[str, str]:
             "first frame to its last, a dissolved shot from half-way through the dissolve in to "
             "half-way through the one out, a landmark while it is wholly in the frame. Items "
             "and coverage are deterministic; times depend on the machine: indexing is seconds "
-            "inside `index_media` per minute of video (every frame decoded for its signature, "
+            "inside `ingest_media` per minute of video (every frame decoded for its signature, "
             "the kept ones encoded), encoder the part in `encode_pixels`, both without the "
             "model's first call (the indexer's one-image probe, which pays the model's one-off "
             f"start). Load average (1 min) {min(loads):.2f}-{max(loads):.2f} over the runs."

@@ -6,7 +6,7 @@ DIR: an ONNX export (`retriever.encoding.onnx_export.export`, e.g. ViT-B-32 with
 weights: the computation is that of the real weights). For fp32 and int8: images/s of
 `OrtEncoder.encode_pixels` on ready pixels at each batch size (one warm-up call, then `--n`
 images; int8 runs one image per call whatever the batch, so only the plan's), then
-`index_media` over `--n` generated 1024x768 JPEGs (bench/photos.py) into a fresh
+`ingest_media` over `--n` generated 1024x768 JPEGs (bench/photos.py) into a fresh
 index with the settings `retriever.encoding.cpu.plan` chooses, and the single-thread decode
 cost per photo. Every row records the 1-minute load average (other work shares the machine).
 """
@@ -45,8 +45,8 @@ def encoder_rate(export: Path, int8: bool, batch: int, n: int) -> float:
 def pipeline_rate(export: Path, int8: bool, photos: Path) -> float:
     from retriever.encoding.cpu import plan
     from retriever.encoding.ort_encoder import OrtEncoder
+    from retriever.ingest.pipeline import IngestOptions, ingest_media
     from retriever.library.collection import Collection
-    from retriever.library.indexer import IndexOptions, index_media
 
     encoder = OrtEncoder(export, batch_size=plan().batch, int8=int8)
     encoder.encode_pixels(np.zeros((1, 3, encoder.pixels.size, encoder.pixels.size),
@@ -55,7 +55,7 @@ def pipeline_rate(export: Path, int8: bool, photos: Path) -> float:
         collection = Collection.open(Path(db))
         try:
             start = time.perf_counter()
-            report = index_media(collection, encoder, IndexOptions((photos,)))
+            report = ingest_media(collection, encoder, IngestOptions((photos,)))
             seconds = time.perf_counter() - start
         finally:
             collection.close()

@@ -29,18 +29,18 @@ mark("import cli (typer, rich, retriever.errors, media constants)")
 from pathlib import Path
 from retriever.library.locations import find_index_dir
 from retriever.search.query import Query
-from retriever.search.remote import search_server
+from retriever.server.remote import search_server
 mark("import locations, query, remote")
 request = Query(text=text, k=10)
 index_dir = find_index_dir(Path(db))
 assert search_server(index_dir, request) is None, "a server answers: stop it first"
 mark("locate the index, look for a server (serve.json)")
 from retriever.library.collection import Collection
-from retriever.library.index_encoder import index_encoder
-mark("import Collection, index_encoder")
+from retriever.library.pinned_encoder import pinned_encoder
+mark("import Collection, pinned_encoder")
 collection = Collection.open(index_dir, reading=True)
 mark("open the store")
-encoder = index_encoder(collection, None, "auto", quick_start=True)
+encoder = pinned_encoder(collection, None, "auto", quick_start=True)
 mark("model record, OrtEncoder, model pin")
 encoder.tokenizer
 mark("tokenizer")

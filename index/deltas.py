@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from index.atomic import replacing
 from index.checksums import Summing
+from retriever.atomic import replacing
 
 
 class Journal:

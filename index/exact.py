@@ -13,19 +13,12 @@ machine with a GPU, readers use FAISS (on the GPU) instead.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
-from index.atomic import replacing
 from index.checksums import Summing
-
-
-def gpu_visible() -> bool:
-    """A CUDA GPU, told without importing FAISS or torch. With one, readers search with FAISS
-    on the GPU instead."""
-    return os.path.exists("/dev/nvidiactl") and os.environ.get("CUDA_VISIBLE_DEVICES") != ""
+from retriever.atomic import replacing
 
 
 def mirror_paths(index_path: Path) -> tuple[Path, Path]:

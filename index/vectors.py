@@ -27,10 +27,10 @@ from index.ann import (
     tune_on,
     tuning_rows,
 )
-from index.atomic import replacing
 from index.checksums import Summing
 from index.deltas import Journal
 from index.rerank import RERANK_FACTOR
+from retriever.atomic import replacing
 
 Batch = tuple[np.ndarray, np.ndarray]  # ids (b,) int64, vectors (b, dim) float32
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from retriever.encoding.clip_encoder import ClipEncoder
 from retriever.encoding.models import ModelSpec
+from retriever.ingest.pipeline import IngestOptions, IngestReport, ingest_media
 from retriever.library.collection import Collection
-from retriever.library.indexer import IndexOptions, IndexReport, index_media
 from retriever.library.locations import INDEX_DIRNAME
 from retriever.progress import NullProgress, Progress
 from retriever.search.query import Query, Result, search
@@ -49,7 +49,7 @@ class DemoConfig:
 class DemoResult:
     media: Path
     training: TrainResult
-    index: IndexReport
+    index: IngestReport
     searches: list[tuple[str, list[Result]]]  # (query description, top results)
 
 
@@ -71,7 +71,7 @@ def run_demo(
     collection = Collection.open(media / INDEX_DIRNAME)
     try:
         encoder = ClipEncoder(trained.loaded)
-        report = index_media(collection, encoder, IndexOptions((media,)), progress)
+        report = ingest_media(collection, encoder, IngestOptions((media,)), progress)
         queries = [(f"text: {q!r} -> images", Query(text=q, target="images", k=3))
                    for q in TEXT_QUERIES]
         queries.append((f"image: {photos[0].name} -> texts",

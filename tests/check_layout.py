@@ -23,12 +23,14 @@ STORE_OWNERS = ("index/", "retriever/library/")
 # test_layout fails) until it is placed here.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("retriever", "retriever.errors", "retriever.progress", "retriever.userdirs",
-     "retriever.jsonfile"),
+     "retriever.jsonfile", "retriever.atomic", "retriever.devices"),
     ("index.*",),
     ("retriever.media.*",),
     ("retriever.encoding.*",),
     ("retriever.library.*",),
-    ("retriever.search.*", "retriever.training.*"),
+    ("retriever.ingest.*", "retriever.search.*", "retriever.training.*"),
+    ("retriever.present.*",),
+    ("retriever.server.*",),
     ("retriever.demo",),
     ("cli",),
 )

@@ -21,7 +21,7 @@ import cli as cli_module
 from retriever.library.collection import THUMBS_DIRNAME
 from retriever.library.thumbnails import DEFAULT_SIZE
 from retriever.media.images import thumbnail_bytes
-from retriever.search.preview import PREVIEW_SIZE
+from retriever.present.preview import PREVIEW_SIZE
 
 from .conftest import write_photo
 from .test_server import client_for, make_media, open_index, results

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 
 from retriever.encoding.clip_encoder import ClipEncoder
 from retriever.encoding.models import ModelSpec, load_model
+from retriever.encoding.prompts import DEFAULT_TEMPLATES
 from retriever.errors import BadSetting, DatasetError
-from retriever.library.tags import DEFAULT_TEMPLATES
 from retriever.media.images import open_image
 from retriever.training.classification import (
     classification_metrics,

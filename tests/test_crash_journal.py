@@ -1,5 +1,5 @@
 """A file that kills the run reading it (OOM-killed, a decoder's crash, SIGKILL) is recorded by
-the next run, from the journal of reads in flight (`retriever.library.inflight`), and skipped
+the next run, from the journal of reads in flight (`retriever.ingest.inflight`), and skipped
 with a reason until it changes: one hostile file cannot kill every later run."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from retriever.library import inflight
-from retriever.library.inflight import DIED, InFlight, died_reading
+from retriever.ingest.inflight import DIED, InFlight, died_reading
+from retriever.ingest import inflight
 from retriever.media.scan import IMAGE, TEXT, MediaFile, path_key
 
 from .conftest import write_photo
@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 KILLER = textwrap.dedent("""
     import dataclasses, os, runpy, signal, sys
     from pathlib import Path
-    from retriever.library import indexer
+    from retriever.ingest import pipeline as indexer
 
     def killing(real):
         def read(fh, *args):

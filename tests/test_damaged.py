@@ -328,7 +328,7 @@ def test_a_read_only_store_older_than_the_code_says_so(index, read_only):
 def test_a_read_only_index_is_served(index, read_only, tiny_encoder):
     from starlette.testclient import TestClient
 
-    from retriever.search.server import create_app
+    from retriever.server.app import create_app
 
     collection = Collection.open(index)
     with TestClient(create_app(collection, tiny_encoder), base_url="http://127.0.0.1") as web:

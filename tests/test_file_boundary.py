@@ -19,9 +19,9 @@ from PIL import Image
 
 from retriever.encoding.pixels import load_pixels
 from retriever.errors import ImageError, UsageError
-from retriever.library import indexer
+from retriever.ingest.pipeline import IngestOptions, IngestReport, ingest_media
+from retriever.ingest import pipeline as indexer
 from retriever.library.collection import Collection
-from retriever.library.indexer import IndexOptions, IndexReport, index_media
 from retriever.media.images import decode_image, taken_at
 from retriever.media.passages import read_text
 from retriever.media.scan import open_regular, scan
@@ -62,7 +62,7 @@ def forged_png(path: Path, width: int, height: int) -> Path:
     return path
 
 
-def names(report: IndexReport) -> list[str]:
+def names(report: IngestReport) -> list[str]:
     return sorted(Path(f.path).name for f in report.failures)
 
 
@@ -70,10 +70,10 @@ def names(report: IndexReport) -> list[str]:
 def index_once(tiny_encoder, tmp_path):
     collection = Collection.open(tmp_path / "index")
 
-    def run(root: Path, **options) -> IndexReport:
-        def go() -> IndexReport:
+    def run(root: Path, **options) -> IngestReport:
+        def go() -> IngestReport:
             with collection.writing():
-                return index_media(collection, tiny_encoder, IndexOptions((root,), **options))
+                return ingest_media(collection, tiny_encoder, IngestOptions((root,), **options))
         return bounded(go)  # type: ignore[return-value]
 
     yield run
@@ -250,7 +250,7 @@ def test_the_cli_skips_outside_symlinks_unless_the_flag_allows_them(cli, tmp_pat
 @pytest.mark.parametrize("value", [0, -3])
 def test_sizes_below_one_are_refused_naming_the_flag(tmp_path, field, flag, value):
     with pytest.raises(UsageError, match=f"^{flag} {value}: must be at least 1$"):
-        IndexOptions((tmp_path,), **{field: value})
+        IngestOptions((tmp_path,), **{field: value})
 
 
 def test_the_cli_refuses_batch_size_zero_in_one_line(cli, tmp_path):

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
+from retriever.ingest.pipeline import IngestOptions, ingest_media
 from retriever.library.collection import Collection
-from retriever.library.indexer import IndexOptions, index_media
 from retriever.media import scan as scan_module
 from retriever.media.paths import key_path, path_key
 from retriever.media.scan import scan
-from retriever.search.server import ServerSettings, create_app
+from retriever.server.app import ServerSettings, create_app
 
 from .conftest import write_photo
 from .test_cli import TINY_ARGS, rows
@@ -97,7 +97,7 @@ def test_the_server_serves_and_thumbnails_files_whose_names_are_not_utf8(tmp_pat
     names = odd_names(root)
     collection = Collection.open(root / ".retriever")
     with collection.writing():
-        index_media(collection, tiny_encoder, IndexOptions((root,)))
+        ingest_media(collection, tiny_encoder, IngestOptions((root,)))
     app = create_app(collection, tiny_encoder, ServerSettings())
     with TestClient(app, base_url="http://127.0.0.1") as client:
         found = client.get("/api/search", params={"text": "x", "target": "images", "k": 50,
@@ -138,7 +138,7 @@ def test_a_tree_deeper_than_the_recursion_limit_is_indexed(tmp_path, tiny_encode
     collection = Collection.open(tmp_path / "index")
     try:
         with collection.writing():
-            report = index_media(collection, tiny_encoder, IndexOptions((tmp_path / "deep",)))
+            report = ingest_media(collection, tiny_encoder, IngestOptions((tmp_path / "deep",)))
         assert report.images == 1 and not report.failures
         assert {key_path(k) for k in collection.store.file_states()} == {
             folder / "deepest.jpg", folder / "deepest.txt"}

@@ -15,7 +15,7 @@ from starlette.testclient import TestClient
 
 from retriever.library.collection import Collection
 from retriever.media.paths import key_path, path_key
-from retriever.search.server import ServerSettings, create_app
+from retriever.server.app import ServerSettings, create_app
 
 from .conftest import write_photo
 from .test_cli import TINY_ARGS, rows

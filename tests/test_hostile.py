@@ -20,7 +20,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 import cli
-from retriever.search.remote import SERVE_FILE
+from retriever.server.remote import SERVE_FILE
 
 from .test_server import indexed_media
 
@@ -181,8 +181,8 @@ HOSTILE_TEXT = [
 @pytest.fixture(scope="module")
 def hostile(tmp_path_factory, tiny_encoder):
     """An index of files named and filled with markup and control characters."""
+    from retriever.ingest.pipeline import IngestOptions, ingest_media
     from retriever.library.collection import Collection
-    from retriever.library.indexer import IndexOptions, index_media
 
     from .conftest import write_photo
 
@@ -194,7 +194,7 @@ def hostile(tmp_path_factory, tiny_encoder):
     (root / "broken [-b] \x1b[31m.jpg").write_bytes(b"\xff\xd8 not really")
     collection = Collection.open(root / ".retriever")
     with collection.writing():
-        report = index_media(collection, tiny_encoder, IndexOptions((root,)))
+        report = ingest_media(collection, tiny_encoder, IngestOptions((root,)))
     collection.close()
     assert report.images == len(HOSTILE_TEXT) and len(report.failures) == 1
     return root

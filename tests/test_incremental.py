@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from retriever.errors import IndexBusy, ModelMismatch
+from retriever.ingest.pipeline import IngestOptions, ingest_media
 from retriever.library.collection import Collection
-from retriever.library.indexer import IndexOptions, index_media
 from retriever.search.query import Query, search
 
 from .conftest import write_photo
@@ -48,7 +48,7 @@ def run(library, tiny_encoder, tmp_path):
 
     def index():
         with collection.writing():
-            return index_media(collection, tiny_encoder, IndexOptions((library,), batch_size=8))
+            return ingest_media(collection, tiny_encoder, IngestOptions((library,), batch_size=8))
 
     yield index
     collection.close()
@@ -163,7 +163,7 @@ def test_indexing_with_another_model_names_reindex(run, library, tmp_path):
     other = ClipEncoder(load_model(ModelSpec("RN50", "none")))
     collection = Collection.open(tmp_path / "index")
     with pytest.raises(ModelMismatch, match="--reindex"):
-        index_media(collection, other, IndexOptions((library,)))
+        ingest_media(collection, other, IngestOptions((library,)))
 
 
 def test_reindex_starts_over_with_the_new_model(library, cli, tmp_path):
@@ -198,15 +198,15 @@ def test_bytes_that_move_to_a_new_file_while_the_old_one_changes_are_encoded(tmp
     root = tmp_path / "lib"
     write_photo(root / "a.jpg", (220, 30, 30))
     collection = Collection.open(tmp_path / "idx")
-    options = IndexOptions((root,), batch_size=1)  # a and b in separate batches
+    options = IngestOptions((root,), batch_size=1)  # a and b in separate batches
     with collection.writing():
-        index_media(collection, tiny_encoder, options)
+        ingest_media(collection, tiny_encoder, options)
     before = collection.store.vectors("image")[1][0]  # a.jpg's first picture
     (root / "b.jpg").write_bytes((root / "a.jpg").read_bytes())
     write_photo(root / "a.jpg", (30, 60, 220))
     os.utime(root / "a.jpg", (1, 1))
     with collection.writing():
-        report = index_media(collection, tiny_encoder, options)
+        report = ingest_media(collection, tiny_encoder, options)
     assert (report.encoded, report.reused, len(report.failures)) == (2, 0, 0)
     found = {os.path.basename(r.path): r for r in search(
         collection, tiny_encoder, Query(text="x", target="images", k=5))}

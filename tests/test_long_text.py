@@ -9,7 +9,7 @@ import json
 import pytest
 from open_clip.tokenizer import SimpleTokenizer
 
-from retriever.library.tags import DEFAULT_TEMPLATES
+from retriever.encoding.prompts import DEFAULT_TEMPLATES
 from retriever.search.query import CHARS_PER_TOKEN  # queries are cut to the same
 from retriever.training.synthetic import write_captioned_images
 

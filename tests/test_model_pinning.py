@@ -19,8 +19,8 @@ from retriever.demo import DemoConfig, run_demo
 from retriever.encoding.clip_encoder import ClipEncoder
 from retriever.encoding.models import ModelSpec, load_model, model_fingerprint
 from retriever.errors import ModelMismatch
+from retriever.ingest.pipeline import IngestOptions, ingest_media
 from retriever.library.collection import Collection
-from retriever.library.indexer import IndexOptions, index_media
 
 from .conftest import COLOURS, write_photo
 
@@ -62,13 +62,13 @@ def test_a_model_config_edited_in_place_is_refused_before_anything_is_written(
 def test_a_store_without_a_fingerprint_records_the_model_it_is_given(tmp_path, photos,
                                                                      tiny_encoder):
     collection = Collection.open(tmp_path / "index")
-    index_media(collection, tiny_encoder, IndexOptions((photos,)))
+    ingest_media(collection, tiny_encoder, IngestOptions((photos,)))
     record = collection.model()
     assert record is not None and record.fingerprint == model_fingerprint(tiny_encoder.loaded)
     from dataclasses import replace
 
     collection.store.set_model(replace(record, fingerprint=None))  # as stores before v4 are
-    index_media(collection, tiny_encoder, IndexOptions((photos,)))
+    ingest_media(collection, tiny_encoder, IngestOptions((photos,)))
     assert collection.model() == record
 
 
@@ -79,14 +79,14 @@ def test_weights_changed_behind_the_same_checkpoint_path_are_refused(tmp_path, p
     checkpoint = tmp_path / "tuned.pt"
     save_checkpoint(checkpoint, loaded)
     collection = Collection.open(tmp_path / "index")
-    index_media(collection, ClipEncoder(load_model(ModelSpec(pretrained=str(checkpoint)))),
-                IndexOptions((photos,)))
+    ingest_media(collection, ClipEncoder(load_model(ModelSpec(pretrained=str(checkpoint)))),
+                IngestOptions((photos,)))
     for parameter in loaded.model.parameters():
         parameter.data.mul_(1.5)
     save_checkpoint(checkpoint, loaded)  # same path, same names, other weights
     changed = ClipEncoder(load_model(ModelSpec(pretrained=str(checkpoint))))
     with pytest.raises(ModelMismatch, match="changed on disk"):
-        index_media(collection, changed, IndexOptions((photos,)))
+        ingest_media(collection, changed, IngestOptions((photos,)))
 
 
 def test_the_demo_index_is_searched_with_the_trained_checkpoint(tmp_path, cli, monkeypatch):
@@ -144,7 +144,7 @@ def test_a_file_the_model_gives_a_non_finite_vector_is_reported_and_skipped(
 
     monkeypatch.setattr(tiny_encoder, "encode_pixels", nan_for_red)
     collection = Collection.open(tmp_path / "index")
-    report = index_media(collection, tiny_encoder, IndexOptions((photos,)))
+    report = ingest_media(collection, tiny_encoder, IngestOptions((photos,)))
     assert [f.path for f in report.failures] == [str(photos / "red.jpg")]
     assert report.images == 2 and collection.store.counts().images == 2
     ids, vectors = collection.store.vectors("image")

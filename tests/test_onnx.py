@@ -23,8 +23,8 @@ from retriever.encoding.ort_encoder import VISUAL_INT8, OrtEncoder, max_pair_sum
 from retriever.encoding.pixels import load_pixels
 from retriever.encoding.specs import ModelId
 from retriever.encoding.tokenizer import ClipTokenizer
+from retriever.ingest.pipeline import IngestOptions, ingest_media
 from retriever.library.collection import Collection
-from retriever.library.indexer import IndexOptions, index_media
 
 from .conftest import COLOURS, write_photo
 
@@ -226,7 +226,7 @@ def test_exact_search_equals_faiss_flat(tmp_path):
 def test_readers_use_the_copy_only_while_it_mirrors_the_store(tmp_path, tiny_encoder, photos):
     collection = Collection.open(tmp_path / "idx")
     with collection.writing():
-        index_media(collection, tiny_encoder, IndexOptions((photos[0].parent,)))
+        ingest_media(collection, tiny_encoder, IngestOptions((photos[0].parent,)))
     searcher = Collection.open(tmp_path / "idx").searcher("image")
     assert isinstance(searcher, ExactIndex) and len(searcher) == len(photos)
     with collection.writing():  # a store write not yet saved: the copy is stale

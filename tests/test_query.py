@@ -13,9 +13,9 @@ from PIL import Image
 
 from retriever.encoding.pixels import load_pixels
 from retriever.errors import ItemNotFound, UsageError
+from retriever.ingest.pipeline import IngestOptions, ingest_media
 from retriever.library.collection import Collection
-from retriever.library.indexer import IndexOptions, index_media
-from retriever.search.preview import KITTY_CHUNK, inline_image, terminal_protocol
+from retriever.present.preview import KITTY_CHUNK, inline_image, terminal_protocol
 from retriever.search.query import Query, Term, parse_date, parse_term, query_vector, search
 
 from .conftest import write_photo
@@ -46,7 +46,7 @@ def indexed(tmp_path, tiny_encoder, store_env):
         os.utime(path, (mtime, mtime))
     collection = Collection.open(tmp_path / "index")
     with collection.writing():
-        index_media(collection, tiny_encoder, IndexOptions((root,)))
+        ingest_media(collection, tiny_encoder, IngestOptions((root,)))
     yield root, collection
     collection.close()
 

@@ -26,7 +26,7 @@ def cluster() -> Iterator[tuple[object, list[object]]]:
     import ray
     from ray.cluster_utils import Cluster
 
-    from retriever.library.ray_engine import WORKER_NICENESS, _loopback
+    from retriever.ingest.ray_engine import WORKER_NICENESS, _loopback
 
     with _loopback():
         made = Cluster(initialize_head=True, head_node_args={

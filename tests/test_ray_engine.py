@@ -24,8 +24,8 @@ import pytest
 
 from index.store import Store
 from retriever.encoding.specs import ModelSpec
-from retriever.library.indexer import IndexOptions
-from retriever.library.indexing import IndexOutcome, IndexRequest, index_folders
+from retriever.ingest.pipeline import IngestOptions
+from retriever.ingest.run import IngestOutcome, IngestRequest, ingest_folders
 
 from .conftest import write_photo
 from .postgres import Stores
@@ -41,7 +41,7 @@ def ray_address():
     """The module's Ray: its address, for a driver in another process."""
     import ray
 
-    from retriever.library.ray_engine import start_local
+    from retriever.ingest.ray_engine import start_local
 
     start_local(2)  # a new one, never a cluster found running; on 127.0.0.1 alone
     yield ray.get_runtime_context().gcs_address
@@ -62,9 +62,9 @@ def media(tmp_path_factory) -> Path:
     return root
 
 
-def index(media: Path, db: Path, engine: str, progress=None, **options) -> IndexOutcome:
-    options = IndexOptions((media,), batch_size=8, **options)
-    return index_folders(IndexRequest(options, db, ModelSpec("retriever-tiny", "none"), "torch",
+def index(media: Path, db: Path, engine: str, progress=None, **options) -> IngestOutcome:
+    options = IngestOptions((media,), batch_size=8, **options)
+    return ingest_folders(IngestRequest(options, db, ModelSpec("retriever-tiny", "none"), "torch",
                                       engine=engine), progress)
 
 
@@ -134,13 +134,13 @@ def test_killed_driver_then_rerun_indexes_every_file_once(ray_address, media, tm
 def test_a_worker_with_other_weights_is_refused(ray_address, media, tiny_encoder):
     """Each actor builds the model from its names; weights that differ there are not used."""
     from retriever.errors import ModelMismatch
-    from retriever.library.indexer import IndexOptions, _reader
-    from retriever.library.ray_engine import RayEngine
+    from retriever.ingest.pipeline import IngestOptions, _reader
+    from retriever.ingest.ray_engine import RayEngine
     from retriever.media.scan import scan
 
     engine = RayEngine(tiny_encoder, "torch", None, 60.0)
     engine._model = replace(engine._model, fingerprint="0" * 64)  # as another machine's differ
-    read = _reader(tiny_encoder.input_spec(), {}, IndexOptions((media,)))
+    read = _reader(tiny_encoder.input_spec(), {}, IngestOptions((media,)))
     with pytest.raises(ModelMismatch, match="is not the driver's model"), engine:
         list(engine.chunks(scan([media], (), False).files[:4], read, 4))
 
@@ -164,11 +164,11 @@ def test_a_ray_address_needs_the_ray_engine(cli, media, tmp_path):
 def test_a_read_task_reads_photos_without_torch_and_texts_alike(media, tiny_encoder, tmp_path):
     """The reader a read task unpickles: a photo read without importing torch (open_clip's
     tokenizer is only unpickled for a text), and both read as the driver reads them."""
-    from retriever.library.indexer import IndexOptions, _reader
-    from retriever.library.ray_engine import _for_tasks
+    from retriever.ingest.pipeline import IngestOptions, _reader
+    from retriever.ingest.ray_engine import _for_tasks
     from retriever.media.scan import scan
 
-    read = _reader(tiny_encoder.input_spec(), {}, IndexOptions((media,)))
+    read = _reader(tiny_encoder.input_spec(), {}, IngestOptions((media,)))
     found = {f.path.name: f for f in scan([media], (), False).files}
     photo, note = found["p003.jpg"], found["n5.md"]
     (tmp_path / "task.pkl").write_bytes(pickle.dumps((_for_tasks(read), photo, note)))
@@ -186,7 +186,7 @@ def test_a_read_task_reads_photos_without_torch_and_texts_alike(media, tiny_enco
 
 
 def test_known_hashes_hold_each_hash_by_its_first_64_bits():
-    from retriever.library.ray_engine import _KnownHashes
+    from retriever.ingest.ray_engine import _KnownHashes
 
     hashes = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(2000)]
     known = _KnownHashes(hashes[:1000])
@@ -200,7 +200,7 @@ def test_a_hash_taken_for_a_stored_one_costs_a_read_not_a_result(
         ray_address, media, tmp_path, monkeypatch):
     """A read task that takes a new file's bytes for stored ones (`_KnownHashes` compares 64
     bits) leaves it undecoded: the driver reads it again, and the collection is the same."""
-    from retriever.library import ray_engine
+    from retriever.ingest import ray_engine
 
     digest = hashlib.sha256((media / "p005.jpg").read_bytes()).hexdigest()
     shipped = ray_engine._for_tasks
@@ -217,7 +217,7 @@ def test_a_hash_taken_for_a_stored_one_costs_a_read_not_a_result(
 
 
 def test_a_plan_leaves_cpus_to_reading_and_bounds_what_is_read_ahead():
-    from retriever.library.ray_engine import READ_AHEAD_BYTES, _plan
+    from retriever.ingest.ray_engine import READ_AHEAD_BYTES, _plan
 
     tiny, large = 64 * 3 * 32 * 32 * 4, 64 * 3 * 224 * 224 * 4  # a block's float32 pixels
     two = _plan({"CPU": 2.0}, large)
@@ -235,7 +235,7 @@ def with_own_ray(body: str) -> list[str]:
     """The words `body` prints in a fresh process, between a Ray started as a run without
     --ray-address starts one (`ray_engine._start(None)`) and its shutdown."""
     script = ("import os, ray\n"
-              "from retriever.library.ray_engine import _start\n"
+              "from retriever.ingest.ray_engine import _start\n"
               f"_start(None)\n{body}ray.shutdown()\n")
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
                           text=True, timeout=300)
@@ -264,7 +264,7 @@ def test_the_modules_ray_and_a_ray_started_for_a_run_are_on_loopback_alone(ray_a
 def with_reader_hook(monkeypatch, hook) -> None:
     """Read tasks call `hook(media)` before each file they read (shipped to the workers by
     value, as a closure): a stand-in for a hostile file or a slow machine."""
-    from retriever.library import ray_engine
+    from retriever.ingest import ray_engine
 
     shipped = ray_engine._for_tasks
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from index.store import FailureRecord
-from retriever.library import indexer
+from retriever.ingest.pipeline import IngestOptions, IngestReport, PreparedFile, ingest_media
+from retriever.ingest import pipeline as indexer
 from retriever.library.collection import Collection
-from retriever.library.indexer import IndexOptions, IndexReport, PreparedFile, index_media
 from retriever.media.scan import IMAGE, MediaFile, path_key
 
 from .conftest import write_photo
@@ -36,9 +36,9 @@ def library(tmp_path) -> Path:
 def index(tiny_encoder, tmp_path):
     collection = Collection.open(tmp_path / "index")
 
-    def run(root: Path, **options) -> IndexReport:
+    def run(root: Path, **options) -> IngestReport:
         with collection.writing():
-            return index_media(collection, tiny_encoder, IndexOptions((root,), **options))
+            return ingest_media(collection, tiny_encoder, IngestOptions((root,), **options))
 
     yield run
     collection.close()

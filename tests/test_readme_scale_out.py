@@ -182,7 +182,7 @@ def environment(place: Place, ray_folder: Path, home: Path, programs: Path) -> d
            "RETRIEVER_PRETRAINED": "none", "HF_HUB_OFFLINE": "1", "COLUMNS": "1000",
            # Ray on Linux turns --node-ip-address 127.0.0.1 into the machine's own address and
            # listens on every interface unless it believes it runs outside a cluster: pinned
-           # to loopback, as every Ray a test starts (retriever.library.ray_engine._loopback)
+           # to loopback, as every Ray a test starts (retriever.ingest.ray_engine._loopback)
            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     env.pop("RAY_ADDRESS", None)
     env.pop("RAY_AUTH_MODE", None)  # the block sets it

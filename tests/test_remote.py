@@ -1,4 +1,4 @@
-"""The CLI's way to a running server (retriever.search.remote) against a real one on a
+"""The CLI's way to a running server (retriever.server.remote) against a real one on a
 loopback port.
 
 A uvicorn server runs in a thread of this process over a small index; every search through it
@@ -28,14 +28,14 @@ from index.store import ModelRecord
 from retriever import errors
 from retriever.library.collection import Collection
 from retriever.search.query import Query, Term, search
-from retriever.search.remote import (
+from retriever.server.app import Server, ServerSettings, create_app, listen, local_url, withdraw
+from retriever.server.remote import (
     SERVE_FILE,
     ServerUnavailable,
     find_server,
     remote_search,
     request_for,
 )
-from retriever.search.server import Server, ServerSettings, create_app, listen, local_url, withdraw
 
 from .test_server import CAP, OLD, indexed_media, make_media, open_index
 
@@ -115,7 +115,7 @@ def test_serve_forever_withdraws_the_file_on_ctrl_c_and_sigterm(tmp_path, stop):
         import sys
         from pathlib import Path
         from starlette.applications import Starlette
-        from retriever.search.server import listen, serve_forever
+        from retriever.server.app import listen, serve_forever
         serve_forever(Starlette(), listen("127.0.0.1", 0), Path(sys.argv[1]))
     """)
     announced = tmp_path / SERVE_FILE
@@ -350,7 +350,7 @@ def test_another_program_on_the_port_is_server_unavailable():
 
 def test_importing_the_client_loads_nothing_heavy():
     """It is on the cold path of every `retriever search`: no torch, numpy, faiss, starlette."""
-    code = ("import sys, retriever.search.remote; heavy = {'torch', 'numpy', 'faiss', 'starlette', "
+    code = ("import sys, retriever.server.remote; heavy = {'torch', 'numpy', 'faiss', 'starlette', "
             "'sqlalchemy', 'retriever.search.query', 'retriever.library.collection'}; "
             "print(sorted(heavy & set(sys.modules)))")
     loaded = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,

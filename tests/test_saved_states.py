@@ -34,7 +34,7 @@ from index.ann import ENV_ON_DISK
 from index.store import IMAGE
 from retriever.library import collection as collection_module
 from retriever.library.collection import Collection
-from retriever.search.server import create_app
+from retriever.server.app import create_app
 
 from .conftest import write_photo
 from .test_damaged import flip_middle, truncate  # the same damages as a FAISS file's tests

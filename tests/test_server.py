@@ -19,10 +19,10 @@ from starlette.testclient import TestClient
 import retriever.library.thumbnails
 from index.store import ModelRecord
 from retriever import errors
+from retriever.ingest.pipeline import IngestOptions, ingest_media
 from retriever.library.collection import Collection
-from retriever.library.indexer import IndexOptions, index_media
 from retriever.search.query import Query, Term, search
-from retriever.search.server import WEB, ServerSettings, create_app, listen
+from retriever.server.app import WEB, ServerSettings, create_app, listen
 
 from .conftest import COLOURS, write_photo
 
@@ -49,7 +49,7 @@ def make_media(root: Path) -> Path:
 def open_index(root: Path, encoder) -> Collection:
     collection = Collection.open(root / ".retriever")
     with collection.writing():
-        index_media(collection, encoder, IndexOptions((root,)))
+        ingest_media(collection, encoder, IngestOptions((root,)))
     return collection
 
 
@@ -213,7 +213,7 @@ def test_bad_requests_are_one_line_json_errors(client, method, url, kwargs, stat
 
 
 def test_library_errors_name_their_class_for_clients(client):
-    """`type` is the nearest class in retriever.errors: retriever.search.remote raises that one."""
+    """`type` is the nearest class in retriever.errors: retriever.server.remote raises that one."""
     unknown = client.get("/api/search", params={"item": 999999})
     assert (unknown.status_code, unknown.json()["type"]) == (404, "ItemNotFound")
     big = client.post("/api/search", files={"image": ("big.jpg", b"\xff" * 2 * CAP, "image/jpeg")})
@@ -347,7 +347,7 @@ def test_other_host_names_are_refused(client):
 
 
 def test_every_library_error_maps_to_a_4xx():
-    from retriever.search.server import STATUS, UploadTooLarge
+    from retriever.server.app import STATUS, UploadTooLarge
 
     kinds = [k for k in vars(errors).values()
              if isinstance(k, type) and issubclass(k, errors.RetrieverError)] + [UploadTooLarge]

@@ -23,7 +23,7 @@ import pytest
 
 from retriever.library.collection import Collection
 from retriever.library.locations import REGISTRY_FILE, ROOTS_FILE, register, registry_path
-from retriever.search.remote import SERVE_FILE, find_server
+from retriever.server.remote import SERVE_FILE, find_server
 
 from .conftest import write_photo
 from .test_jsonfile import SHAPES, plant

@@ -10,7 +10,8 @@ import pytest
 from sqlalchemy import text
 
 from index.store import IMAGE, FileRecord, ItemRecord, Store, TagRecord
-from retriever.library.tags import TagRequest, label_vectors
+from retriever.encoding.prompts import label_vectors
+from retriever.library.tags import TagRequest
 from retriever.training.synthetic import COLOURS, write_captioned_images
 
 from .test_store import engine_at_version, vec

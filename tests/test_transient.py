@@ -12,9 +12,9 @@ import pytest
 
 from index.kinds import IMAGE, TEXT
 from index.store import TagRecord
-from retriever.library import indexer
+from retriever.ingest.pipeline import IngestOptions, IngestReport, ingest_media
+from retriever.ingest import pipeline as indexer
 from retriever.library.collection import Collection
-from retriever.library.indexer import IndexOptions, IndexReport, index_media
 from retriever.media.scan import path_key
 
 from .conftest import write_photo
@@ -36,9 +36,9 @@ def library(tmp_path) -> Path:
 def index(tiny_encoder, tmp_path):
     collection = Collection.open(tmp_path / "index")
 
-    def run(root: Path) -> IndexReport:
+    def run(root: Path) -> IngestReport:
         with collection.writing():
-            return index_media(collection, tiny_encoder, IndexOptions((root,), batch_size=3))
+            return ingest_media(collection, tiny_encoder, IngestOptions((root,), batch_size=3))
 
     run.collection = collection  # type: ignore[attr-defined]
     yield run

@@ -145,7 +145,7 @@ def ray_head() -> Iterator[str]:
     """A Ray of this process (127.0.0.1, token authentication on): its address."""
     import ray
 
-    from retriever.library.ray_engine import start_local
+    from retriever.ingest.ray_engine import start_local
 
     start_local(1)
     yield ray.get_runtime_context().gcs_address

@@ -211,9 +211,9 @@ def test_server_rows_and_html_page_play_the_video_from_its_moment(tmp_path, cli)
     from starlette.testclient import TestClient
 
     from retriever.library.collection import Collection
-    from retriever.search.html_page import write_html
+    from retriever.present.html_page import write_html
     from retriever.search.query import Query, search
-    from retriever.search.server import ServerSettings, create_app
+    from retriever.server.app import ServerSettings, create_app
 
     root = tmp_path / "media"
     root.mkdir()
@@ -221,10 +221,10 @@ def test_server_rows_and_html_page_play_the_video_from_its_moment(tmp_path, cli)
     db = tmp_path / "db"
     assert cli("index", root, "--db", db, "--model", "retriever-tiny", "--pretrained", "none",
                "--video-every", EVERY).exit_code == 0
-    from retriever.library.index_encoder import index_encoder
+    from retriever.library.pinned_encoder import pinned_encoder
 
     collection = Collection.open(db)
-    encoder = index_encoder(collection)
+    encoder = pinned_encoder(collection)
     app = create_app(collection, encoder, ServerSettings())
     with TestClient(app, base_url="http://127.0.0.1") as client:
         rows = client.get("/api/search", params={"text": "x", "target": "videos"}).json()

@@ -35,7 +35,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from index.exact import gpu_visible
+from retriever.devices import gpu_visible
 from retriever.encoding.encoders import Encoder
 from retriever.encoding.ort_encoder import (
     FORMAT,

@@ -32,7 +32,7 @@ from typing import Any
 import open_clip
 import torch
 
-from index.atomic import replacing
+from retriever.atomic import replacing
 from retriever.encoding.specs import ModelId, ModelSpec
 from retriever.encoding.weights import (
     DEFAULT_MODEL,

@@ -41,9 +41,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from index.ann import AnnConfig, choose, nlist_for
-from index.atomic import replacing
 from index.checksums import verified
-from index.exact import ExactIndex, gpu_visible, mirror_paths, remove_mirror, save_mirror
+from index.exact import ExactIndex, mirror_paths, remove_mirror, save_mirror
 from index.store import (
     IMAGE,
     IMAGE_TEXT,
@@ -63,6 +62,8 @@ from index.store import (
     open_store,
     read_only_message,
 )
+from retriever.atomic import replacing
+from retriever.devices import gpu_visible
 from retriever.errors import (
     BadStoreUrl,
     DiskFull,

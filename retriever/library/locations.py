@@ -23,7 +23,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from index.atomic import replacing
+from retriever.atomic import replacing
 from retriever.errors import IndexNotFound, RetrieverWarning, SmallFileError
 from retriever.jsonfile import MAX_BYTES, open_regular, read_json
 from retriever.userdirs import data_dir

@@ -11,20 +11,17 @@ tags of the images tagged; other sets' tags stay. Nothing is encoded but the pro
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from index.store import TagRecord
 from retriever.encoding.encoders import Encoder
+from retriever.encoding.prompts import DEFAULT_TEMPLATES, label_vectors
 from retriever.errors import UsageError
 from retriever.library.collection import Collection
 from retriever.media.paths import folder_key
 
-# A small CLIP-style ensemble (CLIP's ImageNet prompts are 80 of this kind).
-DEFAULT_TEMPLATES = ("a photo of {}.", "a picture of {}.", "an image of {}.",
-                     "a close-up photo of {}.", "a photo of the {}.")
 TIE = 1e-6  # labels scoring within this of the best are all the image's tags
 
 
@@ -63,17 +60,6 @@ class Tagged:
     def to_json(self) -> dict:
         return {"id": self.id, "path": self.path, "labels": list(self.labels),
                 "score": round(self.score, 6)}
-
-
-def label_vectors(encoder: Encoder, labels: Sequence[str],
-                  templates: Sequence[str]) -> np.ndarray:
-    """(labels, dim) unit vectors: each label's prompt vectors averaged, renormalised. A label
-    is cut as a query is (`cut_text`) before it goes into the templates."""
-    cut = encoder.cut_texts(labels)
-    prompts = [t.replace("{}", label) for label in cut for t in templates]
-    vectors = encoder.encode_texts(prompts).reshape(len(labels), len(templates), -1)
-    mean = vectors.astype(np.float64).mean(axis=1)  # (labels, dim)
-    return (mean / np.linalg.norm(mean, axis=1, keepdims=True)).astype(np.float32)
 
 
 def tag_images(collection: Collection, encoder: Encoder, request: TagRequest) -> list[Tagged]:

@@ -29,8 +29,8 @@ from contextlib import suppress
 from pathlib import Path
 from typing import BinaryIO
 
-from index.atomic import replacing
 from index.store import IMAGE, IMAGE_TEXT, VIDEO, FileState, ItemView
+from retriever.atomic import replacing
 from retriever.errors import ItemNotFound, SmallFileError, UsageError
 from retriever.jsonfile import read_small
 from retriever.library.collection import THUMBS_DIRNAME, Collection

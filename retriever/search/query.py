@@ -142,10 +142,10 @@ def search_index(index_dir: Path, query: Query, asked: ModelSpec | None = None,
     one-off query: the collection is opened for reading only (a current SQLite store without
     SQLAlchemy), the encoder to start fast (`quick_start`)."""
     from retriever.library.collection import Collection
-    from retriever.library.index_encoder import index_encoder
+    from retriever.library.pinned_encoder import pinned_encoder
 
     collection = Collection.open(index_dir, store_url=store_url, reading=True)
-    encoder = index_encoder(collection, asked, backend, quick_start=True, progress=progress)
+    encoder = pinned_encoder(collection, asked, backend, quick_start=True, progress=progress)
     return search(collection, encoder, query)
 
 

@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 
 from retriever.encoding.encoders import Encoder
+from retriever.encoding.prompts import DEFAULT_TEMPLATES, label_vectors
 from retriever.errors import BadSetting, DatasetError
-from retriever.library.tags import DEFAULT_TEMPLATES, label_vectors
 from retriever.media.images import IMAGE_SUFFIXES
 from retriever.progress import Progress
 from retriever.training.evaluation import (

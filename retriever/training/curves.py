@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from index.atomic import replacing
+from retriever.atomic import replacing
 from retriever.training.classification import Accuracy
 from retriever.training.evaluation import KS, recalls
 

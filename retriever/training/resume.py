@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from index.atomic import replacing
+from retriever.atomic import replacing
 from retriever.errors import CheckpointError, UsageError
 
 STATE_FORMAT = "retriever-train-state"

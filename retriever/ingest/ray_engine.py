@@ -60,7 +60,7 @@ from retriever.encoding.backends import open_encoder
 from retriever.encoding.encoders import Encoder
 from retriever.encoding.specs import ModelId
 from retriever.errors import ModelMismatch, RayUnavailable
-from retriever.library.indexer import (
+from retriever.ingest.pipeline import (
     DEFAULT_READ_WALL_TIMEOUT,
     PreparedFile,
     Reader,

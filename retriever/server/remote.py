@@ -2,7 +2,7 @@
 
 While a server accepts connections on a loopback address it names itself in
 `<index>/serve.json`: {"url": "http://127.0.0.1:8765", "pid": 4242, "directory": "/abs/index"}
-(retriever.search.server.announce). Its model and FAISS indexes are loaded, so a search it answers
+(retriever.server.app.announce). Its model and FAISS indexes are loaded, so a search it answers
 takes milliseconds where a cold CLI spends seconds importing torch and loading them.
 
 serve.json is a file anyone who can write into the index folder can plant, so it is trusted only

@@ -100,7 +100,7 @@ def print_previews(out: Console, err: Console, results: Sequence[Result],
                    collection: Collection) -> None:
     """Thumbnails inline (kitty, iTerm2), each with its row; elsewhere, the tables. Pictures
     of `collection`'s files, checked as the server checks them (preview.preview_png)."""
-    from retriever.search.preview import inline_image, preview_png, terminal_protocol
+    from retriever.present.preview import inline_image, preview_png, terminal_protocol
 
     protocol = terminal_protocol()
     if protocol is None or not out.is_terminal:

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from retriever.progress import Progress
 
 
-def index_encoder(
+def pinned_encoder(
     collection: Collection,
     asked: ModelSpec | None = None,
     backend: str = "auto",

@@ -45,15 +45,15 @@ from retriever.encoding.cpu import plan
 from retriever.encoding.encoders import Encoder, InputSpec
 from retriever.encoding.pixels import Pixels, load_pixels
 from retriever.errors import ImageError, NonFiniteVectors, UsageError, VideoError
-from retriever.library.collection import Collection
-from retriever.library.inflight import JOURNAL_FILE, InFlight, died_reading
-from retriever.library.media_items import (
+from retriever.ingest.inflight import JOURNAL_FILE, InFlight, died_reading
+from retriever.ingest.media_items import (
     Frames,
     read_image_words,
     read_video,
     video_items,
     word_items,
 )
+from retriever.library.collection import Collection
 from retriever.media.images import DEFAULT_MAX_PIXELS, taken_at
 from retriever.media.ocr import check_tesseract
 from retriever.media.passages import DEFAULT_MAX_TEXT_BYTES, Passage, read_text, split_passages
@@ -84,7 +84,7 @@ READ_TRIES = 3  # a file that changes while it is read is read again, up to this
 
 
 @dataclass(frozen=True)
-class IndexOptions:
+class IngestOptions:
     roots: tuple[Path, ...]  # folders to index
     exclude: tuple[str, ...] = ()  # globs on paths relative to a root, or on bare names
     batch_size: int = 64  # files per store transaction (and per encoder batch of images)
@@ -107,7 +107,7 @@ class IndexOptions:
 
 
 @dataclass
-class IndexReport:
+class IngestReport:
     scanned: int = 0  # media files found
     unchanged: int = 0  # same size and mtime as stored: not read
     touched: int = 0  # mtime or size changed, bytes did not: not encoded
@@ -126,7 +126,7 @@ class IndexReport:
     def to_json(self) -> dict:
         return {**asdict(self), "failures": [asdict(f) for f in self.failures]}
 
-    def add(self, other: IndexReport) -> None:
+    def add(self, other: IngestReport) -> None:
         """Count `other`'s files and failures in this report too."""
         for counter in fields(self):
             if counter.name != "failures":
@@ -135,13 +135,13 @@ class IndexReport:
         self.failures += other.failures
 
 
-def index_media(
+def ingest_media(
     collection: Collection,
     encoder: Encoder,
-    options: IndexOptions,
+    options: IngestOptions,
     progress: Progress | None = None,
     engine: Engine | None = None,
-) -> IndexReport:
+) -> IngestReport:
     """Bring the collection up to date with the folders; see the module docstring. `engine`
     reads (and may encode) the files to encode: None, threads here (`LocalEngine`)."""
     progress = progress or NullProgress()
@@ -158,7 +158,7 @@ def index_media(
     run_id = store.start_run()
     with progress.task("scanning the folders", None):
         found = scan(roots, options.exclude, options.follow_symlinks_outside)
-    report = IndexReport(scanned=len(found.files))
+    report = IngestReport(scanned=len(found.files))
     report.failures = [FailureRecord(f.path, f.reason) for f in found.failures]
     stored = store.file_states()  # path -> size, mtime, hash as of the start of the run
     missing = _missing(roots, found, stored)
@@ -195,7 +195,7 @@ def _to_read(
     stored: dict[str, FileState],
     failed: dict[str, FailureRecord],
     missing: list[str],
-    report: IndexReport,
+    report: IngestReport,
 ) -> list[MediaFile]:
     """Files whose size or mtime differ from the store (or that are new), minus known failures
     (a failure without size and mtime is not one: tried again).
@@ -244,12 +244,12 @@ class Encoded:
     (none when the model gave it a vector with NaN or inf), and what encoding it counts."""
 
     items: list[FileItems]
-    report: IndexReport
+    report: IngestReport
 
 
 class Engine(Protocol):
     """Where the files to encode are read, and maybe encoded: `LocalEngine` (threads beside
-    this process's encoder) or `retriever.library.ray_engine.RayEngine` (a Ray cluster)."""
+    this process's encoder) or `retriever.ingest.ray_engine.RayEngine` (a Ray cluster)."""
 
     def __enter__(self) -> Engine: ...
 
@@ -314,7 +314,7 @@ def encode_read(files: list[PreparedFile], encoder: Encoder) -> None:
     image_vectors = {id(f): vector for f, vector in zip(images, vectors, strict=True)}
     for read in files:
         if read.record is not None and _decoded(read):
-            report = IndexReport()
+            report = IngestReport()
             items = _encode_file(encoder, read, report, image_vectors.get(id(read)))
             read.encoded = Encoded(items, report)
             read.pixels, read.passages, read.frames, read.words = None, None, None, None
@@ -459,7 +459,7 @@ def _read_ahead(readers: _ReaderThreads, todo: list[MediaFile],
         yield chunk
 
 
-def _reader(spec: InputSpec, stored: dict[str, FileState], options: IndexOptions) -> Reader:
+def _reader(spec: InputSpec, stored: dict[str, FileState], options: IngestOptions) -> Reader:
     return Reader(spec, options, frozenset(state.content_hash for state in stored.values()))
 
 
@@ -470,7 +470,7 @@ class Reader:
     its read tasks (with `known` and the token counter in forms cheaper to ship)."""
 
     spec: InputSpec  # the encoder's input: pixels, and how passages are cut
-    options: IndexOptions
+    options: IngestOptions
     # content hashes already stored: a file with such bytes is touched or reused, not decoded.
     # A hash found here that is not stored only costs a second read (`_index_chunk`)
     known: Container[str]
@@ -551,7 +551,7 @@ def _index_chunk(
     chunk: list[PreparedFile],
     stored: dict[str, FileState],
     reread: Callable[[MediaFile], PreparedFile],
-    report: IndexReport,
+    report: IngestReport,
 ) -> None:
     store = collection.store
     touched: list[FileRecord] = []
@@ -587,7 +587,7 @@ def _index_chunk(
     report.touched += len(touched)
 
 
-def _encode_file(encoder: Encoder, read: PreparedFile, report: IndexReport,
+def _encode_file(encoder: Encoder, read: PreparedFile, report: IngestReport,
                  vector: np.ndarray | None = None) -> list[FileItems]:
     """One file's items, encoded (an image's `vector` (dim,): already encoded)."""
     if read.record is None:
@@ -602,7 +602,7 @@ def _encode_file(encoder: Encoder, read: PreparedFile, report: IndexReport,
     return _encode_text(read.record, read.passages or [], encoder, report)
 
 
-def _file_record(media: MediaFile, fh: BinaryIO, options: IndexOptions) -> FileRecord:
+def _file_record(media: MediaFile, fh: BinaryIO, options: IngestOptions) -> FileRecord:
     content_hash = _sha256(fh, media.size)
     taken = None
     if media.kind == IMAGE:
@@ -633,7 +633,7 @@ def _check_output(encoder: Encoder) -> None:
 
 
 def _encode_images(
-    images: list[tuple[FileRecord, Pixels]], encoder: Encoder, report: IndexReport,
+    images: list[tuple[FileRecord, Pixels]], encoder: Encoder, report: IngestReport,
     vectors: np.ndarray | None = None,
 ) -> list[FileItems]:
     """The images' items; `vectors` (n, dim): theirs, already encoded."""
@@ -653,7 +653,7 @@ def _encode_images(
 
 
 def _encode_text(
-    record: FileRecord, passages: list[Passage], encoder: Encoder, report: IndexReport,
+    record: FileRecord, passages: list[Passage], encoder: Encoder, report: IngestReport,
 ) -> list[FileItems]:
     vectors = encoder.encode_texts([p.text for p in passages])  # (len(passages), dim)
     if _failed_to_encode(record, vectors, report):
@@ -666,7 +666,7 @@ def _encode_text(
     ])]
 
 
-def _encode_video(record: FileRecord, frames: Frames, encoder: Encoder, report: IndexReport
+def _encode_video(record: FileRecord, frames: Frames, encoder: Encoder, report: IngestReport
                   ) -> list[FileItems]:
     items = video_items(frames, encoder)
     if _failed_to_encode(record, np.stack([it.vector for it in items]), report):
@@ -678,7 +678,7 @@ def _encode_video(record: FileRecord, frames: Frames, encoder: Encoder, report: 
 
 
 def _with_words(encoded: list[FileItems], words: dict[str, list[Passage]], encoder: Encoder,
-                report: IndexReport) -> list[FileItems]:
+                report: IngestReport) -> list[FileItems]:
     """Encoded images with the items of the words read in them (--ocr), when they are finite."""
     out: list[FileItems] = []
     for record, items in encoded:
@@ -690,7 +690,7 @@ def _with_words(encoded: list[FileItems], words: dict[str, list[Passage]], encod
     return out
 
 
-def _failed_to_encode(record: FileRecord, vectors: np.ndarray, report: IndexReport) -> bool:
+def _failed_to_encode(record: FileRecord, vectors: np.ndarray, report: IngestReport) -> bool:
     """A file whose vectors (n, dim) hold NaN or inf is reported and not stored."""
     if np.isfinite(vectors).all():
         return False
@@ -750,7 +750,7 @@ def _failure(media: MediaFile, err: Exception) -> FailureRecord:
     return FailureRecord(path_key(media.path), shown(reason), media.size, media.mtime)
 
 
-def _caption(media: MediaFile, options: IndexOptions) -> str | None:
+def _caption(media: MediaFile, options: IngestOptions) -> str | None:
     if media.sidecar is None:
         return None
     try:

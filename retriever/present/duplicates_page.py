@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from retriever.library.duplicates import Copy, Group
-from retriever.search.html_page import check_target, image_tag, write_page
+from retriever.present.html_page import check_target, image_tag, write_page
 
 if TYPE_CHECKING:
     from retriever.library.collection import Collection

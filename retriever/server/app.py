@@ -1,6 +1,6 @@
 """`retriever serve`: a local web page and a JSON API over one collection.
 
-    GET  /, /app.js, /style.css      the page (retriever/search/web/)
+    GET  /, /app.js, /style.css      the page (retriever/server/web/)
     GET  /api/info                   what the index holds and which model made it
     GET  /api/search?text=..|item=..  search by words or by an indexed item, with filters
     POST /api/search                 a JSON body (adds `add`/`sub` terms), or multipart with an
@@ -9,7 +9,7 @@
     GET  /api/items/{id}/file        the indexed file itself
 
 While it accepts connections on a loopback address, the server names itself in
-`<index>/serve.json` (`announce`), so `retriever search` there asks it (retriever.search.remote).
+`<index>/serve.json` (`announce`), so `retriever search` there asks it (retriever.server.remote).
 
 The app keeps the model and the FAISS indexes loaded and answers every search with
 `retriever.search.query.search`, the function the CLI uses. Files are served by item id,
@@ -48,7 +48,7 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 from starlette.types import Message
 
-from index.atomic import replacing
+from retriever.atomic import replacing
 from retriever.encoding.encoders import Encoder
 from retriever.errors import (
     ImageError,
@@ -78,7 +78,7 @@ from retriever.search.query import (
     resolve_target,
     search,
 )
-from retriever.search.remote import SERVE_FILE, SERVE_MAX_BYTES
+from retriever.server.remote import SERVE_FILE, SERVE_MAX_BYTES
 
 WEB = Path(__file__).parent / "web"
 ASSETS = {"/": ("index.html", "text/html"), "/app.js": ("app.js", "text/javascript"),

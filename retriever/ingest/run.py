@@ -1,6 +1,6 @@
 """`retriever index` as one call: where the index lives, its vector-index settings, the one-writer
 lock, a reset on request, the encoder (asked for a new index, recorded for an existing one),
-then `indexer.index_media`."""
+then `indexer.ingest_media`."""
 
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ from retriever.encoding.backends import open_encoder
 from retriever.encoding.encoders import Encoder
 from retriever.encoding.specs import ModelSpec
 from retriever.errors import BadSetting, IndexBusy, RetrieverError
+from retriever.ingest.pipeline import Engine, IngestOptions, IngestReport, ingest_media
 from retriever.library.collection import Collection
-from retriever.library.index_encoder import index_encoder
-from retriever.library.indexer import Engine, IndexOptions, IndexReport, index_media
 from retriever.library.locations import index_dir_for, register
+from retriever.library.pinned_encoder import pinned_encoder
 from retriever.media.scan import check_roots
 from retriever.progress import Progress
 
@@ -28,8 +28,8 @@ ENGINES = ("local", "ray")
 
 
 @dataclass(frozen=True)
-class IndexRequest:
-    options: IndexOptions  # the folders, and how their files are read
+class IngestRequest:
+    options: IngestOptions  # the folders, and how their files are read
     index_dir: Path | None = None  # None: $RETRIEVER_DB, else <first folder>/.retriever
     model: ModelSpec = ModelSpec()  # a new index's model; else must agree
     backend: str = "auto"  # see retriever.encoding.backends
@@ -42,13 +42,13 @@ class IndexRequest:
 
 
 @dataclass(frozen=True)
-class IndexOutcome:
+class IngestOutcome:
     directory: Path  # where the index is
     counts: Counts  # what it holds now
-    report: IndexReport  # what this run did
+    report: IngestReport  # what this run did
 
 
-def index_folders(request: IndexRequest, progress: Progress | None = None) -> IndexOutcome:
+def ingest_folders(request: IngestRequest, progress: Progress | None = None) -> IngestOutcome:
     """Bring the index of `request.options.roots` up to date (see `indexer`)."""
     roots = check_roots(request.options.roots)
     check_ann(request.ann)
@@ -63,13 +63,13 @@ def index_folders(request: IndexRequest, progress: Progress | None = None) -> In
             tags = collection.store.placed_tags() if request.reindex else []
             if request.reindex:
                 collection.reset()
-            report = index_media(collection, encoder,
+            report = ingest_media(collection, encoder,
                                  replace(request.options, roots=tuple(roots)), progress,
                                  _engine(request, encoder))
             if tags:
                 collection.store.place_tags(tags)
     register(collection.directory, roots)  # `search` from inside any of the roots finds it
-    return IndexOutcome(collection.directory, collection.counts(), report)
+    return IngestOutcome(collection.directory, collection.counts(), report)
 
 
 @contextmanager
@@ -120,31 +120,31 @@ def check_ann(ann: AnnConfig) -> None:
                          "pass a recall in (0, 1]")
 
 
-def check_engine(request: IndexRequest) -> None:
+def check_engine(request: IngestRequest) -> None:
     if request.engine not in ENGINES:
         raise BadSetting("engine", repr(request.engine), f"use one of {', '.join(ENGINES)}")
     if request.engine == "ray":
-        from retriever.library.ray_engine import check_ray
+        from retriever.ingest.ray_engine import check_ray
 
         check_ray()  # before the model loads: one line saying how to install it
     elif request.ray_address is not None:
         raise BadSetting("ray_address", request.ray_address, "it needs --engine ray")
 
 
-def _engine(request: IndexRequest, encoder: Encoder) -> Engine | None:
+def _engine(request: IngestRequest, encoder: Encoder) -> Engine | None:
     if request.engine == "local":
         return None  # indexer.LocalEngine
-    from retriever.library.ray_engine import RayEngine
+    from retriever.ingest.ray_engine import RayEngine
 
     return RayEngine(encoder, request.backend, request.ray_address,
                      request.options.read_timeout, request.options.read_wall_timeout)
 
 
-def _encoder(collection: Collection, request: IndexRequest,
+def _encoder(collection: Collection, request: IngestRequest,
              progress: Progress | None) -> Encoder:
     batch_size = None  # the encoder's own, for this CPU; options.batch_size: files per commit
     if request.reindex or collection.model() is None:
         return open_encoder(request.model, request.backend, None, batch_size, progress=progress)
     # an existing index keeps its model; another one asked for is refused before loading
-    return index_encoder(collection, request.model, request.backend, batch_size,
+    return pinned_encoder(collection, request.model, request.backend, batch_size,
                          purpose="index", progress=progress)

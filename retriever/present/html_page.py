@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from index.atomic import replacing
+from retriever.atomic import replacing
 from retriever.errors import ImageError, ItemNotFound, UsageError, VideoError
 from retriever.library.thumbnails import thumbnail
 from retriever.media.video import clock
