@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import sys
 import time
 import warnings
@@ -32,6 +33,8 @@ from retriever.present.output import (
     unbounded,  # tables: never cut when piped
     visible,  # file text and error messages: shown, never read
 )
+from retriever.present.tables import duplicates_table, metrics_table
+from retriever.settings import Settings
 
 if TYPE_CHECKING:
     from retriever.ingest.run import IngestOutcome
@@ -121,6 +124,12 @@ def reports_errors(command: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def read_settings() -> Settings:
+    """The environment variables a command reads (retriever.settings), read once, in the
+    command (not at import: tests set them per test); the library gets the values."""
+    return Settings.from_environ(os.environ)
+
+
 def worded(error: RetrieverError) -> str:
     """The error's one line: a setting the library names by its field is named by its flag
     here, and a model that differs from the index's gets this command line's fix."""
@@ -158,7 +167,8 @@ def main_options(
 # `index`'s options (IngestOptions, IngestRequest and AnnConfig settings)
 FoldersArg = Annotated[list[Path], typer.Argument(help="Folders of images and text documents.")]
 IndexBatchOpt = Annotated[int, typer.Option(
-    help="Files per store commit; the encoder splits them in batches sized for this CPU.")]
+    help="Files per store commit, on either engine (a Ray read task's block too); the encoder "
+         "splits them in batches sized for the CPU it runs on.")]
 ExcludeOpt = Annotated[list[str] | None, typer.Option(
     "--exclude", help="Glob of paths to skip (repeatable), e.g. 'raw/*' or '*.md'.")]
 MaxPixelsOpt = Annotated[int, typer.Option(
@@ -210,7 +220,7 @@ def index(
 
     Example: retriever index ~/Pictures ~/Notes --exclude 'tmp/*' --ocr --video-every 2
     """
-    from index.ann import AnnConfig
+    from index.ann import configured
     from retriever.encoding.specs import ModelSpec
     from retriever.ingest.pipeline import IngestOptions
     from retriever.ingest.run import IngestRequest, ingest_folders
@@ -222,12 +232,13 @@ def index(
                            video=VideoOptions(video_every, max_frames=video_max_frames), ocr=ocr)
     if ocr:  # before a model loads: one line saying how to install Tesseract
         check_tesseract()
-    ann = AnnConfig(index_type, recall_target,
-                    memory_budget_mb * 2**20 if memory_budget_mb else None)
+    env = read_settings()
+    ann = configured(env, kind=index_type, recall_target=recall_target,
+                     memory_budget=memory_budget_mb * 2**20 if memory_budget_mb else None)
     started = time.monotonic()
     outcome = ingest_folders(IngestRequest(options, db, ModelSpec(model, pretrained), backend, ann,
                                          reindex, wait, store_url=store, engine=engine,
-                                         ray_address=ray_address), RichProgress())
+                                         ray_address=ray_address, settings=env), RichProgress())
     _print_indexed(outcome, json_out, time.monotonic() - started)
 
 
@@ -322,32 +333,35 @@ def search(
         from retriever.encoding.backends import check_backend
 
         check_backend(backend)
-    index_dir = find_index_dir(db, store_url=store)
+    env = read_settings()
+    index_dir = find_index_dir(db, store_url=store, data_dir=env.data_dir)
     # a running `retriever serve` has the model and index loaded; --model/--pretrained are
     # checked here only, so they search locally
     local = no_server or model is not None or pretrained is not None
-    results = None if local else search_server(index_dir, request)
+    results = None if local else search_server(index_dir, request, env.xdg_runtime_dir)
     if results is None:
-        results = _search_here(index_dir, request, model, pretrained, backend, store)
+        results = _search_here(index_dir, request, model, pretrained, backend, store, env)
     if html_file is not None:
         from retriever.present.html_page import write_html
 
         title = f"retriever: {query or image or f'item {item}'}"
-        written = write_html(results, html_file, title, _reading(index_dir, store))
+        written = write_html(results, html_file, title, _reading(index_dir, store, env))
         stderr.print(f"wrote {visible(str(written))}", markup=False)
-    _print_results(results, json_out, paths_only, _reading(index_dir, store) if preview else None)
+    _print_results(results, json_out, paths_only,
+                   _reading(index_dir, store, env) if preview else None, env)
 
 
-def _reading(index_dir: Path, store: str | None) -> Any:
+def _reading(index_dir: Path, store: str | None, env: Settings) -> Any:
     """The index opened for reading: --html and --preview show its files, checked as the
     server checks them (a result from a server has the same ids)."""
+    from index.ann import configured
     from retriever.library.collection import Collection
 
-    return Collection.open(index_dir, store_url=store, reading=True)
+    return Collection.open(index_dir, configured(env), store, reading=True)
 
 
 def _print_results(results: list[Any], json_out: bool, paths_only: bool,
-                   preview: Any | None) -> None:
+                   preview: Any | None, env: Settings) -> None:
     """The results as JSON lines, paths, pictures of `preview`'s files (a Collection), or
     tables."""
     if not results:
@@ -359,7 +373,7 @@ def _print_results(results: list[Any], json_out: bool, paths_only: bool,
         for result in results:
             stdout.print(visible(result.path), markup=False)
     elif preview is not None:
-        _print_previews(results, preview)
+        _print_previews(results, preview, env)
     else:
         from retriever.present.output import print_results
 
@@ -367,19 +381,32 @@ def _print_results(results: list[Any], json_out: bool, paths_only: bool,
 
 
 def _search_here(index_dir: Path, request: Any, model: str | None, pretrained: str | None,
-                 backend: str, store: str | None) -> list[Any]:
+                 backend: str, store: str | None, env: Settings) -> list[Any]:
     from retriever.encoding.specs import ModelSpec
     from retriever.progress import RichProgress
     from retriever.search.query import search_index
 
     asked = ModelSpec(model, pretrained) if model or pretrained else None
-    return search_index(index_dir, request, asked, backend, store, RichProgress())
+    return search_index(index_dir, request, asked, backend, store, RichProgress(),
+                        settings=env)
 
 
-def _print_previews(results: list[Any], collection: Any) -> None:
+def _print_previews(results: list[Any], collection: Any, env: Settings) -> None:
     from retriever.present.output import print_previews
 
-    print_previews(stdout, stderr, results, collection)
+    print_previews(stdout, stderr, results, collection, env.terminal)
+
+
+def _opened(db: Path | None, store: str | None) -> tuple[Any, Settings]:
+    """The index `db` names (or the one found from here: `find_index_dir`), opened, and the
+    settings it was found and opened with."""
+    from index.ann import configured
+    from retriever.library.collection import Collection
+    from retriever.library.locations import find_index_dir
+
+    env = read_settings()
+    directory = find_index_dir(db, store_url=store, data_dir=env.data_dir)
+    return Collection.open(directory, configured(env), store), env
 
 
 @app.command()
@@ -389,11 +416,8 @@ def info(db: DbOpt = None, json_out: JsonOpt = False, store: StoreOpt = None) ->
 
     Example: retriever info --json
     """
-    from retriever.library.collection import Collection
-    from retriever.library.locations import find_index_dir
-
-    collection = Collection.open(find_index_dir(db, store_url=store), store_url=store)
-    summary, places = collection.summary(), collection.locations()
+    collection, env = _opened(db, store)
+    summary, places = collection.summary(), collection.locations(env)
     if json_out:
         stdout.print(json.dumps({**summary.to_json(), "locations": places}), markup=False)
         return
@@ -422,7 +446,8 @@ def indexes(json_out: JsonOpt = False) -> None:
     """
     from retriever.library.locations import ROOTS_FILE, registered, registry_path
 
-    known = registered()
+    data_dir = read_settings().data_dir
+    known = registered(data_dir)
     for index_dir, roots in sorted(known.items()):
         here = (index_dir / ROOTS_FILE).is_file()
         row = {"index": str(index_dir), "roots": [str(r) for r in roots], "exists": here}
@@ -430,7 +455,7 @@ def indexes(json_out: JsonOpt = False) -> None:
             f"{index_dir}{'' if here else ' (gone)'}: " + ", ".join(map(str, roots))),
             markup=False)
     if not known:
-        stderr.print(f"no indexes registered in {visible(str(registry_path()))}: run "
+        stderr.print(f"no indexes registered in {visible(str(registry_path(data_dir)))}: run "
                      f"`retriever index FOLDER`", markup=False)
 
 
@@ -522,18 +547,18 @@ def train(
 
     from retriever.encoding.models import ModelSpec
     from retriever.progress import RichProgress
-    from retriever.training.distributed import env_rank
     from retriever.training.loop import TrainConfig
     from retriever.training.loop import train as run_training
 
     settings["model"] = ModelSpec(model, pretrained)
     cfg = TrainConfig(**{f.name: settings[f.name] for f in fields(TrainConfig)})
+    env = read_settings()  # under torchrun: this process's RANK, WORLD_SIZE, LOCAL_RANK
     bars = RichProgress()  # log lines go above the bars, never glued to one
-    result = run_training(cfg, bars, lambda line: bars.log(visible(line)))
-    if env_rank() != 0:  # under torchrun every process runs this command; rank 0 reports
+    result = run_training(cfg, bars, lambda line: bars.log(visible(line)), env)
+    if env.rank != 0:  # under torchrun every process runs this command; rank 0 reports
         return
     if result.before:
-        unbounded(stdout).print(_metrics_table(result.before, result.after, "untrained",
+        unbounded(stdout).print(metrics_table(result.before, result.after, "untrained",
                                                "trained"))
     stdout.print(f"checkpoint: {result.checkpoint} ({result.samples_per_s:.0f} samples/s); "
               f"use it with --pretrained {result.checkpoint}", markup=False)
@@ -605,7 +630,7 @@ def evaluate(
     if json_out:
         stdout.print(json.dumps(metrics), markup=False)
     else:
-        unbounded(stdout).print(_metrics_table(metrics))
+        unbounded(stdout).print(metrics_table(metrics))
 
 
 @app.command()
@@ -638,7 +663,7 @@ def demo(
             table.add_row(f"{r.score:.3f}", _plain(Path(r.path).name),
                           _plain(r.caption or r.passage))
         unbounded(stdout).print(table)
-    unbounded(stdout).print(_metrics_table(result.training.before, result.training.after,
+    unbounded(stdout).print(metrics_table(result.training.before, result.training.after,
                                            "untrained", "trained", title="held-out recall"))
     stdout.print(visible(f"try: cd {result.media} && retriever search 'a green square on the "
                          f"right'"), markup=False)
@@ -659,24 +684,16 @@ def serve(
 
     Example: retriever serve --port 8765, then open http://127.0.0.1:8765
     """
-    from retriever.library.collection import Collection
-    from retriever.library.locations import find_index_dir
     from retriever.library.pinned_encoder import pinned_encoder
     from retriever.progress import RichProgress
-    from retriever.server.app import (
-        LOOPBACK_HOSTS,
-        ServerSettings,
-        check_port,
-        create_app,
-        listen,
-        serve_forever,
-    )
+    from retriever.server.app import LOOPBACK_HOSTS, ServerSettings, create_app
+    from retriever.server.lifecycle import check_port, listen, serve_forever
 
     check_port(port)
-    collection = Collection.open(find_index_dir(db, store_url=store), store_url=store)
+    collection, env = _opened(db, store)
     sock = listen(host, port)  # a port in use fails before the model loads
     app_ = create_app(collection, pinned_encoder(collection, backend=backend,
-                                                progress=RichProgress()),
+                                                progress=RichProgress(), settings=env),
                       ServerSettings.for_host(host))
     if host not in LOOPBACK_HOSTS:
         stderr.print(f"warning: --host {host} serves your indexed files to the network",
@@ -685,34 +702,7 @@ def serve(
     port = sock.getsockname()[1]  # the one bound, for --port 0
     stderr.print(visible(f"serving {collection.directory} at http://{shown}:{port} (Ctrl-C "
                          f"stops)"), markup=False)
-    serve_forever(app_, sock, announce_in=collection.directory)
-
-
-def _metrics_table(first: dict, second: dict | None = None, *names: str, title: str = "") -> Table:
-    columns = names or ("value",)
-    table = Table("task", "metric", *columns, title=title or None)
-    shown = [_shown_metrics(m) for m in (first, second) if m]
-    for task, rows in shown[0].items():
-        for metric in rows:
-            table.add_row(task, metric, *(s.get(task, {}).get(metric, "-") for s in shown))
-    return table
-
-
-def _shown_metrics(metrics: dict) -> dict[str, dict[str, str]]:
-    """{row group: {metric: value as read}}: retrieval both ways and/or classification (its
-    own output, or under "classification" in training's held-out metrics)."""
-    from retriever.training.classification import Accuracy
-    from retriever.training.evaluation import DIRECTIONS, recalls
-
-    shown = ({DIRECTIONS[d]: r.shown() for d, r in recalls(metrics).items()}
-             if "text_to_image" in metrics else {})
-    classes = metrics.get("classification", metrics)
-    if "acc1" in classes:
-        shown["classification"] = Accuracy.from_json(classes).shown()
-    if "captions" in metrics:  # how many queries each way was scored over
-        shown["queries"] = {"captions (text->image)": str(metrics["captions"]),
-                            "images (image->text)": str(metrics["images"])}
-    return shown
+    serve_forever(app_, sock, announce_in=collection.directory, runtime_dir=env.xdg_runtime_dir)
 
 
 ThresholdOpt = Annotated[float | None, typer.Option(
@@ -732,12 +722,8 @@ def duplicates(threshold: ThresholdOpt = None, under: FolderOpt = None,
 
     Nothing is deleted. Example: retriever duplicates --in ~/Pictures/2024 --html dups.html
     """
-    import os
-
     from retriever.errors import UsageError
-    from retriever.library.collection import Collection
     from retriever.library.duplicates import DEFAULT_THRESHOLD, find_duplicates
-    from retriever.library.locations import find_index_dir
 
     threshold = DEFAULT_THRESHOLD if threshold is None else threshold
     if not -1 <= threshold <= 1:  # NaN fails this too
@@ -747,7 +733,7 @@ def duplicates(threshold: ThresholdOpt = None, under: FolderOpt = None,
         from retriever.present.html_page import check_target
 
         check_target(html_file)  # before any work: a bad --html wastes nothing
-    collection = Collection.open(find_index_dir(db, store_url=store), store_url=store)
+    collection, _ = _opened(db, store)
     groups = find_duplicates(collection, threshold, os.path.abspath(under) if under else None)
     if html_file is not None:
         written = write_duplicates_html(groups, html_file, threshold, collection)
@@ -760,17 +746,7 @@ def duplicates(threshold: ThresholdOpt = None, under: FolderOpt = None,
 
 
 def _print_groups(groups: list[Any]) -> None:
-    table = Table("group", "score", "pixels", "bytes", "path", "note")
-    table.columns[4].overflow = "fold"  # a long path wraps on a terminal; it is never cut
-    for number, group in enumerate(groups, 1):
-        for i, c in enumerate(group.copies):
-            note = "best copy" if i == 0 else ""
-            if c.same_bytes_as:
-                note = f"same bytes as {c.same_bytes_as}"
-            table.add_row(str(number) if i == 0 else "", f"{c.score:.3f}",
-                          f"{c.width}x{c.height}" if c.width else "?", f"{c.size:,}",
-                          _plain(c.path), _plain(note))
-    unbounded(stdout).print(table)
+    unbounded(stdout).print(duplicates_table(groups))
     copies = sum(len(g.copies) - 1 for g in groups)
     stdout.print(f"{len(groups)} groups, {copies} copies beyond the best; nothing was deleted",
                  markup=False)
@@ -795,11 +771,7 @@ def tag(labels: Annotated[list[str], typer.Argument(help="Labels to choose among
     Tagging again with the same labels replaces those tags. Example: retriever tag receipt
     screenshot document photo --in ~/Pictures; then: retriever search "total" --tag receipt
     """
-    import os
-
     from retriever.encoding.prompts import DEFAULT_TEMPLATES
-    from retriever.library.collection import Collection
-    from retriever.library.locations import find_index_dir
     from retriever.library.pinned_encoder import pinned_encoder
     from retriever.library.tags import TagRequest, tag_images
     from retriever.progress import RichProgress
@@ -807,9 +779,10 @@ def tag(labels: Annotated[list[str], typer.Argument(help="Labels to choose among
     request = TagRequest(tuple(labels), tuple(prompt or DEFAULT_TEMPLATES),
                          os.path.abspath(under) if under else None, min_score)
     request.check()
-    collection = Collection.open(find_index_dir(db, store_url=store), store_url=store)
+    collection, env = _opened(db, store)
     with collection.writing(wait):
-        encoder = pinned_encoder(collection, backend=backend, progress=RichProgress())
+        encoder = pinned_encoder(collection, backend=backend, progress=RichProgress(),
+                                 settings=env)
         tagged = tag_images(collection, encoder, request)
     for t in tagged:
         if json_out:

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 from tests import test_decode_guard as forge
-from tests.conftest import write_photo
+from tests.helpers import write_photo
 
 WORK = Path(__file__).resolve().parent / ".work" / "forged"
 BIG = 60_000

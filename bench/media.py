@@ -421,12 +421,12 @@ def bench_videos(folder: Path = VIDEO_DIR) -> tuple[Path, list[Scene]]:
 
 def kept_times(db: Path) -> dict[str, list[float]]:
     """Video file name -> the times of its stored frames."""
-    from index.store import VIDEO
+    from index.kinds import VIDEO
     from retriever.library.collection import Collection
 
     collection = Collection.open(db)
     try:
-        items = collection.items(collection.ids_where(VIDEO).tolist()).values()
+        items = collection.reads.items(collection.reads.item_ids_where(VIDEO).tolist()).values()
         times: dict[str, list[float]] = {}
         for item in items:
             times.setdefault(Path(item.path).name, []).append(float(item.time or 0.0))

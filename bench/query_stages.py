@@ -32,15 +32,18 @@ from retriever.search.query import Query
 from retriever.server.remote import search_server
 mark("import locations, query, remote")
 request = Query(text=text, k=10)
-index_dir = find_index_dir(Path(db))
-assert search_server(index_dir, request) is None, "a server answers: stop it first"
+settings = cli.read_settings()
+index_dir = find_index_dir(Path(db), data_dir=settings.data_dir)
+assert search_server(index_dir, request, settings.xdg_runtime_dir) is None, \
+    "a server answers: stop it first"
 mark("locate the index, look for a server (serve.json)")
 from retriever.library.collection import Collection
 from retriever.library.pinned_encoder import pinned_encoder
 mark("import Collection, pinned_encoder")
-collection = Collection.open(index_dir, reading=True)
+from index.ann import configured
+collection = Collection.open(index_dir, configured(settings), reading=True)
 mark("open the store")
-encoder = pinned_encoder(collection, None, "auto", quick_start=True)
+encoder = pinned_encoder(collection, None, "auto", quick_start=True, settings=settings)
 mark("model record, OrtEncoder, model pin")
 encoder.tokenizer
 mark("tokenizer")

@@ -80,7 +80,8 @@ def ensure_checkpoint() -> Path:
         return CHECKPOINT
     import torch
 
-    from retriever.encoding.models import ModelSpec, load_model, save_checkpoint
+    from retriever.encoding.checkpoints import save_checkpoint
+    from retriever.encoding.models import ModelSpec, load_model
 
     CHECKPOINT.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(CHECKPOINT, load_model(ModelSpec(ARCH, "none"), torch.device("cpu")))

@@ -25,7 +25,8 @@ import numpy as np
 from bench.vector_search import clustered
 from index import rerank
 from index.ann import AnnConfig, recall_at
-from index.store import IMAGE, FileRecord, ItemRecord, ModelRecord
+from index.kinds import IMAGE
+from index.records import FileRecord, ItemRecord, ModelRecord
 from retriever.library.collection import Collection
 
 QUERY_SEED, BATCH, K = 2, 10_000, 10

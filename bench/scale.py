@@ -46,7 +46,9 @@ def vectors_for(start: int, count: int, dim: int):
 
 def ingest(url: str, rows: int, dim: int) -> dict:
     """Write `rows` image files, one item each, in transactions of BATCH; seconds in writes."""
-    from index.store import IMAGE, FileRecord, ItemRecord, ModelRecord, Store
+    from index.kinds import IMAGE
+    from index.records import FileRecord, ItemRecord, ModelRecord
+    from index.store import Store
 
     load = os.getloadavg()[0]
     store = Store(url)
@@ -70,7 +72,7 @@ def ingest(url: str, rows: int, dim: int) -> dict:
 def build(directory: str) -> dict:
     """Save a collection whose index is missing: rebuilt from the store by streaming."""
     from index.ann import AnnConfig
-    from index.store import IMAGE
+    from index.kinds import IMAGE
     from retriever.library.collection import Collection
 
     collection = Collection.open(Path(directory), AnnConfig())
@@ -86,7 +88,8 @@ def build(directory: str) -> dict:
 
 def delta(directory: str, rows: int, dim: int) -> dict:
     """Add 1% more items through the collection, then save: time and bytes of that save."""
-    from index.store import IMAGE, FileRecord, ItemRecord
+    from index.kinds import IMAGE
+    from index.records import FileRecord, ItemRecord
     from retriever.library.collection import Collection
 
     collection = Collection.open(Path(directory))
@@ -112,7 +115,7 @@ def recall(directory: str, queries: int, dim: int) -> dict:
     """recall@10 of the saved index against exact search over every stored vector."""
     from bench.vector_search import clustered
     from index.ann import recall_at
-    from index.store import IMAGE
+    from index.kinds import IMAGE
     from retriever.library.collection import Collection
 
     collection = Collection.open(Path(directory))
@@ -125,7 +128,8 @@ def recall(directory: str, queries: int, dim: int) -> dict:
 def exact_ids(directory: str, asked):
     """(q, 10) ids of the exact neighbours of `asked` (q, dim), streamed over the store."""
     from index.ann import Neighbours
-    from index.store import IMAGE, Store
+    from index.kinds import IMAGE
+    from index.store import Store
 
     store = Store(f"sqlite:///{Path(directory) / 'store.db'}", read_only=True)
     exact = Neighbours(asked, 10)
@@ -145,7 +149,8 @@ def remake(directory: str, kind: str, rows: int, dim: int) -> dict:
     """The saved index rebuilt from the store as `kind`, then a run that adds 1% more items
     and removes 0.5%, saved as a delta: what a reader then finds."""
     from index.ann import AnnConfig
-    from index.store import IMAGE, FileRecord, ItemRecord
+    from index.kinds import IMAGE
+    from index.records import FileRecord, ItemRecord
     from retriever.library.collection import Collection
 
     folder, ann, n = Path(directory), AnnConfig(kind), ON_DISK_KINDS.index(kind)
@@ -195,7 +200,7 @@ def searching(directory: str, mode: str, queries: int, dim: int) -> dict:
     from bench.speed import summary
     from bench.vector_search import clustered
     from index.ann import AnnConfig, recall_at
-    from index.store import IMAGE
+    from index.kinds import IMAGE
     from retriever.library.collection import Collection
 
     asked = clustered(queries, dim, seed=QUERY_SEED)

@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 from bench import rclip_setup
+from bench.fresh import precompile
 from bench.photos import SIZES, WORK, mean_kb, photo_folder
 from bench.results import machine_line, write_section
 from retriever.encoding.cpu import plan as cpu_plan
@@ -371,10 +372,7 @@ def ensure_indexed(settings: Settings, size: str, backend: str, flags: list[str]
 def precompile_ours() -> None:
     """Our modules compiled to __pycache__, as an installed package's are (pip compiled
     rclip's): with PYTHONDONTWRITEBYTECODE set, each cold query would compile them again."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    subprocess.run([sys.executable, "-m", "compileall", "-q", "cli.py", "retriever", "index"],
-                   cwd=Path(__file__).resolve().parent.parent, env=env, check=True,
-                   stdout=subprocess.DEVNULL)
+    precompile(Path(__file__).resolve().parent.parent)
 
 
 def measure_cold(settings: Settings, report: Report) -> None:
@@ -511,7 +509,8 @@ def _fill(directory: Path, items: int, checkpoint: str) -> None:
     import hashlib
 
     from bench.vector_search import clustered
-    from index.store import IMAGE, FileRecord, ItemRecord, ModelRecord
+    from index.kinds import IMAGE
+    from index.records import FileRecord, ItemRecord, ModelRecord
     from retriever.library.collection import Collection
 
     vectors = clustered(items, DIM, seed=3)  # (items, DIM) unit float32

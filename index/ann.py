@@ -12,14 +12,17 @@ search reaches the target on sample queries. All three remove by id (store delet
 from __future__ import annotations
 
 import math
-import os
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from retriever.settings import ENV_ON_DISK, ON_DISK  # noqa: F401 (ENV_ON_DISK: named here too)
+
 if TYPE_CHECKING:  # imported where used: choosing a type must not load FAISS (~0.3 s)
     import faiss
+
+    from retriever.settings import Settings
 
 TYPES = ("auto", "flat", "ivf", "ivfpq")
 # Below this many vectors exact search answers in about a millisecond on one core (512-d):
@@ -30,8 +33,6 @@ PQ_BITS = 8  # bits of each IVF-PQ sub-quantizer code: 256 centroids, one byte
 TUNE_QUERIES = 200
 TUNE_K = 10
 PLATEAU = 0.002  # recall gained by doubling nprobe below which tuning stops
-ON_DISK = ("auto", "yes", "no")  # whether readers search a saved IVF from disk (index.ondisk)
-ENV_ON_DISK = "RETRIEVER_INDEX_ON_DISK"
 
 
 @dataclass(frozen=True)
@@ -40,8 +41,17 @@ class AnnConfig:
     recall_target: float = 0.95  # recall@10 against exact search that nprobe is tuned to
     memory_budget: int | None = None  # bytes the vectors may take; beyond it, ivfpq
     # readers search a saved IVF from disk, its lists memory-mapped (index.ondisk): one of
-    # ON_DISK, auto = when its files are large for the memory available; $RETRIEVER_INDEX_ON_DISK
-    on_disk: str = field(default_factory=lambda: os.environ.get(ENV_ON_DISK) or "auto")
+    # ON_DISK, auto = when its files are large for the memory available; the CLI passes
+    # $RETRIEVER_INDEX_ON_DISK (`Settings.index_on_disk`)
+    on_disk: str = "auto"
+    # readers search the whole index with FAISS on this machine's GPU (`Settings.gpu`)
+    gpu: bool = False
+
+
+def configured(settings: Settings, **choices: Any) -> AnnConfig:
+    """An AnnConfig with what `settings` (the user's environment) says of readers: on disk,
+    GPU; `choices`: its other fields (--index-type, ...)."""
+    return AnnConfig(**choices, on_disk=settings.index_on_disk, gpu=settings.gpu)
 
 
 def choose(n: int, dim: int, cfg: AnnConfig) -> str:

@@ -10,16 +10,24 @@ Never edit a released migration: append a new one.
 The DDL is SQLite's, word for word, so SQLite stores are made exactly as they always were; the
 few words PostgreSQL spells otherwise are written {int}, {rowid}, {serial} and {blob} and filled
 in per database (`DIALECT_WORDS`). FLOAT is a double on both.
+
+This is the one statement of the schema. SQLAlchemy is imported by the functions that run a
+migration, not by this module: a one-off search checks a SQLite store's version (`LATEST`,
+`APPLIED`) through sqlite3 alone (index.connection).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from sqlalchemy import Connection, inspect, text
+from retriever.errors import IndexReadOnly
 
-Migration = tuple[int, str, Callable[[Connection], None]]
+if TYPE_CHECKING:
+    from sqlalchemy import Connection, TextClause
+
+Migration = tuple[int, str, Callable[["Connection"], None]]
 
 # SQLite's INTEGER is 64-bit; INTEGER PRIMARY KEY is its rowid, and AUTOINCREMENT keeps a
 # deleted id from ever coming back, as a PostgreSQL sequence (BIGSERIAL) never gives one twice.
@@ -30,6 +38,13 @@ DIALECT_WORDS = {
     "postgresql": {"int": "BIGINT", "rowid": "BIGSERIAL PRIMARY KEY",
                    "serial": "BIGSERIAL PRIMARY KEY", "blob": "BYTEA"},
 }
+
+
+def text(sql: str) -> TextClause:
+    """SQLAlchemy's `text`, imported when a migration runs."""
+    from sqlalchemy import text as sqlalchemy_text
+
+    return sqlalchemy_text(sql)
 
 
 def _execute(conn: Connection, *statements: str) -> None:
@@ -115,7 +130,7 @@ def _v3_taken_at(conn: Connection) -> None:
 
 
 def _v4_model_fingerprint(conn: Connection) -> None:
-    # sha256 of the model's config and weights (retriever.encoding.models.model_fingerprint):
+    # sha256 of the model's config and weights (retriever.encoding.checkpoints.model_fingerprint):
     # a config
     # or weights file edited in place changes it, and the index refuses the changed model.
     # NULL for stores made before: the next `retriever index` records it.
@@ -151,19 +166,32 @@ MIGRATIONS: list[Migration] = [
     (5, "tags", _v5_tags),
     (6, "items.time (video frames)", _v6_item_time),
 ]
-LATEST = MIGRATIONS[-1][0]
+LATEST = MIGRATIONS[-1][0]  # a current store's schema version
+APPLIED = "SELECT version FROM schema_migrations"  # the versions a store has
 
 
 def applied_versions(conn: Connection) -> set[int]:
+    from sqlalchemy import inspect
+
     if not inspect(conn).has_table("schema_migrations"):
         return set()
-    return {row[0] for row in conn.execute(text("SELECT version FROM schema_migrations"))}
+    return {row[0] for row in conn.execute(text(APPLIED))}
 
 
 def pending(conn: Connection) -> list[int]:
     """Versions a store still lacks (read without writing: a read-only store is checked)."""
     done = applied_versions(conn)
     return [version for version, _, _ in MIGRATIONS if version not in done]
+
+
+def check_current(conn: Connection, name: str) -> None:
+    """A read-only store cannot be migrated: one older than this code is refused."""
+    missing = pending(conn)
+    if missing:
+        raise IndexReadOnly(
+            f"{name} has schema version {missing[0] - 1}, this retriever needs {LATEST}, and "
+            f"it is read-only: run `retriever index` once where the index folder is writable "
+            f"to upgrade it")
 
 
 def migrate(connect: Callable[[], object]) -> list[int]:

@@ -1,10 +1,19 @@
 """Checks that the folders keep the architecture they show. Run it: python -m tests.check_layout
 
-1. Storage has one door: only `index/` and `retriever/library/` (the collection on disk) touch
-   a `.store` attribute; everything else goes through `Collection`'s methods.
+1. Storage has one door: only `index/` and the collection (retriever/library/collection.py)
+   touch a `.store` attribute; everything else goes through the collection's typed reads.
 2. Imports go one way: a module imports only from its own layer or the layers below it
    (LAYERS, lowest first), at the top of the file or inside a function alike.
 3. Every module belongs to a layer.
+4. Configuration is read at the edge: only EDGES read an environment variable (`os.environ`
+   in any form, `os.getenv`, `from os import environ`); the library takes values as
+   parameters (retriever.settings). `**os.environ` in a dict display hands the whole
+   environment on to a child process (media.isolation's worker) and is not a read; passing
+   `os.environ` itself anywhere (`Settings.from_environ(os.environ)`, `env=os.environ`) is.
+5. No ORM: nothing imports `sqlalchemy.orm` (or `sqlalchemy.ext.declarative`, or `orm` from
+   `sqlalchemy`): mapped classes and Session reads are gone; the store's SQL is Core text.
+6. Small pieces: no function over MAX_FUNCTION_LINES lines (tests/ and bench/ included), no
+   module of retriever/ or index/ over MAX_MODULE_LINES lines.
 
 Prints one line per violation and exits 1 if there is any; tests/test_layout.py runs it.
 """
@@ -17,13 +26,27 @@ from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-STORE_OWNERS = ("index/", "retriever/library/")
+STORE_OWNERS = ("index/", "retriever/library/collection.py")
+# Where an environment variable may be read: a module (every function in it), or the named
+# functions of a module (qualified names) that start a process of ours on its own machine.
+EDGES: dict[str, tuple[str, ...]] = {
+    "cli.py": (),  # each command reads Settings once; click reads the options' envvar=
+    "retriever/settings.py": (),  # Settings.from_environ: the one reader
+    # a Ray actor, perhaps on another machine: its own GPU and export cache ("auto" backend)
+    "retriever/ingest/ray_engine.py": ("_EncoderActor.__init__",),
+    # a process `launch` starts: torchrun's RANK/WORLD_SIZE/LOCAL_RANK are set for it alone
+    "retriever/training/distributed.py": ("launched_process",),
+}
+ENV_NAMES = ("environ", "environb", "getenv", "getenvb")
+ORM_MODULES = ("sqlalchemy.orm", "sqlalchemy.ext.declarative")
+MAX_FUNCTION_LINES = 60
+MAX_MODULE_LINES = 450
 # Lowest first. "name" is that one module; "name.*" is a package: it and every module under it.
 # The top-level modules of retriever/ are listed one by one: a new one belongs to no layer (and
 # test_layout fails) until it is placed here.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("retriever", "retriever.errors", "retriever.progress", "retriever.userdirs",
-     "retriever.jsonfile", "retriever.atomic", "retriever.devices"),
+     "retriever.jsonfile", "retriever.atomic", "retriever.devices", "retriever.settings"),
     ("index.*",),
     ("retriever.media.*",),
     ("retriever.encoding.*",),
@@ -87,21 +110,96 @@ def store_touches(tree: ast.AST) -> Iterator[int]:
             yield node.lineno
 
 
+def scoped(tree: ast.AST, scope: str = "") -> Iterator[tuple[str, ast.AST]]:
+    """(qualified name of the enclosing function or class, "" at module level; node) for every
+    node of `tree`."""
+    for child in ast.iter_child_nodes(tree):
+        yield scope, child
+        named = isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+        yield from scoped(child, f"{scope}.{child.name}".lstrip(".") if named else scope)
+
+
+def environment_reads(tree: ast.AST) -> Iterator[tuple[int, str]]:
+    """(line, enclosing qualified name) of every read of the process environment."""
+    handed_on = {id(value) for node in ast.walk(tree) if isinstance(node, ast.Dict)
+                 for key, value in zip(node.keys, node.values, strict=True) if key is None}
+    for scope, node in scoped(tree):
+        if _environment_read(node, handed_on):
+            yield node.lineno, scope
+
+
+def _environment_read(node: ast.AST, handed_on: set[int]) -> bool:
+    """`os.environ` (or environb, getenv, getenvb) not handed on whole, or an import of one."""
+    if isinstance(node, ast.Attribute):
+        return (node.attr in ENV_NAMES and isinstance(node.value, ast.Name)
+                and node.value.id == "os" and id(node) not in handed_on)
+    return isinstance(node, ast.ImportFrom) and node.module == "os" and any(
+        alias.name in ENV_NAMES for alias in node.names)
+
+
+def orm_imports(tree: ast.AST) -> Iterator[int]:
+    for line, name in imported(tree, "", False):
+        if name.startswith(ORM_MODULES):
+            yield line
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module == "sqlalchemy" and any(
+                alias.name == "orm" for alias in node.names):
+            yield node.lineno
+
+
+def long_functions(tree: ast.AST) -> Iterator[tuple[int, str, int]]:
+    """(line, name, lines) of every function over MAX_FUNCTION_LINES lines."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            lines = (node.end_lineno or node.lineno) - node.lineno + 1
+            if lines > MAX_FUNCTION_LINES:
+                yield node.lineno, node.name, lines
+
+
+def edge_allows(relative: str, scope: str) -> bool:
+    if relative not in EDGES:
+        return False
+    functions = EDGES[relative]
+    return not functions or any(scope == f or scope.startswith(f + ".") for f in functions)
+
+
+def file_violations(path: Path, root: Path) -> list[str]:
+    """Rules 1, 2, 4, 5 and 6 for one module of retriever/, index/ or cli.py."""
+    relative = path.relative_to(root).as_posix()
+    text = path.read_text()
+    tree = ast.parse(text, relative)
+    found = []
+    if not relative.startswith(STORE_OWNERS):
+        found += [f"{relative}:{line}: touches .store outside index/ and the collection: use "
+                  f"Collection.reads" for line in store_touches(tree)]
+    module = module_name(path, root)
+    own = layer_of(module)
+    for line, name in imported(tree, module, path.name == "__init__.py"):
+        theirs = layer_of(name)
+        if own is not None and theirs is not None and theirs > own:
+            found.append(f"{relative}:{line}: {module} imports {name}, a layer above it")
+    found += [f"{relative}:{line}: reads the environment outside the edge: take the value "
+              f"as a parameter (retriever.settings)" for line, scope in environment_reads(tree)
+              if not edge_allows(relative, scope)]
+    found += [f"{relative}:{line}: imports the ORM: state the SQL once, run it with Core"
+              for line in orm_imports(tree)]
+    found += [f"{relative}:{line}: {name} is {lines} lines, over {MAX_FUNCTION_LINES}"
+              for line, name, lines in long_functions(tree)]
+    lines = len(text.splitlines())
+    if lines > MAX_MODULE_LINES and relative != "cli.py":  # the CLI: one function a command
+        found.append(f"{relative}: {lines} lines, over {MAX_MODULE_LINES}: split it by job")
+    return found
+
+
 def violations(root: Path = ROOT) -> list[str]:
     found = []
     for path in source_files(root):
-        relative = path.relative_to(root).as_posix()
-        tree = ast.parse(path.read_text(), relative)
-        if not relative.startswith(STORE_OWNERS):
-            found += [f"{relative}:{line}: touches .store outside index/ and "
-                      f"retriever/library/: use a Collection method" for line in
-                      store_touches(tree)]
-        module = module_name(path, root)
-        own = layer_of(module)
-        for line, name in imported(tree, module, path.name == "__init__.py"):
-            theirs = layer_of(name)
-            if own is not None and theirs is not None and theirs > own:
-                found.append(f"{relative}:{line}: {module} imports {name}, a layer above it")
+        found += file_violations(path, root)
+    for folder in ("tests", "bench"):  # rule 6's function length only
+        for path in sorted((root / folder).glob("*.py")):
+            relative = path.relative_to(root).as_posix()
+            found += [f"{relative}:{line}: {name} is {lines} lines, over {MAX_FUNCTION_LINES}"
+                      for line, name, lines in long_functions(ast.parse(path.read_text()))]
     return found
 
 

@@ -8,17 +8,16 @@ import os
 from contextlib import ExitStack
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 from typer.testing import CliRunner
 
+from retriever.encoding.architectures import register_bundled_configs
 from retriever.encoding.clip_encoder import ClipEncoder
-from retriever.encoding.models import ModelSpec, load_model, register_bundled_configs
+from retriever.encoding.models import load_model
+
+from .helpers import COLOURS, TINY, write_photo
 
 register_bundled_configs()  # tests ask open_clip about retriever-tiny by name, as load_model does
-TINY = ModelSpec("retriever-tiny", "none")  # bundled config: 32 px ViT, 64-d, context 32
-COLOURS = {"red": (220, 30, 30), "green": (30, 200, 60), "blue": (30, 60, 220)}
 
 
 @pytest.fixture(autouse=True)
@@ -52,19 +51,6 @@ def one_torch_thread():
 @pytest.fixture(scope="session")
 def tiny_encoder() -> ClipEncoder:
     return ClipEncoder(load_model(TINY))
-
-
-def write_photo(path: Path, colour: tuple[int, int, int], size=(160, 120)) -> Path:
-    """A real JPEG: a coloured disc on a grey, slightly noisy background."""
-    rng = np.random.default_rng(sum(os.fsencode(path.name)))
-    pixels = rng.integers(100, 140, (size[1], size[0], 3), dtype=np.uint8)
-    im = Image.fromarray(pixels)
-    from PIL import ImageDraw
-
-    ImageDraw.Draw(im).ellipse((30, 20, 130, 100), fill=colour)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    im.save(path, "JPEG", quality=90)
-    return path
 
 
 @pytest.fixture
@@ -134,9 +120,19 @@ def postgres():
         yield server
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.hookimpl(tryfirst=True)  # before -m deselects: pytest's own hook runs after this one
+def pytest_collection_modifyitems(items):
+    """Every test that takes the `postgres` server, itself or through a fixture, is marked
+    `postgres` (the PostgreSQL variant of `stores` asks for it at run time: marked below)."""
+    for item in items:
+        if "postgres" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.postgres)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def stores(request, tmp_path):
-    """Store URLs on SQLite, then on PostgreSQL: a test taking this runs on both."""
+    """Store URLs on SQLite, then on PostgreSQL: a test taking this runs on both (the second
+    marked `postgres`)."""
     from .postgres import Stores
 
     server = request.getfixturevalue("postgres") if request.param == "postgresql" else None
@@ -148,7 +144,18 @@ def stores(request, tmp_path):
 @pytest.fixture
 def store_env(stores, monkeypatch):
     """`stores`, with every collection the test opens on its backend: on PostgreSQL, one
-    database ($RETRIEVER_STORE_URL) whatever the index folder; on SQLite, the folder's."""
+    database whatever the index folder; on SQLite, the folder's. The CLI (in this process
+    and in the ones a test starts) reads it from $RETRIEVER_STORE_URL; a collection the test
+    opens itself is given it as the CLI would give it (`store_url`): the library reads no
+    environment variable."""
     if stores.server is not None:
-        monkeypatch.setenv("RETRIEVER_STORE_URL", stores.url("index"))
+        from retriever.library.collection import Collection
+
+        url, opened = stores.url("index"), Collection.open
+        monkeypatch.setenv("RETRIEVER_STORE_URL", url)
+
+        def on_postgres(directory, ann=None, store_url=None, *args, **kwargs):
+            return opened(directory, ann, store_url or url, *args, **kwargs)
+
+        monkeypatch.setattr(Collection, "open", staticmethod(on_postgres))
     return stores

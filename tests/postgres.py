@@ -62,7 +62,7 @@ class Server:
     def _admin(self, statement: str) -> None:
         from sqlalchemy import create_engine, text
 
-        from index.store import PG_CONNECT_TIMEOUT
+        from index.connection import PG_CONNECT_TIMEOUT
 
         engine = create_engine(self.admin_url, isolation_level="AUTOCOMMIT",
                                connect_args={"connect_timeout": PG_CONNECT_TIMEOUT})

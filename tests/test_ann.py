@@ -86,13 +86,14 @@ def test_auto_follows_size_and_budget():
 
 
 def test_a_collection_switches_to_ivf_when_it_grows(tmp_path, monkeypatch):
-    from index.store import IMAGE, FileRecord, ItemRecord
+    from index.kinds import IMAGE
+    from index.records import FileRecord, ItemRecord
     from retriever.library.collection import Collection
 
     monkeypatch.setattr(ann, "FLAT_UP_TO", 1000)
     vectors = clustered(3000)
     collection = Collection.open(tmp_path / "index")
-    from index.store import ModelRecord
+    from index.records import ModelRecord
 
     collection.bind_model(ModelRecord("m", "none", 32))
     with collection.writing():

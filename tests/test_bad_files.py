@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .conftest import write_photo
+from .helpers import write_photo
 
 ROOT = Path(__file__).resolve().parents[1]
 # As root, permission bits do not stop reads; without capabilities they do.

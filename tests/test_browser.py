@@ -18,7 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from .test_server import OLD, make_media, open_index
+from .helpers import OLD, make_media, open_index
+
+pytestmark = pytest.mark.browser
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",

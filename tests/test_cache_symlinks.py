@@ -23,8 +23,7 @@ from retriever.library.thumbnails import DEFAULT_SIZE
 from retriever.media.images import thumbnail_bytes
 from retriever.present.preview import PREVIEW_SIZE
 
-from .conftest import write_photo
-from .test_server import client_for, make_media, open_index, results
+from .helpers import client_for, make_media, open_index, results, write_photo
 
 PASSWD = Path("/etc/passwd")
 

@@ -17,9 +17,10 @@ import torch
 from open_clip.model import CLIP
 from safetensors.torch import save_file
 
-from retriever.encoding.models import ModelSpec, load_model, save_checkpoint
+from retriever.encoding.checkpoints import save_checkpoint
+from retriever.encoding.models import ModelSpec, load_model
 
-from .conftest import TINY, write_photo
+from .helpers import TINY, write_photo
 
 
 @pytest.fixture(scope="module")
@@ -212,7 +213,7 @@ def test_a_config_file_name_that_is_no_model_name_still_builds(tmp_path, good):
                   "layers": 1}},
 ], ids=["vit", "resnet"])
 def test_the_size_estimate_is_close_to_what_is_built(cfg):
-    from retriever.encoding.models import MAX_PARAMETERS, estimated_parameters
+    from retriever.encoding.architectures import MAX_PARAMETERS, estimated_parameters
 
     if isinstance(cfg, str):
         cfg = open_clip.get_model_config(cfg)

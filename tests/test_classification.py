@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import json
-import random
 import re
 from pathlib import Path
 
@@ -30,21 +29,9 @@ from retriever.training.classification import (
     evaluate_classes,
     read_class_folder,
 )
-from retriever.training.synthetic import COLOURS, PLACES, SHAPES, Scene, draw_scene
+from retriever.training.synthetic import COLOURS
 
-
-def write_colour_folders(root: Path, per_class: dict[str, int], seed: int = 1) -> Path:
-    """One folder per colour holding that many shapes of it, in varied places (unbalanced, so
-    mean per-class recall differs from top-1)."""
-    rng = random.Random(seed)
-    shapes = [(s, p) for s in SHAPES for p in PLACES]
-    for colour, n in per_class.items():
-        for i in range(n):
-            shape, place = shapes[i % len(shapes)]
-            path = root / colour / f"{shape}_{place}_{i}.jpg"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            draw_scene(Scene(colour, shape, place), 64, rng).save(path)
-    return root
+from .helpers import write_colour_folders
 
 
 def clip_benchmark_classification(encoder, root: Path, classnames: list[str],

@@ -8,12 +8,7 @@ import pytest
 
 from cli import app
 
-TINY_ARGS = ("--model", "retriever-tiny", "--pretrained", "none")
-
-
-def rows(result):
-    assert result.exit_code == 0, result.output
-    return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+from .helpers import TINY_ARGS, rows
 
 
 @pytest.fixture
@@ -37,9 +32,10 @@ def test_index_reports_counts_and_skips_the_corrupt_image(indexed, cli):
 
 def test_store_rows_equal_saved_index_vectors(indexed):
     """Read the FAISS files as written (opening a Collection would rebuild a stale one)."""
-    from index.store import IMAGE, TEXT, Store
+    from index.kinds import IMAGE, TEXT
+    from index.saved import VECTOR_FILES
+    from index.store import Store
     from index.vectors import VectorIndex
-    from retriever.library.collection import VECTOR_FILES
 
     folder, _ = indexed
     store = Store(f"sqlite:///{folder / '.retriever' / 'store.db'}")

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from retriever.ingest.inflight import DIED, InFlight, died_reading
 from retriever.ingest import inflight
+from retriever.ingest.inflight import DIED, InFlight, died_reading
 from retriever.media.scan import IMAGE, TEXT, MediaFile, path_key
 
-from .conftest import write_photo
+from .helpers import write_photo
 
 ROOT = Path(__file__).resolve().parents[1]
 # `retriever index` in a child process whose reading of a file that starts with b"HOSTILE"
@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 KILLER = textwrap.dedent("""
     import dataclasses, os, runpy, signal, sys
     from pathlib import Path
-    from retriever.ingest import pipeline as indexer
+    from retriever.ingest import handlers, readers
 
     def killing(real):
         def read(fh, *args):
@@ -36,10 +36,10 @@ KILLER = textwrap.dedent("""
             return real(fh, *args)
         return read
 
-    indexer.load_pixels = killing(indexer.load_pixels)
-    indexer.read_text = killing(indexer.read_text)
-    real_plan = indexer.plan
-    indexer.plan = lambda: dataclasses.replace(real_plan(), reader_threads=1)
+    handlers.load_pixels = killing(handlers.load_pixels)
+    handlers.read_text = killing(handlers.read_text)
+    real_plan = readers.plan
+    readers.plan = lambda: dataclasses.replace(real_plan(), reader_threads=1)
     sys.argv = ["retriever", *sys.argv[1:]]
     runpy.run_path(sys.argv.pop(1), run_name="__main__")
 """)

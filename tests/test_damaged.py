@@ -22,11 +22,14 @@ import pytest
 from sqlalchemy import event
 
 from index.checksums import ChecksumMismatch, Summing, checksum, verified
-from index.store import IMAGE, KINDS, TEXT, FileRecord, ItemRecord, ModelRecord, Store
+from index.kinds import IMAGE, KINDS, TEXT
+from index.records import FileRecord, ItemRecord, ModelRecord
+from index.saved import VECTOR_FILES
+from index.store import Store
 from retriever.errors import BadStoreUrl, DiskFull, IndexReadOnly, StoreDamaged
-from retriever.library.collection import VECTOR_FILES, Collection
+from retriever.library.collection import Collection
 
-from .conftest import write_photo
+from .helpers import flip_middle, truncate, write_photo
 
 DIM = 16
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,19 +83,6 @@ QUERIES = unit(np.random.default_rng(11), 8)
 def assert_true_results(searcher, collection: Collection, kind: str = IMAGE) -> None:
     _, found = searcher.search(QUERIES, 5)
     np.testing.assert_array_equal(found, brute_force(collection, kind, QUERIES, 5))
-
-
-def flip_middle(path: Path) -> None:
-    """Same size, other bytes: 64 bytes inverted in the middle of the file."""
-    data = bytearray(path.read_bytes())
-    middle = len(data) // 2
-    data[middle:middle + 64] = bytes(b ^ 0xFF for b in data[middle:middle + 64])
-    path.write_bytes(bytes(data))
-
-
-def truncate(path: Path) -> None:
-    with open(path, "r+b") as fh:
-        fh.truncate(path.stat().st_size * 2 // 3)
 
 
 DAMAGES = {"flipped": flip_middle, "truncated": truncate}
@@ -268,7 +258,7 @@ def test_a_bad_store_url_is_one_line_naming_the_variable(tmp_path, monkeypatch, 
         except ImportError:
             pass
     with pytest.raises(BadStoreUrl, match="RETRIEVER_STORE_URL"):
-        Collection.open(tmp_path / "index")
+        Collection.open(tmp_path / "index", store_url=url)  # as the CLI passes the variable
     result = cli("info", "--db", tmp_path / "index")
     assert result.exit_code == 2 and "RETRIEVER_STORE_URL" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1

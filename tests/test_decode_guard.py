@@ -22,8 +22,7 @@ from PIL import Image
 
 from retriever.errors import ImageError
 from retriever.media.isolation import isolated
-from tests.conftest import write_photo
-from tests.test_formats import halves, write_dng, write_heic
+from tests.helpers import halves, write_dng, write_heic, write_photo
 
 CAP = 100_000_000  # the default --max-pixels
 LIMIT = 2 << 30  # bytes of address space the decoding subprocess gets

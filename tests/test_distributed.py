@@ -26,6 +26,7 @@ import torch
 import torch.multiprocessing as mp
 
 from retriever.encoding.models import ModelSpec, load_model
+from retriever.settings import Settings
 from retriever.training.datasets import StepBatch
 from retriever.training.distributed import Group, join, leave
 from retriever.training.loop import TrainConfig, train
@@ -87,7 +88,7 @@ def rank_main(rank: int, port: int, out: Path) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    group = join(torch.device("cpu"))
+    group = join(torch.device("cpu"), Settings.from_environ(os.environ))  # as the CLI reads it
     try:
         results = {}
         for name, case in CASES.items():
@@ -144,6 +145,7 @@ def curve_losses(path: Path) -> list[float]:
         return [float(row["loss"]) for row in csv.DictReader(f) if row["loss"]]
 
 
+@pytest.mark.slow
 def test_train_nproc_2_matches_one_process_with_twice_the_batch(tmp_path, cli):
     data = tmp_path / "scenes"
     write_captioned_images(data, 8, seed=3)  # one step of 8 pairs

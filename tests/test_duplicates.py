@@ -13,12 +13,13 @@ import pytest
 
 from bench.duplicates import pair_scores, photo_pictures, plant
 from index import neighbours
+from index.kinds import IMAGE
 from index.neighbours import close_pairs
-from index.store import IMAGE, FileRecord, ItemRecord, ModelRecord
+from index.records import FileRecord, ItemRecord, ModelRecord
 from retriever.library.collection import Collection
 from retriever.library.duplicates import DEFAULT_THRESHOLD
 
-from .conftest import write_photo
+from .helpers import write_photo
 
 DIM = 64
 

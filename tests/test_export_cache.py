@@ -19,12 +19,12 @@ import pytest
 from PIL import Image
 
 from retriever.encoding import onnx_export, ort_encoder
-from retriever.encoding.backends import export_dir, open_encoder
+from retriever.encoding.backends import export_dir, open_encoder, user_exports
 from retriever.encoding.clip_encoder import ClipEncoder
 from retriever.encoding.ort_encoder import META, TEXTUAL, TOKENIZER, VISUAL, OrtEncoder
 from retriever.encoding.specs import ModelId
 
-from .conftest import write_photo
+from .helpers import user_settings, write_photo
 
 TINY_ID = ModelId("retriever-tiny", "none")
 TEXTS = ["a red disc", "blue sky over a green field", "word " * 60]
@@ -56,9 +56,14 @@ def exports(monkeypatch, pristine) -> list[str]:
 @pytest.fixture
 def cache(pristine) -> Path:
     """This test's export of retriever-tiny, where open_encoder looks for it."""
-    folder = export_dir(None, TINY_ID)
+    folder = export_dir(user_cache(), TINY_ID)
     shutil.copytree(pristine, folder)
     return folder
+
+
+def user_cache() -> Path:
+    """The user's export cache (this test's $XDG_CACHE_HOME), as the CLI passes it."""
+    return user_exports(user_settings())
 
 
 def pictures() -> list[Image.Image]:
@@ -119,7 +124,7 @@ def test_a_damaged_export_is_made_again_and_gives_the_right_vectors(
         cache, exports, tiny_encoder, capsys, name, damage):
     DAMAGES[damage](cache / name)
 
-    encoder = open_encoder(TINY_ID, "onnx")
+    encoder = open_encoder(TINY_ID, "onnx", user_cache())
 
     assert isinstance(encoder, OrtEncoder) and exports == [VISUAL, TEXTUAL]  # made again, once
     assert_vectors_right(encoder, tiny_encoder)
@@ -133,13 +138,13 @@ def test_a_sound_export_is_summed_once_then_trusted_until_a_file_changes(
     real = ort_encoder.checksum
     monkeypatch.setattr(ort_encoder, "checksum", lambda path: summed.append(path.name) or
                         real(path))
-    open_encoder(TINY_ID, "onnx")
+    open_encoder(TINY_ID, "onnx", user_cache())
     assert sorted(summed) == sorted(FILES[:-1])  # every file once (the copy is new to it)
     summed.clear()
-    open_encoder(TINY_ID, "onnx")
+    open_encoder(TINY_ID, "onnx", user_cache())
     assert summed == []  # remembered by size, mtime, ctime, inode
     overwrite(cache / (VISUAL + ".data"))
-    open_encoder(TINY_ID, "onnx")
+    open_encoder(TINY_ID, "onnx", user_cache())
     assert set(summed) == {VISUAL + ".data"} and exports == [VISUAL, TEXTUAL]
 
 
@@ -153,7 +158,7 @@ def test_a_cache_path_that_is_a_file_encodes_in_torch_with_one_note(
     (cache_root() / blocked).parent.mkdir(parents=True, exist_ok=True)
     (cache_root() / blocked).write_text("not a folder")
 
-    encoder = open_encoder(TINY_ID, "onnx")
+    encoder = open_encoder(TINY_ID, "onnx", user_cache())
 
     assert isinstance(encoder, ClipEncoder)
     assert_vectors_right(encoder, tiny_encoder)
@@ -162,10 +167,10 @@ def test_a_cache_path_that_is_a_file_encodes_in_torch_with_one_note(
 
 
 def test_an_export_folder_that_is_a_file_is_replaced(exports, tiny_encoder):
-    target = export_dir(None, TINY_ID)
+    target = export_dir(user_cache(), TINY_ID)
     target.parent.mkdir(parents=True)
     target.write_text("not an export")
-    encoder = open_encoder(TINY_ID, "onnx")
+    encoder = open_encoder(TINY_ID, "onnx", user_cache())
     assert isinstance(encoder, OrtEncoder) and target.is_dir()
     assert_vectors_right(encoder, tiny_encoder)
 
@@ -176,12 +181,12 @@ def test_a_full_disk_during_the_export_encodes_in_torch_and_leaves_nothing(
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(onnx_export, "_export", full)
-    encoder = open_encoder(TINY_ID, "onnx")
+    encoder = open_encoder(TINY_ID, "onnx", user_cache())
     assert isinstance(encoder, ClipEncoder)
     assert_vectors_right(encoder, tiny_encoder)
     told = notes(capsys.readouterr().err)
     assert len(told) == 1 and os.strerror(errno.ENOSPC) in told[0]
-    assert list(export_dir(None, TINY_ID).parent.iterdir()) == []  # no half export kept
+    assert list(export_dir(user_cache(), TINY_ID).parent.iterdir()) == []  # no half export kept
 
 
 def test_search_on_an_index_with_an_unwritable_cache_answers_as_torch(
@@ -204,7 +209,7 @@ def test_search_on_an_index_with_an_unwritable_cache_answers_as_torch(
 def test_the_real_exporter_remakes_an_overwritten_weights_file(tiny_encoder, cache, capsys):
     """As the issue found it: 4 kB overwritten in visual.onnx.data, without a stand-in."""
     overwrite(cache / (VISUAL + ".data"))
-    encoder = open_encoder(TINY_ID, "onnx")
+    encoder = open_encoder(TINY_ID, "onnx", user_cache())
     assert isinstance(encoder, OrtEncoder)
     assert_vectors_right(encoder, tiny_encoder)
     assert "could not be used" in capsys.readouterr().err
@@ -268,4 +273,4 @@ def test_a_damaged_tokenizer_copy_is_written_again(cache, tiny_encoder, damage):
         i, j = lines.index(b"red</w>"), lines.index(b"blue</w>")
         lines[i], lines[j] = lines[j], lines[i]
     copy.write_bytes(b"\n".join(lines))
-    assert_vectors_right(open_encoder(TINY_ID, "onnx"), tiny_encoder)
+    assert_vectors_right(open_encoder(TINY_ID, "onnx", user_cache()), tiny_encoder)

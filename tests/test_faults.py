@@ -16,14 +16,16 @@ from pathlib import Path
 
 import numpy as np
 
-from index.store import IMAGE, KINDS, Store
+from index.kinds import IMAGE, KINDS
+from index.saved import VECTOR_FILES
 from index.vectors import VectorIndex
 from retriever.encoding.clip_encoder import ClipEncoder
 from retriever.encoding.models import load_model
-from retriever.library.collection import VECTOR_FILES, Collection
+from retriever.ingest.inflight import JOURNAL_FILE
+from retriever.library.collection import Collection
 from retriever.search.query import Query, search
 
-from .conftest import TINY, write_photo
+from .helpers import TINY, contents, write_photo
 from .postgres import Stores
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,19 +46,6 @@ def timed_run(cmd: list[str]) -> float:
     return time.monotonic() - start
 
 
-def contents(db: Path, stores: Stores) -> dict[tuple[str, str, int], np.ndarray]:
-    """(path, kind, position) -> vector, read straight from the store."""
-    store = Store(stores.for_index(db) or f"sqlite:///{db / 'store.db'}")
-    out = {}
-    for kind in KINDS:
-        ids, vectors = store.vectors(kind)
-        views = store.items(ids.tolist())
-        for i, v in zip(ids.tolist(), vectors, strict=True):
-            out[(views[i].path, kind, views[i].position)] = v
-    store.close()
-    return out
-
-
 def check_consistent(db: Path, encoder: ClipEncoder, stores: Stores) -> None:
     """What a reader sees: vector indexes hold exactly the store's vectors; search works."""
     collection = Collection.open(db, store_url=stores.for_index(db))
@@ -68,7 +57,7 @@ def check_consistent(db: Path, encoder: ClipEncoder, stores: Stores) -> None:
         loaded = len(collection.vectors(kind))
         if collection.store.generation() == generation:
             assert loaded == len(stored_ids)
-    if collection.model() is not None:
+    if collection.reads.model() is not None:
         for result in search(collection, encoder, Query(text="a photo", k=5)):
             assert collection.store.items([result.id])  # every hit names a stored item
     collection.close()
@@ -82,6 +71,7 @@ def write_media(media: Path) -> None:
 
 
 def test_sigkill_loses_nothing_committed(tmp_path, stores):
+    """Kills from outside: each one's crash journal is removed (no file is the culprit)."""
     media = tmp_path / "media"
     write_media(media)
     encoder = ClipEncoder(load_model(TINY))
@@ -117,6 +107,7 @@ def test_sigkill_loses_nothing_committed(tmp_path, stores):
         kills += 1
         partial += 0 < len(now) < len(clean)
         kept = now
+        (db / JOURNAL_FILE).unlink(missing_ok=True)  # a kill from outside: no file's fault
 
     # The last chain completes, with readers searching while it writes.
     assert db is not None

@@ -19,14 +19,14 @@ from PIL import Image
 
 from retriever.encoding.pixels import load_pixels
 from retriever.errors import ImageError, UsageError
+from retriever.ingest import handlers
 from retriever.ingest.pipeline import IngestOptions, IngestReport, ingest_media
-from retriever.ingest import pipeline as indexer
 from retriever.library.collection import Collection
 from retriever.media.images import decode_image, taken_at
 from retriever.media.passages import read_text
 from retriever.media.scan import open_regular, scan
 
-from .conftest import write_photo
+from .helpers import write_photo
 
 ROOT = Path(__file__).resolve().parents[1]
 DEADLINE_S = 60  # far above what any test here needs; a hang fails instead of blocking pytest
@@ -147,14 +147,14 @@ def test_a_read_that_never_ends_is_given_up_and_the_run_goes_on(
         write_photo(root / f"p{i}.jpg", (40 * i, 30, 30))
     stuck = {"p1.jpg", "p2.jpg", "p3.jpg"}  # more than the reader threads on a 2-core machine
     release = threading.Event()
-    real = indexer.load_pixels
+    real = handlers.load_pixels
 
     def load(fh, *args):
         if Path(fh.name).name in stuck:
             release.wait()  # blocks until the test ends: a hung mount, a decoder loop
         return real(fh, *args)
 
-    monkeypatch.setattr(indexer, "load_pixels", load)
+    monkeypatch.setattr(handlers, "load_pixels", load)
     try:
         started = time.monotonic()
         report = index_once(root, batch_size=2, read_timeout=0.5, read_wall_timeout=0.5)
@@ -172,14 +172,14 @@ def test_any_exception_from_one_file_is_that_files_failure(index_once, tmp_path,
     for i in range(4):
         write_photo(root / f"p{i}.jpg", (40 * i, 30, 30))
     errors = {"p1.jpg": MemoryError(), "p2.jpg": ValueError("a decoder's own complaint")}
-    real = indexer.load_pixels
+    real = handlers.load_pixels
 
     def load(fh, *args):
         if (err := errors.get(Path(fh.name).name)) is not None:
             raise err
         return real(fh, *args)
 
-    monkeypatch.setattr(indexer, "load_pixels", load)
+    monkeypatch.setattr(handlers, "load_pixels", load)
     report = index_once(root)
     assert names(report) == ["p1.jpg", "p2.jpg"] and report.images == 2
     reasons = sorted(f.reason for f in report.failures)
@@ -193,7 +193,7 @@ def test_an_interrupt_still_stops_the_run(index_once, tmp_path, monkeypatch):
     def load(fh, *args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(indexer, "load_pixels", load)
+    monkeypatch.setattr(handlers, "load_pixels", load)
     with pytest.raises(KeyboardInterrupt):
         index_once(tmp_path / "lib")
 

@@ -19,9 +19,7 @@ from retriever.media.paths import key_path, path_key
 from retriever.media.scan import scan
 from retriever.server.app import ServerSettings, create_app
 
-from .conftest import write_photo
-from .test_cli import TINY_ARGS, rows
-from .test_video import write_video
+from .helpers import TINY_ARGS, rows, write_photo, write_video
 
 
 def at(folder: Path, name: bytes) -> Path:

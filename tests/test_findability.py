@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import write_photo
-from .test_cli import TINY_ARGS, rows
+from .helpers import TINY_ARGS, rows, user_settings, write_photo
 
 
 @pytest.fixture
@@ -128,9 +127,9 @@ def test_log_lines_print_above_the_bars_not_glued_to_them(capsys):
 
 
 def test_no_export_lands_in_an_index_or_media_folder(tmp_path):
-    from retriever.encoding.backends import export_dir
+    from retriever.encoding.backends import export_dir, user_exports
     from retriever.encoding.specs import ModelId
 
-    folder = export_dir(None, ModelId("ViT-B-32", "laion2b_s34b_b79k"))
+    folder = export_dir(user_exports(user_settings()), ModelId("ViT-B-32", "laion2b_s34b_b79k"))
     assert folder.parent == Path(__import__("os").environ["XDG_CACHE_HOME"]) / "retriever" / "onnx"
     shutil.rmtree(folder, ignore_errors=True)

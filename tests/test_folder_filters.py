@@ -17,10 +17,8 @@ from retriever.library.collection import Collection
 from retriever.media.paths import key_path, path_key
 from retriever.server.app import ServerSettings, create_app
 
-from .conftest import write_photo
-from .test_cli import TINY_ARGS, rows
+from .helpers import TINY_ARGS, rows, write_photo
 
-# photos below the root; every one the same bytes, so `duplicates` groups all it is given
 PHOTOS = [b"2024/a.jpg", b"2024/sub/b.jpg", b"2024-old/c.jpg", b"20240/d.jpg", b"2024.jpg",
           b"Cats/e.jpg", b"cats/f.jpg", b"100%/g.jpg", b"1000/h.jpg", b"a_b/i.jpg",
           b"axb/j.jpg", b"back\\slash/k.jpg", b"back\\slashes/l.jpg", b"n\xffo/m.jpg",
@@ -116,13 +114,16 @@ def test_tag_in_a_folder_tags_that_folder_only(library, cli):
                 key_path(t["path"]) for t in tagged if label in t["labels"]}, (name, label)
 
 
+@pytest.mark.postgres
 @pytest.mark.parametrize("collation", ["C", "ICU en-US"])
 def test_each_store_read_filters_the_same_under_any_database_collation(postgres, collation):
     """PostgreSQL compares text by the database's collation: a language's (ICU) sorts case
     and punctuation apart from bytes, so the folder range must not depend on it."""
-    from index.store import IMAGE, FileRecord, ItemRecord, ModelRecord, Store
+    from index.kinds import IMAGE
+    from index.records import FileRecord, ItemRecord, ModelRecord
+    from index.store import Store
 
-    from .test_store import vec
+    from .helpers import vec
 
     name = f"retriever_test_{uuid.uuid4().hex[:16]}"
     icu = " LOCALE_PROVIDER icu ICU_LOCALE 'en-US'" if collation != "C" else ""

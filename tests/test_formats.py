@@ -14,55 +14,7 @@ from PIL import Image
 
 from retriever.media.images import decode_image, taken_at
 
-RED, BLUE = (200, 20, 20), (20, 20, 200)
-ORIENTATION = 274
-TURNED_CW = 6  # EXIF orientation: turn 90 degrees clockwise to show upright
-DNG_DATE = "2021:05:06 07:08:09"
-
-
-def halves(width: int, height: int) -> np.ndarray:
-    """(height, width, 3) uint8: the left half red, the right half blue. Turned clockwise
-    (orientation 6) it shows red on top, blue below."""
-    pixels = np.zeros((height, width, 3), np.uint8)
-    pixels[:, : width // 2], pixels[:, width // 2:] = RED, BLUE
-    return pixels
-
-
-def write_heic(path: Path, width: int = 96, height: int = 64) -> Path:
-    import pillow_heif
-
-    pillow_heif.register_heif_opener()
-    exif = Image.Exif()
-    exif[ORIENTATION] = TURNED_CW
-    Image.fromarray(halves(width, height)).save(path, exif=exif.tobytes(), quality=95)
-    return path
-
-
-def write_dng(path: Path, width: int = 96, height: int = 64,
-              preview: tuple[int, int] | None = None) -> Path:
-    """A minimal DNG: 12-bit RGGB sensor data of `halves`, orientation 6, a DateTime; with
-    `preview` (w, h) an uncompressed RGB preview in IFD0 and the sensor data in a SubIFD."""
-    import tifffile
-
-    rgb = halves(width, height).astype(np.uint16) * 16  # 12-bit levels
-    cfa = np.empty((height, width), np.uint16)  # (h, w): R G / G B
-    cfa[0::2, 0::2], cfa[1::2, 1::2] = rgb[0::2, 0::2, 0], rgb[1::2, 1::2, 2]
-    cfa[0::2, 1::2], cfa[1::2, 0::2] = rgb[0::2, 1::2, 1], rgb[1::2, 0::2, 1]
-    identity = (1, 1, 0, 1, 0, 1, 0, 1, 1, 1, 0, 1, 0, 1, 0, 1, 1, 1)
-    dng = [(ORIENTATION, "H", 1, TURNED_CW, True), (306, "s", 0, DNG_DATE, True),
-           (50706, "B", 4, (1, 4, 0, 0), True), (50708, "s", 0, "retriever test", True),
-           (50721, "2i", 9, identity, True), (50728, "2I", 3, (1, 1) * 3, True),
-           (50778, "H", 1, 21, True)]  # DNGVersion, camera, ColorMatrix1, neutral, D65
-    sensor = [(33421, "H", 2, (2, 2), True), (33422, "B", 4, (0, 1, 1, 2), True),
-              (50714, "H", 1, 0, True), (50717, "H", 1, 4095, True)]  # CFA, black, white
-    with tifffile.TiffWriter(path) as tif:
-        if preview is None:
-            tif.write(cfa, photometric=32803, extratags=dng + sensor)
-        else:
-            tif.write(halves(*preview), photometric="rgb", subfiletype=1, subifds=1,
-                      extratags=dng)
-            tif.write(cfa, photometric=32803, extratags=sensor)
-    return path
+from .helpers import DNG_DATE, write_dng, write_heic
 
 
 def assert_upright(im: Image.Image) -> None:
@@ -110,7 +62,7 @@ def test_broken_raw_is_an_image_error(tmp_path):
 
 
 def test_heic_and_dng_index_and_search_like_jpegs(tmp_path, cli):
-    from tests.conftest import write_photo
+    from tests.helpers import write_photo
 
     root = tmp_path / "media"
     root.mkdir()

@@ -8,10 +8,9 @@ stderr and no traceback. Text from files is printed as plain text with controls 
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -20,9 +19,9 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 import cli
-from retriever.server.remote import SERVE_FILE
+from retriever.server.discovery import socket_paths
 
-from .test_server import indexed_media
+from .helpers import indexed_media
 
 TINY = ("--model", "retriever-tiny", "--pretrained", "none")
 # Any control character but the newline that ends a line (C0, DEL, C1, line/bidi controls).
@@ -184,7 +183,7 @@ def hostile(tmp_path_factory, tiny_encoder):
     from retriever.ingest.pipeline import IngestOptions, ingest_media
     from retriever.library.collection import Collection
 
-    from .conftest import write_photo
+    from .helpers import write_photo
 
     root = tmp_path_factory.mktemp("hostile-media")
     for n, text in enumerate(HOSTILE_TEXT):
@@ -249,7 +248,7 @@ def test_previews_in_a_terminal_print_file_text_plainly(hostile, tiny_encoder, m
                                                soft_wrap=True, emoji=False, width=1000))
     collection = Collection.open(hostile / ".retriever")
     results = search(collection, tiny_encoder, Query("passage", k=100))
-    cli._print_previews(results, collection)
+    cli._print_previews(results, collection, cli.read_settings())  # TERM, as a command reads it
     collection.close()
     shown = re.sub(r"\x1b_G[^\x1b]*\x1b\\", "", capsys.readouterr().out)  # drop the images
     assert_plain(shown)
@@ -274,24 +273,20 @@ def test_error_messages_naming_a_file_stay_one_line(tmp_path):
     assert "two\\nlines [/b].jpg" in result.stderr
 
 
-# --- item 5: a planted serve.json sends nothing anywhere ------------------------------------
+# --- item 5: a planted server socket sends nothing anywhere ---------------------------------
 
 class Listener:
-    """A loopback socket that must never be connected to."""
+    """A Unix socket at `path` that must never be connected to."""
 
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.bind(str(path))
         self.sock.listen()
         self.sock.settimeout(0.2)
         self.connections = 0
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._accept, daemon=True)
         self.thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.sock.getsockname()[1]}"
 
     def _accept(self) -> None:
         while not self.stop.is_set():
@@ -308,27 +303,28 @@ class Listener:
         self.sock.close()
 
 
-@pytest.mark.parametrize("planted", ["pid 1", "external url", "host name", "other process",
-                                     "other port"])
-def test_a_planted_serve_json_is_not_trusted(media, tmp_path, planted):
+@pytest.mark.parametrize("planted", ["a file naming a socket", "a link to a socket",
+                                     "another user's socket"])
+def test_a_planted_server_socket_is_not_trusted(media, tmp_path, planted):
+    """Where `retriever serve` puts its socket (retriever.server.discovery), anything but this
+    user's socket is never connected to: the search is answered here."""
     root, collection = media
-    listener = Listener()
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    port = listener.url.rsplit(":", 1)[1]
-    pid, url = {"pid 1": (1, listener.url), "external url": (sleeper.pid, "http://10.9.8.7:80"),
-                "host name": (sleeper.pid, f"http://localhost:{port}"),
-                "other process": (sleeper.pid, listener.url),
-                "other port": (sleeper.pid, f"http://127.0.0.1:{int(port) + 1}")}[planted]
-    served = collection.directory / SERVE_FILE
+    if planted == "another user's socket" and os.geteuid() != 0:
+        pytest.skip("making another user's socket needs root")
+    served = socket_paths(collection.directory)[0]
+    elsewhere = tmp_path / "listener.sock"
+    listener = Listener(served if planted == "another user's socket" else elsewhere)
     try:
-        served.write_text(json.dumps({"url": url, "pid": pid,
-                                      "directory": str(collection.directory.resolve())}))
+        if planted == "a file naming a socket":
+            served.write_text(json.dumps({"socket": str(elsewhere), "pid": os.getpid()}))
+        elif planted == "a link to a socket":
+            served.symlink_to(elsewhere)
+        else:
+            os.chown(served, 65534, 65534)  # nobody's
         result = invoke("search", "red", "--to", "all", "--json", "--db", collection.directory)
         assert result.exit_code == 0, result.output
         assert len(result.stdout.splitlines()) == 10  # answered here
     finally:
         served.unlink()
-        sleeper.kill()
-        sleeper.wait()
         listener.close()
     assert listener.connections == 0

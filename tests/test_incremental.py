@@ -17,7 +17,7 @@ from retriever.ingest.pipeline import IngestOptions, ingest_media
 from retriever.library.collection import Collection
 from retriever.search.query import Query, search
 
-from .conftest import write_photo
+from .helpers import write_photo
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -217,10 +217,11 @@ def test_bytes_that_move_to_a_new_file_while_the_old_one_changes_are_encoded(tmp
 
 
 HOLD_THE_LOCK = """
-import sys
+import os, sys
 from pathlib import Path
 from retriever.library.collection import Collection
-with Collection.open(Path(sys.argv[1])).writing():
+# as the CLI's --store reads it: on PostgreSQL, the test's database
+with Collection.open(Path(sys.argv[1]), store_url=os.environ.get("RETRIEVER_STORE_URL")).writing():
     print("holding", flush=True)
     sys.stdin.read()  # until the test closes it
 """

@@ -8,40 +8,14 @@ for nothing there, or one SmallFileError naming the file and the problem in one 
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import pytest
 
 from retriever.errors import SmallFileError
 from retriever.jsonfile import MAX_BYTES, read_json, read_small
 
-DEEP = 100_000  # arrays nested: far past Python's recursion limit
+from .helpers import SHAPES, plant
 
-
-def plant(path: Path, shape: str) -> None:
-    """Put something at `path` that is not a small JSON file of retriever's."""
-    if shape == "fifo":  # opening it for reading would wait for a writer forever
-        os.mkfifo(path)
-    elif shape == "/dev/zero":  # reading it never ends
-        path.symlink_to("/dev/zero")
-    elif shape == "directory":
-        path.mkdir()
-    elif shape == "huge":  # valid JSON, one byte over the cap
-        path.write_bytes(b"[" + b" " * (MAX_BYTES - 1) + b"]")
-    elif shape == "nested":
-        path.write_text("[" * DEEP + "]" * DEEP)
-    elif shape == "truncated":
-        path.write_text('{"roots": ["/home/me/Pic')
-    elif shape == "not utf-8":
-        path.write_bytes(b'{"roots": ["\xff\xfe"]}')
-    elif shape == "empty":
-        path.write_bytes(b"")
-    else:
-        raise AssertionError(shape)
-
-
-SHAPES = ("fifo", "/dev/zero", "directory", "huge", "nested", "truncated", "not utf-8", "empty")
 PROBLEMS = {"fifo": "not a regular file", "/dev/zero": "not a regular file",
             "directory": "not a regular file", "huge": f"larger than {MAX_BYTES} bytes",
             "nested": "nested too deeply", "truncated": "not valid JSON",

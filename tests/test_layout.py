@@ -1,13 +1,15 @@
-"""The folders keep the architecture they show (tests/check_layout.py, runnable by anyone)."""
+"""The folders keep the architecture they show (tests/check_layout.py, runnable by anyone).
+
+Each rule is proved able to fail on a small tree planted under tmp_path (never the source
+tree), and the real tree passes them all."""
 
 from __future__ import annotations
 
-import ast
+from . import check_layout
+from .check_layout import MAX_FUNCTION_LINES, MAX_MODULE_LINES, unlayered, violations
 
-from .check_layout import ROOT, source_files, unlayered, violations
 
-
-def test_storage_has_one_door_and_imports_go_one_way():
+def test_the_tree_keeps_every_rule():
     assert violations() == []
 
 
@@ -25,34 +27,102 @@ def probe_tree(root, modules: dict[str, str]):
     return root
 
 
+def found_in(root, name: str) -> list[str]:
+    """The violations reported for the module `name` of the tree at `root`."""
+    return [line for line in violations(root) if line.startswith(name)]
+
+
 def test_a_module_outside_every_layer_is_reported(tmp_path):
     """A new top-level module of retriever/, a new package, a new top-level package: in no
     layer until LAYERS places them; those it places are not reported."""
     root = probe_tree(tmp_path, {"retriever/newthing.py": "", "retriever/newpkg/__init__.py": "",
                                  "retriever/newpkg/part.py": "", "retriever/errors.py": "",
-                                 "retriever/media/scan.py": "", "other/__init__.py": ""})
+                                 "retriever/settings.py": "", "retriever/media/scan.py": "",
+                                 "other/__init__.py": ""})
     assert sorted(unlayered(root)) == ["retriever.newpkg", "retriever.newpkg.part",
                                        "retriever.newthing"]
 
 
-def test_the_check_finds_what_it_looks_for(tmp_path):
-    """A module outside the storage layer touching .store, and an import upwards, are both
-    reported: the check can fail. The probe is written under tmp_path, never the source tree."""
-    root = probe_tree(tmp_path, {"retriever/media/_layout_probe.py":
+def test_an_upward_import_is_reported(tmp_path):
+    root = probe_tree(tmp_path, {"retriever/media/probe.py":
                                  "from retriever.search.query import search\n\n"
-                                 "def f(collection):\n    return collection.store.counts()\n"})
+                                 "def f():\n    from ..library import collection\n"})
+    found = found_in(root, "retriever/media/probe.py")
+    assert any(":1: retriever.media.probe imports retriever.search.query, a layer above" in line
+               for line in found)
+    assert any(":4: retriever.media.probe imports retriever.library, a layer above" in line
+               for line in found)
+
+
+def test_store_is_touched_only_by_index_and_the_collection(tmp_path):
+    """Anywhere else, library/ included, `.store` is reported; index/ and the collection
+    may."""
+    touch = "def f(collection):\n    return collection.store.counts()\n"
+    root = probe_tree(tmp_path, {"retriever/media/probe.py": touch,
+                                 "retriever/library/thumbnails.py": touch,
+                                 "retriever/library/collection.py": touch,
+                                 "index/store.py": touch})
+    found = [line for line in violations(root) if "touches .store" in line]
+    assert sorted(line.split(": ")[0] for line in found) == [
+        "retriever/library/thumbnails.py:2", "retriever/media/probe.py:2"]
+
+
+def test_the_environment_is_read_only_at_the_edge(tmp_path):
+    """os.environ in any form, os.getenv and `from os import environ` are reads outside the
+    edge; `**os.environ` hands the environment on to a child; cli.py and retriever/settings.py
+    read freely, an edge module only in its named functions."""
+    reads = ("import os\nfrom os import environ\n\n"
+             "def f(settings):\n"
+             "    a = os.environ['A']\n"  # 5
+             "    b = os.environ.get('B')\n"  # 6
+             "    c = os.getenv('C')\n"  # 7
+             "    d = settings.from_environ(os.environ)\n"  # 8
+             "    child = {**os.environ, 'PATH': '/bin'}\n"  # 9: handed on, not read
+             "    return a, b, c, d, child, environ\n")
+    root = probe_tree(tmp_path, {"retriever/media/probe.py": reads, "retriever/settings.py": reads,
+                                 "cli.py": reads, "retriever/training/distributed.py":
+                                 reads + "\ndef launched_process():\n    return os.environ\n"})
+    lines = [line.split(": ")[0] for line in violations(root) if "reads the environment" in line]
+    assert [line for line in lines if line.startswith("retriever/media/")] == [
+        f"retriever/media/probe.py:{n}" for n in (2, 5, 6, 7, 8)]
+    assert not [line for line in lines if line.startswith(("cli.py", "retriever/settings.py"))]
+    assert "retriever/training/distributed.py:5" in lines  # not the edge function
+    assert "retriever/training/distributed.py:13" not in lines  # launched_process
+
+
+def test_the_orm_is_imported_nowhere(tmp_path):
+    root = probe_tree(tmp_path, {
+        "index/probe.py": "from sqlalchemy.orm import Session\nimport sqlalchemy.orm\n"
+                          "from sqlalchemy import orm, select\n"
+                          "from sqlalchemy.ext.declarative import declarative_base\n",
+        "index/core.py": "from sqlalchemy import select, text\n"})
+    found = [line.split(": ")[0] for line in violations(root) if "imports the ORM" in line]
+    assert found == [f"index/probe.py:{n}" for n in (1, 2, 4, 3)]
+
+
+def test_long_functions_and_modules_are_reported(tmp_path):
+    body = "".join(f"    x{n} = {n}\n" for n in range(MAX_FUNCTION_LINES - 2))
+    fits, over = f"def fits():\n{body}    return 0\n", f"async def over():\n{body}    x = 1\n" \
+        "    return x\n"
+    root = probe_tree(tmp_path, {"retriever/media/probe.py": fits + over,
+                                 "tests/test_probe.py": over,
+                                 "index/big.py": "x = 1\n" * MAX_MODULE_LINES,
+                                 "index/bigger.py": "x = 1\n" * (MAX_MODULE_LINES + 1),
+                                 "cli.py": "x = 1\n" * (MAX_MODULE_LINES + 1)})
     found = violations(root)
-    assert any("_layout_probe.py:4: touches .store" in line for line in found)
-    assert any("imports retriever.search.query, a layer above" in line for line in found)
+    assert [line for line in found if "lines, over" in line] == [
+        f"retriever/media/probe.py:{MAX_FUNCTION_LINES + 1}: over is "
+        f"{MAX_FUNCTION_LINES + 1} lines, over {MAX_FUNCTION_LINES}",
+        f"index/bigger.py: {MAX_MODULE_LINES + 1} lines, over {MAX_MODULE_LINES}: split it "
+        "by job",
+        f"tests/test_probe.py:1: over is {MAX_FUNCTION_LINES + 1} lines, over "
+        f"{MAX_FUNCTION_LINES}"]
 
 
-def test_no_function_is_longer_than_sixty_lines():
-    long = []
-    for path in [*source_files(), *sorted((ROOT / "tests").glob("*.py")),
-                 *sorted((ROOT / "bench").glob("*.py"))]:
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-                lines = (node.end_lineno or node.lineno) - node.lineno + 1
-                if lines > 60:
-                    long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} {lines}")
-    assert long == []
+def test_the_edges_named_exist():
+    """An edge that names a module or function no longer there would silently allow nothing:
+    each is in the tree."""
+    for relative, functions in check_layout.EDGES.items():
+        source = (check_layout.ROOT / relative).read_text()
+        for function in functions:
+            assert f"def {function.split('.')[-1]}(" in source, (relative, function)

@@ -13,8 +13,7 @@ from retriever.encoding.prompts import DEFAULT_TEMPLATES
 from retriever.search.query import CHARS_PER_TOKEN  # queries are cut to the same
 from retriever.training.synthetic import write_captioned_images
 
-from .conftest import write_photo
-from .test_classification import write_colour_folders
+from .helpers import write_colour_folders, write_photo
 
 TINY_ARGS = ("--model", "retriever-tiny", "--pretrained", "none")
 CONTEXT = 32  # retriever-tiny's context length

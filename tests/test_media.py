@@ -11,7 +11,7 @@ from retriever.media.images import open_image
 from retriever.media.passages import read_text, split_passages
 from retriever.media.scan import IMAGE, TEXT, scan
 
-from .conftest import write_photo
+from .helpers import write_photo
 
 
 def test_scan_finds_images_and_texts_and_links_sidecars(media_folder):

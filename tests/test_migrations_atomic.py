@@ -21,9 +21,8 @@ from index.migrations import LATEST
 from index.store import Store
 from retriever.errors import DiskFull
 
-from .test_store import engine_at_version
+from .helpers import engine_at_version
 
-# every way SQLAlchemy hands the driver a statement, and its commit
 STEPS = ("do_execute", "do_execute_no_params", "do_executemany", "do_commit")
 SQLITE_FULL = 13
 

@@ -16,13 +16,14 @@ import open_clip
 import pytest
 
 from retriever.demo import DemoConfig, run_demo
+from retriever.encoding.checkpoints import model_fingerprint
 from retriever.encoding.clip_encoder import ClipEncoder
-from retriever.encoding.models import ModelSpec, load_model, model_fingerprint
+from retriever.encoding.models import ModelSpec, load_model
 from retriever.errors import ModelMismatch
 from retriever.ingest.pipeline import IngestOptions, ingest_media
 from retriever.library.collection import Collection
 
-from .conftest import COLOURS, write_photo
+from .helpers import COLOURS, write_photo
 
 EDITS = {  # another dimension, and the same dimension with another architecture
     "embed_dim 64 -> 32": lambda cfg: cfg.update(embed_dim=32),
@@ -63,17 +64,17 @@ def test_a_store_without_a_fingerprint_records_the_model_it_is_given(tmp_path, p
                                                                      tiny_encoder):
     collection = Collection.open(tmp_path / "index")
     ingest_media(collection, tiny_encoder, IngestOptions((photos,)))
-    record = collection.model()
+    record = collection.reads.model()
     assert record is not None and record.fingerprint == model_fingerprint(tiny_encoder.loaded)
     from dataclasses import replace
 
     collection.store.set_model(replace(record, fingerprint=None))  # as stores before v4 are
     ingest_media(collection, tiny_encoder, IngestOptions((photos,)))
-    assert collection.model() == record
+    assert collection.reads.model() == record
 
 
 def test_weights_changed_behind_the_same_checkpoint_path_are_refused(tmp_path, photos):
-    from retriever.encoding.models import save_checkpoint
+    from retriever.encoding.checkpoints import save_checkpoint
 
     loaded = load_model(ModelSpec("retriever-tiny", "none"))
     checkpoint = tmp_path / "tuned.pt"
@@ -96,7 +97,7 @@ def test_the_demo_index_is_searched_with_the_trained_checkpoint(tmp_path, cli, m
     result = run_demo(DemoConfig(tmp_path / "demo", images=24, epochs=1), log=lambda _: None)
     checkpoint = tmp_path / "demo" / "retriever-tiny-demo.pt"
     collection = Collection.open(result.media / ".retriever")
-    model = collection.model()
+    model = collection.reads.model()
     assert model is not None and model.pretrained == str(checkpoint.resolve())
     monkeypatch.chdir(result.media)
     monkeypatch.setenv("RETRIEVER_BACKEND", "auto")  # as a user runs it: the ONNX export
@@ -120,7 +121,7 @@ def broken(loaded, poison: float = float("nan")):
 
 @pytest.mark.parametrize("poison", [float("nan"), float("inf")])
 def test_a_model_giving_non_finite_vectors_stores_nothing(tmp_path, photos, cli, poison):
-    from retriever.encoding.models import save_checkpoint
+    from retriever.encoding.checkpoints import save_checkpoint
 
     checkpoint = tmp_path / "diverged.pt"
     save_checkpoint(checkpoint, broken(load_model(ModelSpec("retriever-tiny", "none")), poison))
@@ -130,7 +131,7 @@ def test_a_model_giving_non_finite_vectors_stores_nothing(tmp_path, photos, cli,
     lines = [line for line in result.stderr.splitlines() if not line.startswith("note: ")]
     assert len(lines) == 1 and "NaN or inf" in lines[0], result.stderr
     collection = Collection.open(db)
-    assert collection.model() is None and collection.store.counts().files == 0
+    assert collection.reads.model() is None and collection.reads.counts().files == 0
 
 
 def test_a_file_the_model_gives_a_non_finite_vector_is_reported_and_skipped(
@@ -152,7 +153,9 @@ def test_a_file_the_model_gives_a_non_finite_vector_is_reported_and_skipped(
 
 
 def test_the_store_refuses_a_non_finite_vector(tmp_path):
-    from index.store import IMAGE, FileRecord, ItemRecord, Store
+    from index.kinds import IMAGE
+    from index.records import FileRecord, ItemRecord
+    from index.store import Store
 
     store = Store(f"sqlite:///{tmp_path / 'store.db'}")
     bad = ItemRecord(IMAGE, 0, None, np.array([np.nan, 1.0], np.float32))

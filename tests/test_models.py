@@ -14,11 +14,12 @@ import pytest
 import torch
 from PIL import Image
 
+from retriever.encoding.checkpoints import save_checkpoint
 from retriever.encoding.clip_encoder import ClipEncoder
-from retriever.encoding.models import ModelSpec, load_model, save_checkpoint
+from retriever.encoding.models import ModelSpec, load_model
 from retriever.errors import CheckpointError, ModelMismatch, ModelNotFound, WeightsUnavailable
 
-from .conftest import TINY
+from .helpers import TINY
 
 TEXTS = ["a red disc", "blue sky over a green field", "notes"]
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,25 +8,16 @@ import shutil
 from pathlib import Path
 
 import pytest
-from PIL import Image, ImageDraw, ImageFont
+
+from .helpers import write_invoice
 
 needs_tesseract = pytest.mark.skipif(shutil.which("tesseract") is None,
                                      reason="tesseract-ocr is not installed (.ci/run installs it)")
 
 
-def write_invoice(path: Path) -> Path:
-    image = Image.new("RGB", (640, 220), "white")
-    draw = ImageDraw.Draw(image)
-    font = ImageFont.load_default(size=40)
-    draw.text((24, 30), "INVOICE 2023", fill="black", font=font)
-    draw.text((24, 120), "TOTAL 45.00", fill="black", font=font)
-    image.save(path)
-    return path
-
-
 @needs_tesseract
 def test_words_in_an_image_are_found_by_text_search(tmp_path, cli):
-    from tests.conftest import write_photo
+    from tests.helpers import write_photo
 
     root = tmp_path / "media"
     write_photo(root / "disc.jpg", (220, 30, 30))

@@ -91,7 +91,7 @@ def running(pid: int) -> bool:
 @pytest.mark.skipif(shutil.which("tesseract") is None,
                     reason="tesseract-ocr is not installed (.ci/run installs it)")
 def test_real_tesseract_reads_words_and_writes_nothing(tmp_path, monkeypatch):
-    from tests.test_ocr import write_invoice
+    from tests.helpers import write_invoice
 
     private = tmp_path / "private"
     private.mkdir(mode=0o700)

@@ -10,14 +10,15 @@ import numpy as np
 import pytest
 
 from index import ann, ondisk
-from index.ann import ENV_ON_DISK, AnnConfig
+from index import saved as saved_module
+from index.ann import ENV_ON_DISK, AnnConfig, configured
+from index.kinds import IMAGE
 from index.ondisk import DiskIndex, wanted
-from index.store import IMAGE, ModelRecord
+from index.records import ModelRecord
 from index.vectors import VectorIndex
 from retriever.errors import UsageError
-from retriever.library import collection as collection_module
 from retriever.library.collection import Collection
-from tests.clustered import clustered, files
+from tests.helpers import clustered, files, user_settings
 
 DIM = 32
 N = 3000
@@ -116,7 +117,7 @@ def test_a_removed_id_never_comes_back_and_k_live_ones_do(saved):
 
 def test_an_index_saved_whole_again_has_no_deltas_to_hold(saved, monkeypatch):
     folder, kind = saved
-    monkeypatch.setattr(collection_module, "MAX_DELTAS", 1)
+    monkeypatch.setattr(saved_module, "MAX_DELTAS", 1)
     for seed in range(2):  # a delta, then (one is the most) the whole index again
         run(folder, kind, lambda c, s=seed: c.write_files(
             files(clustered(5, seed=s), start=N + 5 * s)))
@@ -140,11 +141,10 @@ def test_a_damaged_file_is_a_rebuild_from_the_store(saved, name):
     assert len(searcher) == N + 200 - 60 - 50 + 10
 
 
-def test_on_a_gpu_the_index_stays_in_memory(saved, monkeypatch):
-    folder, _ = saved
-    monkeypatch.setattr(collection_module, "gpu_visible", lambda: True)
-    assert isinstance(Collection.open(folder, AnnConfig(on_disk="yes")).searcher(IMAGE),
-                      VectorIndex)
+def test_on_a_gpu_the_index_stays_in_memory(saved):
+    folder, _ = saved  # `Settings.gpu`: FAISS sees a GPU here
+    assert isinstance(Collection.open(folder, AnnConfig(on_disk="yes", gpu=True))
+                      .searcher(IMAGE), VectorIndex)
 
 
 def test_a_flat_index_keeps_its_mirror(tmp_path):
@@ -162,13 +162,14 @@ def test_a_flat_index_keeps_its_mirror(tmp_path):
 
 def test_the_setting_comes_from_the_environment_and_a_bad_one_is_one_line(saved, monkeypatch):
     folder, _ = saved
-    monkeypatch.setenv(ENV_ON_DISK, "yes")
-    assert AnnConfig().on_disk == "yes"
-    assert isinstance(Collection.open(folder).searcher(IMAGE), DiskIndex)
+    monkeypatch.setenv(ENV_ON_DISK, "yes")  # read as the CLI reads it (retriever.settings)
+    assert configured(user_settings()).on_disk == "yes"
+    assert isinstance(Collection.open(folder, configured(user_settings())).searcher(IMAGE),
+                      DiskIndex)
     monkeypatch.setenv(ENV_ON_DISK, "sometimes")
     with pytest.raises(UsageError, match=r"\$RETRIEVER_INDEX_ON_DISK 'sometimes': use one of "
                                          r"auto, yes, no"):
-        Collection.open(folder).searcher(IMAGE)
+        Collection.open(folder, configured(user_settings())).searcher(IMAGE)
 
 
 def test_auto_maps_a_file_over_a_share_of_the_memory_available(tmp_path, monkeypatch):

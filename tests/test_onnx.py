@@ -26,7 +26,7 @@ from retriever.encoding.tokenizer import ClipTokenizer
 from retriever.ingest.pipeline import IngestOptions, ingest_media
 from retriever.library.collection import Collection
 
-from .conftest import COLOURS, write_photo
+from .helpers import COLOURS, write_photo
 
 TEXTS = [
     "a red disc", "a photo of a dog on a beach at sunset", "Hello, World! It's 3:45pm",
@@ -132,6 +132,8 @@ print(float((fp32 * int8).sum(1).min()))
 """
 
 
+@pytest.mark.valgrind
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("valgrind") is None, reason="needs valgrind")
 def test_int8_stays_close_to_fp32_on_cpus_without_avx512(tmp_path, exported, photos):
     """valgrind's CPU reports no AVX-512, so ONNX Runtime runs its AVX2 kernels under it,
@@ -148,6 +150,7 @@ def test_int8_stays_close_to_fp32_on_cpus_without_avx512(tmp_path, exported, pho
     assert float(run.stdout.split()[-1]) > 0.999
 
 
+@pytest.mark.slow
 def test_a_query_on_an_exported_index_imports_neither_torch_nor_faiss(tmp_path, photos):
     root = photos[0].parent
     env = {**os.environ, "RETRIEVER_BACKEND": "auto"}
@@ -169,6 +172,7 @@ def test_a_query_on_an_exported_index_imports_neither_torch_nor_faiss(tmp_path, 
     assert len(rows) == len(photos) and all(r["kind"] == "image" for r in rows)
 
 
+@pytest.mark.slow
 def test_auto_backend_index_and_search_equal_torch(tmp_path, cli, monkeypatch, media_folder):
     """The default (ONNX on CPU) ranks exactly as torch does, through the real CLI."""
     results = {}
@@ -190,8 +194,9 @@ def test_auto_backend_index_and_search_equal_torch(tmp_path, cli, monkeypatch, m
     assert np.allclose([r["score"] for r in onnx], [r["score"] for r in torch_], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_export_is_cached_per_model_and_redone_when_the_weights_change(tmp_path, tiny_encoder):
-    from retriever.encoding.models import save_checkpoint
+    from retriever.encoding.checkpoints import save_checkpoint
 
     weights = tmp_path / "tiny.pt"
     save_checkpoint(weights, tiny_encoder.loaded)
@@ -254,7 +259,7 @@ def test_export_leaves_the_model_as_it_came(tmp_path):
     from retriever.encoding.clip_encoder import ClipEncoder
     from retriever.encoding.models import load_model
 
-    from .conftest import TINY
+    from .helpers import TINY
 
     encoder = ClipEncoder(load_model(TINY))
     images = [Image.new("RGB", (40, 30), c) for c in [(200, 0, 0), (0, 0, 200)]]

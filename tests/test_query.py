@@ -18,7 +18,7 @@ from retriever.library.collection import Collection
 from retriever.present.preview import KITTY_CHUNK, inline_image, terminal_protocol
 from retriever.search.query import Query, Term, parse_date, parse_term, query_vector, search
 
-from .conftest import write_photo
+from .helpers import write_photo
 
 COLOURS = [(220, 30, 30), (30, 200, 60), (30, 60, 220), (230, 210, 20), (20, 20, 20),
            (140, 40, 170), (250, 250, 250), (120, 60, 20)]

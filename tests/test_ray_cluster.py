@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import write_photo
-from .test_ray_engine import assert_same, files, index, with_reader_hook
+from .helpers import assert_same, file_states, index, with_reader_hook, write_photo
 
 READ_PAUSE = 0.3  # seconds each read waits: 45 files on two reading CPUs, about 7 s
 NODE = {"num_cpus": 1, "object_store_memory": 96 * 2**20}  # the store's floor is 75 MiB
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Ray's own
+pytestmark = [pytest.mark.ray, pytest.mark.slow,
+              pytest.mark.filterwarnings("ignore::DeprecationWarning")]  # Ray's own
 
 
 @pytest.fixture
@@ -95,5 +95,5 @@ def test_a_node_removed_mid_run_loses_nothing_and_stores_nothing_twice(cluster, 
     assert sum(node["Alive"] for node in ray.nodes()) == 2
     assert ray_run.counts == local.counts  # files and items: nothing twice, nothing lost
     assert ray_run.report.failures == local.report.failures  # broken.jpg alone
-    assert files(tmp_path / "ray").keys() == files(tmp_path / "local").keys()
+    assert file_states(tmp_path / "ray").keys() == file_states(tmp_path / "local").keys()
     assert_same(tmp_path / "ray", tmp_path / "local")

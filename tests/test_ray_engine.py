@@ -22,18 +22,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from index.store import Store
-from retriever.encoding.specs import ModelSpec
 from retriever.ingest.pipeline import IngestOptions
-from retriever.ingest.run import IngestOutcome, IngestRequest, ingest_folders
 
-from .conftest import write_photo
+from .helpers import assert_same, contents, file_states, index, with_reader_hook, write_photo
 from .postgres import Stores
-from .test_faults import contents
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = 60
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Ray's own
+pytestmark = [pytest.mark.ray,
+              pytest.mark.filterwarnings("ignore::DeprecationWarning")]  # Ray's own
 
 
 @pytest.fixture(scope="module")
@@ -62,19 +59,6 @@ def media(tmp_path_factory) -> Path:
     return root
 
 
-def index(media: Path, db: Path, engine: str, progress=None, **options) -> IngestOutcome:
-    options = IngestOptions((media,), batch_size=8, **options)
-    return ingest_folders(IngestRequest(options, db, ModelSpec("retriever-tiny", "none"), "torch",
-                                      engine=engine), progress)
-
-
-def files(db: Path) -> dict:
-    store = Store(f"sqlite:///{db / 'store.db'}")
-    states = store.file_states()
-    store.close()
-    return states
-
-
 def stored_files(db: Path) -> int:
     """Files in the store as a reader sees it while a writer works (0 before it has any)."""
     try:
@@ -82,15 +66,6 @@ def stored_files(db: Path) -> int:
             return con.execute("SELECT count(*) FROM files").fetchone()[0]
     except sqlite3.Error:  # not created yet
         return 0
-
-
-def assert_same(db: Path, clean: Path) -> None:
-    """Same files (sizes, times, hashes), same items, vectors within 1e-5."""
-    assert files(db) == files(clean)
-    got, want = contents(db, Stores(None, db)), contents(clean, Stores(None, clean))
-    assert got.keys() == want.keys()
-    for key, vector in got.items():
-        np.testing.assert_allclose(vector, want[key], atol=1e-5)
 
 
 def test_ray_indexes_what_local_does_then_nothing(ray_address, media, tmp_path):
@@ -121,7 +96,7 @@ def test_killed_driver_then_rerun_indexes_every_file_once(ray_address, media, tm
         committed = stored_files(db)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    total = len(files(tmp_path / "clean"))
+    total = len(file_states(tmp_path / "clean"))
     assert 0 < committed < total, f"{committed} of {total} files stored at the kill"
     kept = contents(db, Stores(None, db))
 
@@ -134,13 +109,13 @@ def test_killed_driver_then_rerun_indexes_every_file_once(ray_address, media, tm
 def test_a_worker_with_other_weights_is_refused(ray_address, media, tiny_encoder):
     """Each actor builds the model from its names; weights that differ there are not used."""
     from retriever.errors import ModelMismatch
-    from retriever.ingest.pipeline import IngestOptions, _reader
     from retriever.ingest.ray_engine import RayEngine
+    from retriever.ingest.reader import reader_for
     from retriever.media.scan import scan
 
     engine = RayEngine(tiny_encoder, "torch", None, 60.0)
     engine._model = replace(engine._model, fingerprint="0" * 64)  # as another machine's differ
-    read = _reader(tiny_encoder.input_spec(), {}, IngestOptions((media,)))
+    read = reader_for(tiny_encoder.input_spec(), {}, IngestOptions((media,)))
     with pytest.raises(ModelMismatch, match="is not the driver's model"), engine:
         list(engine.chunks(scan([media], (), False).files[:4], read, 4))
 
@@ -164,11 +139,11 @@ def test_a_ray_address_needs_the_ray_engine(cli, media, tmp_path):
 def test_a_read_task_reads_photos_without_torch_and_texts_alike(media, tiny_encoder, tmp_path):
     """The reader a read task unpickles: a photo read without importing torch (open_clip's
     tokenizer is only unpickled for a text), and both read as the driver reads them."""
-    from retriever.ingest.pipeline import IngestOptions, _reader
     from retriever.ingest.ray_engine import _for_tasks
+    from retriever.ingest.reader import reader_for
     from retriever.media.scan import scan
 
-    read = _reader(tiny_encoder.input_spec(), {}, IngestOptions((media,)))
+    read = reader_for(tiny_encoder.input_spec(), {}, IngestOptions((media,)))
     found = {f.path.name: f for f in scan([media], (), False).files}
     photo, note = found["p003.jpg"], found["n5.md"]
     (tmp_path / "task.pkl").write_bytes(pickle.dumps((_for_tasks(read), photo, note)))
@@ -181,8 +156,8 @@ def test_a_read_task_reads_photos_without_torch_and_texts_alike(media, tiny_enco
     got_photo, torch_for_photo, got_note, torch_for_note = pickle.loads(
         (tmp_path / "out.pkl").read_bytes())
     assert (torch_for_photo, torch_for_note) == (False, True)
-    np.testing.assert_array_equal(got_photo.pixels.data, read(photo).pixels.data)
-    assert got_note.passages == read(note).passages and len(got_note.passages) > 1
+    np.testing.assert_array_equal(got_photo.decoded.pixels.data, read(photo).decoded.pixels.data)
+    assert got_note.decoded == read(note).decoded and len(got_note.decoded) > 1
 
 
 def test_known_hashes_hold_each_hash_by_its_first_64_bits():
@@ -261,26 +236,6 @@ def test_the_modules_ray_and_a_ray_started_for_a_run_are_on_loopback_alone(ray_a
     assert gcs.startswith("127.0.0.1:") and nodes == ["127.0.0.1"]
 
 
-def with_reader_hook(monkeypatch, hook) -> None:
-    """Read tasks call `hook(media)` before each file they read (shipped to the workers by
-    value, as a closure): a stand-in for a hostile file or a slow machine."""
-    from retriever.ingest import ray_engine
-
-    shipped = ray_engine._for_tasks
-
-    def for_tasks(read):
-        inner = shipped(read)
-
-        def hooked(media):
-            hook(media)
-            return inner(media)
-
-        hooked.spec = inner.spec  # type: ignore[attr-defined]  # as a read task looks at it
-        return hooked
-
-    monkeypatch.setattr(ray_engine, "_for_tasks", for_tasks)
-
-
 def test_a_file_that_kills_its_read_task_is_one_failure_and_the_rest_is_stored(
         ray_address, media, tmp_path, monkeypatch):
     """A read task that dies (here: its process exits on one file, as an OOM kill or a
@@ -297,7 +252,7 @@ def test_a_file_that_kills_its_read_task_is_one_failure_and_the_rest_is_stored(
     assert len(died) == 1 and "reader process died" in died[0].reason
     assert sorted(f.path for f in ray.report.failures) == sorted(
         [str(media / "p007.jpg"), str(media / "broken.jpg")])
-    assert set(files(tmp_path / "local")) - set(files(tmp_path / "ray")) == {
+    assert set(file_states(tmp_path / "local")) - set(file_states(tmp_path / "ray")) == {
         str(media / "p007.jpg")}  # every other file stored
     assert ray.counts.images == local.counts.images - 1
 

@@ -10,13 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from index.store import FailureRecord
-from retriever.ingest.pipeline import IngestOptions, IngestReport, PreparedFile, ingest_media
-from retriever.ingest import pipeline as indexer
+from index.records import FailureRecord
+from retriever.ingest import handlers, readers
+from retriever.ingest.handlers import PreparedFile
+from retriever.ingest.pipeline import IngestOptions, IngestReport, ingest_media
 from retriever.library.collection import Collection
 from retriever.media.scan import IMAGE, MediaFile, path_key
 
-from .conftest import write_photo
+from .helpers import write_photo
 
 SLOW = {"image": ("load_pixels", "slow.jpg"), "text": ("read_text", "slow-note.txt")}
 
@@ -47,14 +48,14 @@ def index(tiny_encoder, tmp_path):
 def slowed(monkeypatch, kind: str, work) -> None:
     """Reading the `kind` file named slow.* runs `work` first."""
     name, file = SLOW[kind]
-    real = getattr(indexer, name)
+    real = getattr(handlers, name)
 
     def read(fh, *args):
         if Path(fh.name).name == file:
             work()
         return real(fh, *args)
 
-    monkeypatch.setattr(indexer, name, read)
+    monkeypatch.setattr(handlers, name, read)
 
 
 def spin(stop: threading.Event) -> None:
@@ -118,5 +119,5 @@ def test_reads_waiting_in_a_queue_are_not_given_up(tmp_path):
         time.sleep(1)
         return PreparedFile(media, failure=FailureRecord(str(media.path), "read"))
 
-    done = indexer.read_files(read, files, 0.2, 1)  # type: ignore[arg-type]
+    done = readers.read_files(read, files, 0.2, 1)  # type: ignore[arg-type]
     assert [f.failure.reason for f in done if f.failure] == ["read"] * 6

@@ -34,14 +34,15 @@ from typing import NoReturn
 
 import pytest
 
-from .conftest import COLOURS, write_photo
+from .helpers import COLOURS, write_photo
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADING = "## When one machine is not enough"
 BIN = Path(sys.executable).parent  # the project's environment: retriever, ray
 PHOTOS = 5
 TIMEOUT = 300  # seconds any one command may take
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+pytestmark = [pytest.mark.ray, pytest.mark.postgres, pytest.mark.slow,
+              pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
 
 def readme_commands() -> list[str]:

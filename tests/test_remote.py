@@ -1,19 +1,25 @@
-"""The CLI's way to a running server (retriever.server.remote) against a real one on a
-loopback port.
+"""The CLI's way to a running server (retriever.server.remote) against a real one on its Unix
+socket (retriever.server.discovery), beside a loopback TCP port.
 
 A uvicorn server runs in a thread of this process over a small index; every search through it
 must give exactly what `retriever.search.query.search` gives here, and every failure to answer must
-be `ServerUnavailable` (the CLI then searches locally).
+be `ServerUnavailable` (the CLI then searches locally). A socket is trusted only when it is this
+user's socket file held by this user's live process, which answers at once.
 """
 
 from __future__ import annotations
 
+import http.client
 import http.server
-import json
 import os
 import signal
+import socket
+import socketserver
+import stat
+import struct
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -24,28 +30,43 @@ from pathlib import Path
 import pytest
 import uvicorn
 
-from index.store import ModelRecord
+from index.records import ModelRecord
 from retriever import errors
 from retriever.library.collection import Collection
 from retriever.search.query import Query, Term, search
-from retriever.server.app import Server, ServerSettings, create_app, listen, local_url, withdraw
+from retriever.server.app import ServerSettings, create_app
+from retriever.server.discovery import SOCKET_FILE, runtime_folder, socket_paths
+from retriever.server.lifecycle import Server, announce, listen, withdraw
 from retriever.server.remote import (
-    SERVE_FILE,
+    CONNECT_TIMEOUT,
     ServerUnavailable,
     find_server,
     remote_search,
     request_for,
 )
 
-from .test_server import CAP, OLD, indexed_media, make_media, open_index
+from .helpers import CAP, OLD, indexed_media, make_media, open_index
 
 ROOT = Path(__file__).resolve().parents[1]
+AS_ROOT = pytest.mark.skipif(os.geteuid() != 0, reason="making another user's socket needs root")
+NOBODY = 65534
+OTHER_PYTHON = "/usr/bin/python3"
 
 
 @contextmanager
-def running(collection: Collection, encoder, announce_in: Path | None = None) -> Iterator[str]:
-    """The url of a real server on 127.0.0.1 (port 0: any free one), stopped on exit. It
-    announces itself in `announce_in`, by default the collection's directory."""
+def running(collection: Collection, encoder, announce_in: Path | None = None
+            ) -> Iterator[Path]:
+    """The Unix socket of a real server (`running_on`)."""
+    with running_on(collection, encoder, announce_in) as (address, _port):
+        yield address
+
+
+@contextmanager
+def running_on(collection: Collection, encoder, announce_in: Path | None = None
+               ) -> Iterator[tuple[Path, int]]:
+    """The Unix socket and the TCP port (on 127.0.0.1, port 0: any free one) of a real
+    server, stopped on exit. It announces itself for `announce_in`, by default the
+    collection's directory."""
     app = create_app(collection, encoder, ServerSettings(max_upload_bytes=CAP))
     server = Server(uvicorn.Config(app, log_level="warning"),
                     announce_in or collection.directory)
@@ -53,11 +74,12 @@ def running(collection: Collection, encoder, announce_in: Path | None = None) ->
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
-    while not server.announced.is_set():  # started, and serve.json written (or not writable)
+    while not server.announced.is_set():  # started, and its Unix socket bound (or not)
         assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
         time.sleep(0.01)
+    assert server.announced_at is not None, "the server has no Unix socket"
     try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+        yield server.announced_at.path, sock.getsockname()[1]
     finally:
         server.should_exit = True
         thread.join(timeout=30)
@@ -71,11 +93,12 @@ def media(tmp_path_factory, tiny_encoder):
 
 @pytest.fixture(scope="module")
 def url(media, tiny_encoder):
+    """The running server's address: its Unix socket."""
     with running(media[1], tiny_encoder) as address:
         yield address
 
 
-def through_server(url: str, query: Query) -> list[tuple[int, float]]:
+def through_server(url: Path, query: Query) -> list[tuple[int, float]]:
     request, image = request_for(query)
     return [(row["id"], row["score"]) for row in remote_search(url, request, image)]
 
@@ -94,123 +117,190 @@ def item_id(collection: Collection, encoder, name: str) -> int:
     return next(r.id for r in found if Path(r.path).name == name)
 
 
+def peer_pid(path: Path) -> int:
+    with socket.socket(socket.AF_UNIX) as client:
+        client.connect(str(path))
+        return struct.unpack("3i", client.getsockopt(
+            socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[0]
+
+
 def test_the_server_announces_itself_while_it_runs(media, tiny_encoder):
     _, collection = media
-    announced = collection.directory / SERVE_FILE
     with running(collection, tiny_encoder) as address:
-        written = json.loads(announced.read_text())
-        port = int(address.rsplit(":", 1)[1])
-        assert port != 0 and written["url"] == address  # the port bound, not the 0 asked for
-        assert written["pid"] == os.getpid()
-        assert written["directory"] == str(collection.directory.resolve())
+        assert address in socket_paths(collection.directory)
+        found = os.lstat(address)
+        assert stat.S_ISSOCK(found.st_mode) and stat.S_IMODE(found.st_mode) == 0o600
+        assert found.st_uid == os.geteuid() and peer_pid(address) == os.getpid()
         assert find_server(collection.directory) == address
-    assert not announced.exists() and find_server(collection.directory) is None
+        assert remote_search(address, {"text": "red", "k": 1})
+    assert not address.exists() and find_server(collection.directory) is None
 
 
-@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
-def test_serve_forever_withdraws_the_file_on_ctrl_c_and_sigterm(tmp_path, stop):
-    """In a process of its own: uvicorn re-raises a SIGTERM after shutting down, and its
-    default action would end the process before a `finally` could remove the file."""
-    script = textwrap.dedent("""
-        import sys
-        from pathlib import Path
-        from starlette.applications import Starlette
-        from retriever.server.app import listen, serve_forever
-        serve_forever(Starlette(), listen("127.0.0.1", 0), Path(sys.argv[1]))
-    """)
-    announced = tmp_path / SERVE_FILE
-    process = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], cwd=ROOT,
+SERVING = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+    from retriever.server.lifecycle import listen, serve_forever
+    async def ping(request):  # retriever.server.app's, without loading a model
+        return JSONResponse({"retriever": True})
+    serve_forever(Starlette(routes=[Route("/api/ping", ping)]), listen("127.0.0.1", 0),
+                  Path(sys.argv[1]))
+""")
+
+
+@contextmanager
+def serving_process(index: Path) -> Iterator[tuple[subprocess.Popen, Path]]:
+    """`serve_forever` in a process of its own, announced for `index`; its socket."""
+    process = subprocess.Popen([sys.executable, "-c", SERVING, str(index)], cwd=ROOT,
                                stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 120  # importing torch on a busy 2-core machine
-        while not announced.exists():
+        while (found := find_server(index)) is None:
             assert process.poll() is None, process.stderr.read() if process.stderr else ""
             assert time.monotonic() < deadline, "serve_forever did not announce itself"
             time.sleep(0.05)
-        assert json.loads(announced.read_text())["pid"] == process.pid
-        assert find_server(tmp_path) is not None
-        process.send_signal(stop)
-        process.wait(timeout=30)
+        yield process, found
     finally:
         process.kill()
         process.wait()
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_serve_forever_withdraws_the_socket_on_ctrl_c_and_sigterm(tmp_path, stop):
+    """In a process of its own: uvicorn re-raises a SIGTERM after shutting down, and its
+    default action would end the process before a `finally` could remove the socket."""
+    with serving_process(tmp_path) as (process, announced):
+        assert peer_pid(announced) == process.pid
+        process.send_signal(stop)
+        process.wait(timeout=30)
     assert not announced.exists() and find_server(tmp_path) is None
 
 
-def test_an_index_folder_it_cannot_write_is_served_unannounced(media, tiny_encoder, tmp_path):
-    """A read-only index is still served; the CLI just finds no server and searches locally.
-    (A file where the folder should be: root, running these tests, writes read-only folders.)"""
+def test_an_index_folder_it_cannot_write_is_announced_in_the_runtime_folder(
+        media, tiny_encoder, tmp_path):
+    """A read-only index is still served and found; nothing is written into it. (A file where
+    the folder should be: root, running these tests, writes read-only folders.)"""
     blocked = tmp_path / "not-a-folder"
     blocked.write_text("")
     with running(media[1], tiny_encoder, announce_in=blocked) as address:
+        assert address.parent == runtime_folder()
+        assert find_server(blocked) == address
         assert remote_search(address, {"text": "red", "k": 1})
-        assert find_server(blocked) is None and list(tmp_path.iterdir()) == [blocked]
+        assert list(tmp_path.iterdir()) == [blocked]
+    assert find_server(blocked) is None
 
 
-def test_only_loopback_sockets_are_announced():
-    with listen("127.0.0.1", 0) as loopback, listen("0.0.0.0", 0) as everywhere:
-        assert local_url(loopback) == f"http://127.0.0.1:{loopback.getsockname()[1]}"
-        assert local_url(everywhere) is None
+def test_an_index_path_too_long_for_a_socket_is_announced_in_the_runtime_folder(tmp_path):
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    assert [path.parent for path in socket_paths(deep)] == [runtime_folder()]
+    announced = announce(deep)
+    assert announced is not None and announced.path.parent == runtime_folder()
+    withdraw(announced)
+    announced.sock.close()
+    assert not announced.path.exists()
 
 
-def announce_as(directory: Path, pid: int, url: str = "http://127.0.0.1:1") -> None:
-    (directory / SERVE_FILE).write_text(json.dumps(
-        {"url": url, "pid": pid, "directory": str(directory.resolve())}))
+def unix_listener(path: Path) -> socket.socket:
+    """A socket listening at `path` that never accepts: connections queue, never answered."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(path))
+    sock.listen()
+    return sock
 
 
-def listening_process() -> tuple[subprocess.Popen, str]:
-    """Another process listening on a loopback port, and its url."""
-    code = ("import socket, sys, time; s = socket.socket(); s.bind(('127.0.0.1', 0)); "
-            "s.listen(); print(s.getsockname()[1], flush=True); time.sleep(60)")
-    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    assert process.stdout is not None
-    return process, f"http://127.0.0.1:{process.stdout.readline().strip()}"
+def test_find_server_ignores_what_is_not_this_users_live_socket(tmp_path, media, tiny_encoder):
+    assert find_server(tmp_path) is None  # nothing there
+    planted = socket_paths(tmp_path)[0]
+    planted.write_text('{"url": "http://127.0.0.1:1"}')  # a file, as serve.json was
+    assert find_server(tmp_path) is None
+    planted.unlink()
+    with running(media[1], tiny_encoder) as address:
+        planted.symlink_to(address)  # a link to a live server's socket is not its socket
+        assert find_server(tmp_path) is None
+    planted.unlink()
 
 
-def test_find_server_ignores_a_stale_or_foreign_file(tmp_path):
-    assert find_server(tmp_path) is None  # no file
-    (tmp_path / SERVE_FILE).write_text("{half a fi")
-    assert find_server(tmp_path) is None  # not JSON
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    with listen("127.0.0.1", 0) as sock:
-        sock.listen()
-        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        announce_as(tmp_path, dead.pid, url)
-        assert find_server(tmp_path) is None  # a killed server's file
-        announce_as(tmp_path, os.getpid(), url)
-        assert find_server(tmp_path) == url  # the same file, a live pid holding the socket
-    copy = tmp_path / "copy"
-    copy.mkdir()
-    (copy / SERVE_FILE).write_text((tmp_path / SERVE_FILE).read_text())
-    assert find_server(copy) is None  # an index folder copied with the file inside
+def test_a_killed_servers_socket_is_removed(tmp_path):
+    planted = socket_paths(tmp_path)[0]
+    unix_listener(planted).close()  # bound and closed: the file stays, connections refused
+    assert planted.exists()
+    assert find_server(tmp_path) is None
+    assert not planted.exists()
 
 
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
+@AS_ROOT
+def test_another_users_socket_is_not_trusted_nor_removed(tmp_path):
+    planted = socket_paths(tmp_path)[0]
+    with unix_listener(planted):
+        os.chown(planted, NOBODY, NOBODY)
+        assert find_server(tmp_path) is None
+    assert planted.exists()  # closed now, but not this user's to remove
+    planted.unlink()
+
+
+@AS_ROOT
+@pytest.mark.skipif(not os.access(OTHER_PYTHON, os.X_OK), reason=f"needs {OTHER_PYTHON}")
+def test_a_socket_held_by_another_users_process_is_not_trusted():
+    """This user's socket file (chowned), but the process behind it is not this user's: the
+    kernel's SO_PEERCRED tells, whatever the file says."""
+    with tempfile.TemporaryDirectory(prefix="retriever-shared-") as folder:  # nobody enters it
+        Path(folder).chmod(0o777)
+        peer_of_another_user(Path(folder))
+
+
+def peer_of_another_user(shared: Path) -> None:
+    planted = shared / SOCKET_FILE
+    code = ("import socket, sys, time; s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); "
+            "s.listen(); print('ready', flush=True); time.sleep(60)")
+    # the system's Python: nobody may not enter this user's virtual environment
+    other = subprocess.Popen([OTHER_PYTHON, "-c", code, str(planted)], user=NOBODY,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout is not None and other.stdout.readline().strip() == "ready"
+        os.chown(planted, os.geteuid(), os.getegid())
+        with pytest.raises(ServerUnavailable, match="another user's process"):
+            remote_search(planted, {"text": "x"})
+        assert find_server(shared) is None
+    finally:
+        other.kill()
+        other.wait()
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGSTOP"), reason="stops a process (POSIX)")
 def test_find_server_ignores_a_stopped_server(tmp_path):
     """A server stopped with Ctrl-Z still accepts connections (the kernel's backlog) and would
     never answer: every search would wait for the whole timeout."""
-    sleeper, url = listening_process()
-    try:
-        announce_as(tmp_path, sleeper.pid, url)
-        assert find_server(tmp_path) == url
-        sleeper.send_signal(signal.SIGSTOP)
-        deadline = time.monotonic() + 10
-        while find_server(tmp_path) is not None and time.monotonic() < deadline:
-            time.sleep(0.01)  # the state changes once the signal is delivered
+    with serving_process(tmp_path) as (process, _announced):
+        process.send_signal(signal.SIGSTOP)
+        started = time.monotonic()
         assert find_server(tmp_path) is None
-    finally:
-        sleeper.kill()
-        sleeper.wait()
+        assert time.monotonic() - started < CONNECT_TIMEOUT * len(socket_paths(tmp_path)) + 5
+        process.send_signal(signal.SIGCONT)
 
 
-def test_withdraw_leaves_another_servers_file(tmp_path):
-    announce_as(tmp_path, os.getpid() + 1)  # a later server for the same index wrote it
-    withdraw(tmp_path)
-    assert (tmp_path / SERVE_FILE).exists()
-    announce_as(tmp_path, os.getpid())
-    withdraw(tmp_path)
-    assert not (tmp_path / SERVE_FILE).exists()
+def test_withdraw_leaves_another_servers_socket(tmp_path):
+    first = announce(tmp_path)
+    second = announce(tmp_path)  # a later server for the same index took the name over
+    assert first is not None and second is not None and first.path == second.path
+    withdraw(first)
+    assert second.path.exists()
+    withdraw(second)
+    assert not second.path.exists()
+    first.sock.close()
+    second.sock.close()
+
+
+def test_the_tcp_port_answers_as_the_socket_does(media, tiny_encoder):
+    """The page and the JSON API stay on the TCP port; the socket is the same server."""
+    with running_on(media[1], tiny_encoder) as (address, port):
+        assert remote_search(address, {"text": "red", "k": 1})
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        connection.request("GET", "/api/ping")
+        assert connection.getresponse().read() == b'{"retriever":true}'
+        connection.close()
 
 
 def test_text_search_is_the_local_search(url, media, tiny_encoder):
@@ -306,43 +396,47 @@ def test_a_server_reindexed_with_another_model_sends_the_search_local(tiny_encod
     collection.close()
 
 
-def test_no_server_listening_is_server_unavailable():
-    with listen("127.0.0.1", 0) as bound:  # bound, never listening: connections are refused
-        url = f"http://127.0.0.1:{bound.getsockname()[1]}"
+def test_no_server_listening_is_server_unavailable(tmp_path):
+    bound = tmp_path / SOCKET_FILE
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(bound))  # bound, never listening: connections are refused
         started = time.monotonic()
-        with pytest.raises(ServerUnavailable, match=f"no answer from {url}"):
-            remote_search(url, {"text": "x"})
+        with pytest.raises(ServerUnavailable, match=f"no answer from {bound}"):
+            remote_search(bound, {"text": "x"})
     assert time.monotonic() - started < 5
 
 
-def test_a_server_that_never_answers_is_server_unavailable():
-    with listen("127.0.0.1", 0) as silent:
-        silent.listen()  # the kernel accepts connections; nobody reads them
-        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
-        with pytest.raises(ServerUnavailable, match="timed out"):
-            remote_search(url, {"text": "x"}, timeout=0.5)
+def test_a_server_that_never_answers_is_server_unavailable(tmp_path):
+    silent = tmp_path / SOCKET_FILE
+    with unix_listener(silent), pytest.raises(ServerUnavailable, match="timed out"):
+        remote_search(silent, {"text": "x"}, timeout=0.5)  # the kernel accepts; nobody reads
 
 
 class Teapot(http.server.BaseHTTPRequestHandler):
-    """Something else on the port: it answers, but not with the API's JSON."""
+    """Something else on the socket: it answers, but not with the API's JSON."""
 
     def do_POST(self) -> None:
+        # the body read first: on a Unix socket, closing before it arrived breaks the send
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
         self.send_response(404)
         self.end_headers()
         self.wfile.write(b"<html>no such page</html>")
+
+    do_GET = do_POST
 
     def log_message(self, *args: object) -> None:
         pass
 
 
-def test_another_program_on_the_port_is_server_unavailable():
-    other = http.server.HTTPServer(("127.0.0.1", 0), Teapot)
+def test_another_program_on_the_socket_is_server_unavailable(tmp_path):
+    address = tmp_path / SOCKET_FILE
+    other = socketserver.UnixStreamServer(str(address), Teapot)
     thread = threading.Thread(target=other.serve_forever, daemon=True)
     thread.start()
     try:
-        url = f"http://127.0.0.1:{other.server_address[1]}"
         with pytest.raises(ServerUnavailable, match="without JSON: not a retriever server"):
-            remote_search(url, {"text": "x"})
+            remote_search(address, {"text": "x"})
+        assert find_server(tmp_path) is None
     finally:
         other.shutdown()
         other.server_close()

@@ -10,11 +10,12 @@ import pytest
 
 from index import ann
 from index.ann import ENV_ON_DISK, AnnConfig, recall_at
+from index.kinds import IMAGE
+from index.records import FileRecord, ItemRecord, ModelRecord
 from index.rerank import RERANK_FACTOR, exact_top
-from index.store import IMAGE, FileRecord, ItemRecord, ModelRecord
 from retriever.library.collection import Collection
 from retriever.search.query import Query, search
-from tests.clustered import clustered
+from tests.helpers import clustered
 
 DIM = 32  # IVF-PQ codes of 4 bytes: recall@10 far from exact without re-ranking
 N = 3000
@@ -105,7 +106,7 @@ def test_more_like_this_through_the_query_layer_is_reranked(tmp_path, monkeypatc
 
 
 def stored_vector(collection, item):
-    found = collection.item_vector(item)
+    found = collection.reads.item_vector(item)
     assert found is not None
     return found[1]
 

@@ -30,14 +30,14 @@ import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
-from index.ann import ENV_ON_DISK
-from index.store import IMAGE
+from index.ann import ENV_ON_DISK, configured
+from index.kinds import IMAGE
 from retriever.library import collection as collection_module
 from retriever.library.collection import Collection
 from retriever.server.app import create_app
 
-from .conftest import write_photo
-from .test_damaged import flip_middle, truncate  # the same damages as a FAISS file's tests
+# the same damages as a FAISS file's tests
+from .helpers import flip_middle, truncate, user_settings, write_photo
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ["--model", "retriever-tiny", "--pretrained", "none"]
@@ -316,7 +316,7 @@ def test_the_server_answers_what_the_store_holds(copy, read_only, monkeypatch, t
     if read_only:  # as if the user could not write the folder (root may)
         monkeypatch.setattr(collection_module, "_writable", lambda directory: False)
     before = listing(copy.db)
-    collection = Collection.open(copy.db)
+    collection = Collection.open(copy.db, configured(user_settings()))  # as `serve` opens it
     with TestClient(create_app(collection, tiny_encoder), base_url="http://127.0.0.1") as web:
         response = web.post("/api/search", data={"target": "images", "k": str(K)},
                             files={"image": ("q.jpg", copy.query.read_bytes(), "image/jpeg")})
@@ -372,9 +372,11 @@ def test_searches_answer_during_a_run_after_its_sigkill_and_read_only(places):
 # --- the reader's own reads, in a process that never imported SQLAlchemy -----------------------
 
 READER = """import json, sys
-from index.store import IMAGE, ModelRecord, SqliteReader
+from index.kinds import IMAGE
+from index.records import ModelRecord
+from index.store import open_store
 from retriever.errors import IndexReadOnly
-reader = SqliteReader.open(sys.argv[1], read_only=False)
+reader = open_store(sys.argv[1], reading=True)
 batches = [(ids.tolist(), vectors.tolist()) for ids, vectors in reader.vector_batches(IMAGE, 2)]
 print(json.dumps([batches, 'sqlalchemy' in sys.modules]))
 for name, args in json.loads(sys.argv[2]):
@@ -384,7 +386,7 @@ try:
 except IndexReadOnly:
     print('refused')
 """
-# Store methods the reader does not write itself: run by SQLAlchemy, bound on first use
+# Store reads beyond a search's: sqlite3 answers them as SQLAlchemy does
 OTHER_READS = [("counts", []), ("last_run", []), ("failures", []), ("file_states", []),
                ("vectors", [IMAGE]), ("image_files", []), ("recent_images", [3]),
                ("file_state", ["/m/p1.jpg"]), ("items_with_hash", ["h2"])]
@@ -394,7 +396,8 @@ def test_every_store_read_answers_through_the_reader_as_through_sqlalchemy(tmp_p
     """The rebuild's batches in plain SQL (no SQLAlchemy loaded for them), every other read
     as `Store` answers it, a write refused: in a fresh process, where SQLAlchemy's names are
     bound only if the reader binds them."""
-    from index.store import FailureRecord, FileRecord, ItemRecord, ModelRecord, Store
+    from index.records import FailureRecord, FileRecord, ItemRecord, ModelRecord
+    from index.store import Store
 
     url = f"sqlite:///{tmp_path / 'store.db'}"
     store = Store(url)

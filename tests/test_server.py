@@ -8,65 +8,29 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Iterator
-from datetime import datetime
 from pathlib import Path
 
 import pytest
 from PIL import Image
-from starlette.testclient import TestClient
 
 import retriever.library.thumbnails
-from index.store import ModelRecord
+from index.records import ModelRecord
 from retriever import errors
-from retriever.ingest.pipeline import IngestOptions, ingest_media
 from retriever.library.collection import Collection
 from retriever.search.query import Query, Term, search
-from retriever.server.app import WEB, ServerSettings, create_app, listen
+from retriever.server.app import WEB
+from retriever.server.lifecycle import listen
 
-from .conftest import COLOURS, write_photo
-
-CAP = 64 * 1024  # upload cap for these tests: a test photo is ~5 kB, the "huge" upload 100 kB
-OLD = datetime(2001, 5, 1).timestamp()  # mtime of photos/old.jpg (no EXIF: mtime is its date)
-
-
-def make_media(root: Path) -> Path:
-    for name, colour in COLOURS.items():
-        write_photo(root / "photos" / f"{name}.jpg", colour)
-    (root / "photos" / "red.txt").write_text("a red disc on grey\n")
-    write_photo(root / "photos" / "old.jpg", (200, 200, 30))
-    os.utime(root / "photos" / "old.jpg", (OLD, OLD))
-    rotated = Image.new("RGB", (160, 120), (90, 90, 90))  # stored landscape ...
-    exif = Image.Exif()
-    exif[0x0112] = 6  # ... Orientation 6: shown rotated 90 degrees, i.e. portrait
-    rotated.save(root / "photos" / "rotated.jpg", exif=exif)
-    (root / "notes").mkdir()
-    (root / "notes" / "todo.txt").write_text("buy red paint")
-    (root / "notes" / "trip.md").write_text("We saw a green field. " + "The sky was blue. " * 20)
-    return root
-
-
-def open_index(root: Path, encoder) -> Collection:
-    collection = Collection.open(root / ".retriever")
-    with collection.writing():
-        ingest_media(collection, encoder, IngestOptions((root,)))
-    return collection
-
-
-def client_for(collection: Collection, encoder) -> TestClient:
-    # 127.0.0.1: the default settings answer loopback Host headers only
-    app = create_app(collection, encoder, ServerSettings(max_upload_bytes=CAP))
-    return TestClient(app, base_url="http://127.0.0.1")
-
-
-def indexed_media(folder: Path, encoder) -> Iterator[tuple[Path, Collection]]:
-    """A module fixture's body: the media of make_media indexed under `folder`."""
-    with pytest.MonkeyPatch.context() as env:  # the autouse isolation is per test
-        env.delenv("RETRIEVER_STORE_URL", raising=False)
-        root = make_media(folder / "media")
-        collection = open_index(root, encoder)
-    yield root, collection
-    collection.close()
+from .helpers import (
+    CAP,
+    OLD,
+    client_for,
+    indexed_media,
+    make_media,
+    open_index,
+    results,
+    write_photo,
+)
 
 
 @pytest.fixture(scope="module")
@@ -78,11 +42,6 @@ def media(tmp_path_factory, tiny_encoder):
 def client(media, tiny_encoder):
     with client_for(media[1], tiny_encoder) as c:
         yield c
-
-
-def results(response) -> list[dict]:
-    assert response.status_code == 200, response.text
-    return response.json()["results"]
 
 
 def item_id(client, name: str, target: str = "images") -> int:

@@ -18,8 +18,7 @@ from retriever.errors import BadStoreUrl
 from retriever.library.collection import Collection
 from retriever.media.passages import read_text
 
-from .conftest import write_photo
-from .test_cli import TINY_ARGS, rows
+from .helpers import TINY_ARGS, rows, write_photo
 
 EPHEMERAL_URLS = ("sqlite://", "sqlite:///:memory:", "sqlite+pysqlite://", "sqlite:///",
                   "sqlite:///file::memory:?uri=true",

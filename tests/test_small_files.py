@@ -1,6 +1,7 @@
 """Small JSON files, damaged or replaced, through the commands that read them (issue 20, class
 11): the user registry (`retriever indexes`, `index`, `info` found from inside a folder),
-roots.json (`info`, a registry rebuild) and serve.json (`search`'s server discovery).
+roots.json (`info`, a registry rebuild) and, in serve.json's place, a server's socket
+(`search`'s server discovery, retriever.server.discovery): damaged, it is not a socket.
 
 Each command runs as a subprocess, as a user runs it, with a time limit generous for a loaded
 machine (a hang fails the test instead of stalling the suite) and its data segment capped
@@ -23,10 +24,10 @@ import pytest
 
 from retriever.library.collection import Collection
 from retriever.library.locations import REGISTRY_FILE, ROOTS_FILE, register, registry_path
-from retriever.server.remote import SERVE_FILE, find_server
+from retriever.server.discovery import SOCKET_FILE
+from retriever.server.remote import find_server
 
-from .conftest import write_photo
-from .test_jsonfile import SHAPES, plant
+from .helpers import SHAPES, plant, user_settings, write_photo
 
 ROOT = Path(__file__).resolve().parents[1]
 WAIT = 300  # seconds: a cold CLI takes a few on a loaded 2-core machine; a hang, forever
@@ -64,14 +65,14 @@ def two_indexes(tmp_path) -> list[Path]:
         (tmp_path / name).mkdir()
         index = tmp_path / "indexes" / name
         Collection.open(index).close()
-        register(index, [tmp_path / name])
+        register(index, [tmp_path / name], user_settings().data_dir)
         indexes.append(index.resolve())
     return indexes
 
 
 def damage_registry(shape: str, indexes: list[Path]) -> bytes | None:
     """Put `shape` where the registry is; the bytes it then holds, if it is a file."""
-    path = registry_path()
+    path = registry_path(user_settings().data_dir)
     good = path.read_text()
     path.unlink()
     text = {  # damaged, yet still naming both indexes
@@ -98,8 +99,8 @@ def test_a_damaged_registry_is_kept_aside_and_rebuilt_with_one_line(two_indexes,
     found = listed(done)
     assert found == ({str(i) for i in two_indexes} if shape in NAMING else set())
     [line] = warnings_in(done)
-    assert str(registry_path()) in line and "damaged" in line
-    [aside] = registry_path().parent.glob(f"{REGISTRY_FILE}.damaged-*")
+    assert str(registry_path(user_settings().data_dir)) in line and "damaged" in line
+    [aside] = registry_path(user_settings().data_dir).parent.glob(f"{REGISTRY_FILE}.damaged-*")
     assert aside.is_symlink() if shape == "/dev/zero" else aside.exists()
     if damaged is not None:
         assert aside.read_bytes() == damaged  # kept as it was
@@ -148,11 +149,11 @@ def test_a_damaged_roots_json_is_not_recorded_in_info_and_skipped_by_a_rebuild(
 
 
 @pytest.mark.parametrize("shape", [*SHAPES, "a list", "numbers"])
-def test_a_damaged_serve_json_means_no_server(tmp_path, shape):
+def test_a_damaged_server_socket_means_no_server(tmp_path, shape):
     """find_server, which every `retriever search` asks first, answers None at once."""
     index = tmp_path / "index"
     index.mkdir()
-    path = index / SERVE_FILE
+    path = index / SOCKET_FILE
     if shape in ("a list", "numbers"):
         path.write_text({"a list": '["http://127.0.0.1:1"]', "numbers": "8765"}[shape])
     else:
@@ -167,12 +168,12 @@ def test_a_damaged_serve_json_means_no_server(tmp_path, shape):
 
 
 @pytest.mark.parametrize("shape", ["fifo", "nested"])
-def test_search_with_a_damaged_serve_json_searches_here(tmp_path, shape):
+def test_search_with_a_damaged_server_socket_searches_here(tmp_path, shape):
     photos = tmp_path / "photos"
     write_photo(photos / "red.jpg", (220, 30, 30))
     index = tmp_path / "index"
     assert run("index", photos, "--db", index, *TINY).returncode == 0
-    plant(index / SERVE_FILE, shape)
+    plant(index / SOCKET_FILE, shape)
     done = run("search", "red", "--db", index, "--paths-only")
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [str((photos / "red.jpg").resolve())]

@@ -9,14 +9,13 @@ import numpy as np
 import pytest
 from sqlalchemy import create_engine, inspect, text
 
+from index.kinds import IMAGE, TEXT
 from index.migrations import LATEST, MIGRATIONS, migrate
-from index.store import IMAGE, TEXT, FileRecord, ItemRecord, ModelRecord, Store
+from index.records import FailureRecord, FileRecord, ItemRecord, ModelRecord
+from index.store import Store
 from retriever.errors import BadStoreUrl, IndexReadOnly, StoreError
 
-
-def vec(seed, d=8):
-    v = np.random.default_rng(seed).normal(size=d).astype(np.float32)
-    return v / np.linalg.norm(v)
+from .helpers import engine_at_version, vec
 
 
 def image_file(path, h="h"):
@@ -48,20 +47,6 @@ def test_migrations_run_once(stores):
     assert migrate(engine.begin) == [v for v, _, _ in MIGRATIONS]
     assert migrate(engine.begin) == []
     engine.dispose()
-
-
-def engine_at_version(url: str, version: int):
-    """An engine on a store built by the release whose last migration was `version`
-    (0: the bookkeeping table only)."""
-    engine = create_engine(url)
-    with engine.begin() as conn:
-        conn.execute(text("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, "
-                          "name TEXT NOT NULL, applied_at FLOAT NOT NULL)"))
-        for number, name, apply in MIGRATIONS[:version]:
-            apply(conn)
-            conn.execute(text("INSERT INTO schema_migrations VALUES (:v, :n, 0)"),
-                         {"v": number, "n": name})
-    return engine
 
 
 def test_upgrade_from_an_unversioned_store_keeps_nothing_half_done(stores):
@@ -236,3 +221,67 @@ def test_a_read_only_store_reads_and_refuses_writes_with_the_named_error(stores)
     with pytest.raises(IndexReadOnly):
         store.set_model(ModelRecord("other", "none", 8))
     store.close()
+
+
+def test_items_with_hashes_gives_one_stored_file_per_hash_with_its_items(store):
+    """One query per 10,000 hashes: each stored hash -> the first file stored with it, its
+    items in (kind, position) order with their vectors; a file without items has none, a hash
+    not stored is left out. `items_with_hash` answers the same, one hash at a time."""
+    text_items = [ItemRecord(TEXT, p, f"passage {p}", vec(10 + p)) for p in (2, 0, 1)]
+    store.write_files([
+        (image_file("/a.jpg", h="same"), [ItemRecord(IMAGE, 0, None, vec(1))]),
+        (image_file("/b.jpg", h="same"), [ItemRecord(IMAGE, 0, None, vec(2))]),
+        (FileRecord("/t.md", TEXT, "text", 5, 2.0), text_items),
+        (FileRecord("/empty.md", TEXT, "nothing", 0, 3.0), []),
+    ])
+    hashes = ["same", "text", "nothing", "absent"] + [f"x{n}" for n in range(12_000)]
+    found = store.items_with_hashes(hashes)
+    assert sorted(found) == ["nothing", "same", "text"]
+    record, items = found["same"]
+    assert record == image_file("/a.jpg", h="same")
+    assert [(it.kind, it.position) for it in items] == [(IMAGE, 0)]
+    np.testing.assert_array_equal(items[0].vector, vec(1))
+    record, items = found["text"]
+    assert record == FileRecord("/t.md", TEXT, "text", 5, 2.0)
+    assert [(it.position, it.passage) for it in items] == [(0, "passage 0"), (1, "passage 1"),
+                                                           (2, "passage 2")]
+    np.testing.assert_array_equal(np.stack([it.vector for it in items]),
+                                  np.stack([vec(10), vec(11), vec(12)]))
+    assert found["nothing"] == (FileRecord("/empty.md", TEXT, "nothing", 0, 3.0), [])
+    assert store.items_with_hashes([]) == {}
+    record, items = store.items_with_hash("text")
+    assert record == found["text"][0]
+    assert [(it.kind, it.position, it.passage, it.vector.tolist()) for it in items] == [
+        (it.kind, it.position, it.passage, it.vector.tolist()) for it in found["text"][1]]
+    assert store.items_with_hash("absent") is None
+
+
+def test_vector_batches_are_of_the_size_asked_in_id_order(store):
+    """One query read `size` rows at a time (a server-side cursor on PostgreSQL)."""
+    store.write_files([(image_file(f"/{n}.jpg", h=f"h{n}"), [ItemRecord(IMAGE, 0, None, vec(n))])
+                       for n in range(5)])
+    batches = list(store.vector_batches(IMAGE, 2))
+    assert [len(ids) for ids, _ in batches] == [2, 2, 1]
+    ids, vectors = store.vectors(IMAGE)
+    assert np.concatenate([b for b, _ in batches]).tolist() == ids.tolist()
+    np.testing.assert_array_equal(np.concatenate([v for _, v in batches]), vectors)
+
+
+def test_the_model_and_a_failure_recorded_again_replace_the_first(store):
+    """INSERT ... ON CONFLICT DO UPDATE: one row each, the last one given; runs get ids in
+    order, and a new run marks one left running as interrupted."""
+    store.set_model(ModelRecord("a", "none", 8))
+    store.set_model(ModelRecord("b", "laion", 16, "f" * 64))
+    assert store.model() == ModelRecord("b", "laion", 16, "f" * 64)
+    first = store.start_run()
+    store.record_failures(first, [FailureRecord("/x.jpg", "truncated", 3, 1.0)])
+    second = store.start_run()
+    assert second > first and store.last_run().status == "running"
+    store.record_failures(second, [FailureRecord("/x.jpg", "not an image", None, None),
+                                   FailureRecord("/y.jpg", "empty", 0, 2.0)])
+    assert store.failures() == {"/x.jpg": FailureRecord("/x.jpg", "not an image", None, None),
+                                "/y.jpg": FailureRecord("/y.jpg", "empty", 0, 2.0)}
+    store.finish_run(second, {"images": 1})
+    assert store.last_run().stats == {"images": 1}
+    store.clear_failures(["/x.jpg"])
+    assert list(store.failures()) == ["/y.jpg"]

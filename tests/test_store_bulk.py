@@ -12,17 +12,10 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import IntegrityError
 
-from index.store import (
-    IMAGE,
-    KINDS,
-    SQLITE_PAGE_SIZE,
-    TEXT,
-    VIDEO,
-    FileRecord,
-    ItemRecord,
-    ItemView,
-    Store,
-)
+from index.connection import SQLITE_PAGE_SIZE
+from index.kinds import IMAGE, KINDS, TEXT, VIDEO
+from index.records import FileRecord, ItemRecord, ItemView
+from index.store import Store
 from retriever.errors import DiskFull
 
 DIM = 512
@@ -166,6 +159,7 @@ def test_vectors_of_two_lengths_are_refused(store):
     assert store.counts().files == 0
 
 
+@pytest.mark.postgres
 def test_a_failing_copy_is_one_named_error_and_writes_nothing(postgres):
     """PostgreSQL's COPY runs on the driver's connection, past the engine's `handle_error`:
     its errors are named all the same. Here the server's disk fills up (SQLSTATE 53100,

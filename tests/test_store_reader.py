@@ -1,36 +1,29 @@
-"""`SqliteReader`: a one-off search reads a current SQLite store through sqlite3 alone, and
-every read it answers equals SQLAlchemy's answer (`Store`) on the same store, types and all."""
+"""A one-off search reads a current SQLite store through sqlite3 alone (`open_store(...,
+reading=True)`: a `Store` whose executor is index.connection's `PlainExecutor`), and every
+read the same `Store` makes through sqlite3 equals its answer through SQLAlchemy on the same
+store, types and all: the statements are the same texts (index.sql)."""
 
 from __future__ import annotations
 
 import itertools
 import sqlite3
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from sqlalchemy.engine import make_url
 
-from index.kinds import KINDS
+from index.connection import CoreExecutor, PlainExecutor, open_plain, plain_sqlite_path
+from index.kinds import IMAGE, IMAGE_TEXT, KINDS, TEXT, VIDEO
 from index.migrations import LATEST
-from index.store import (
-    IMAGE,
-    IMAGE_TEXT,
-    SCHEMA_VERSION,
-    TEXT,
-    VIDEO,
-    FileRecord,
-    ItemRecord,
-    ModelRecord,
-    SqliteReader,
-    Store,
-    TagRecord,
-    _plain_sqlite_path,
-    open_store,
-)
+from index.records import FileRecord, ItemRecord, ModelRecord, TagRecord
+from index.store import Store, open_store
 from retriever.errors import IndexReadOnly, StoreDamaged
 from retriever.library.collection import Collection
 
-from .test_store import engine_at_version, vec
+from .helpers import engine_at_version, vec
 
 ROOT = "/m/Ph_tos 50%/ü"  # LIKE's wildcards and the escape character in a path
 
@@ -72,13 +65,19 @@ def url(tmp_path) -> str:
     return url
 
 
+def plain(url: str, read_only: bool = False) -> Store | None:
+    """The store at `url` read through sqlite3, or None where it cannot be."""
+    executor = open_plain(url, read_only)
+    return None if executor is None else Store.on(executor)
+
+
 def same(a: object, b: object) -> bool:
     """Equal, with equal types: repr tells 1 from 1.0, and np arrays by dtype and order."""
     return repr(a) == repr(b)
 
 
 def test_every_read_a_search_makes_equals_sqlalchemys(url):
-    reader, store = SqliteReader.open(url, read_only=False), Store(url)
+    reader, store = plain(url), Store(url)
     assert reader is not None
     ids = sorted(int(i) for kind in KINDS for i in store.item_ids_where(kind))
     asked = [[], ids, ids[::-1] + [ids[0], 10_000], [np.int64(ids[2]), 0, -1]]
@@ -114,7 +113,7 @@ def test_every_read_a_search_makes_equals_sqlalchemys(url):
 def test_every_filter_of_ids_where_equals_sqlalchemys(url):
     """Folders with LIKE's wildcards, upper case, a string prefix that is no folder, a file,
     dates at the stored values' edges, tags of either set."""
-    reader, store = SqliteReader.open(url, read_only=False), Store(url)
+    reader, store = plain(url), Store(url)
     assert reader is not None
     prefixes = [None, ROOT, f"{ROOT}/a_", f"{ROOT}/ax", "/m/Ph%", "/m/", "/M/PH_TOS", "/x",
                 f"{ROOT}/a_b.jpg", f"{ROOT}/notes/", "/"]
@@ -131,8 +130,8 @@ def test_every_filter_of_ids_where_equals_sqlalchemys(url):
     store.close()
 
 
-def test_reads_it_does_not_make_go_through_sqlalchemy_and_writes_are_refused(url):
-    reader = SqliteReader.open(url, read_only=False)
+def test_its_other_reads_answer_alike_and_its_writes_are_refused(url):
+    reader = plain(url)
     store = Store(url)
     assert reader is not None
     assert reader.counts() == store.counts() and reader.last_run() == store.last_run()
@@ -144,8 +143,8 @@ def test_reads_it_does_not_make_go_through_sqlalchemy_and_writes_are_refused(url
 
 def test_a_search_in_a_writable_folder_leaves_no_wal_files(url, tmp_path):
     collection = Collection.open(tmp_path, reading=True)
-    assert isinstance(collection.store, SqliteReader) and collection.read_only
-    assert collection.holds(VIDEO) and collection.generation() == 3
+    assert isinstance(collection.store.executor, PlainExecutor) and collection.read_only
+    assert collection.reads.has_items(VIDEO) and collection.reads.generation() == 3
     collection.close()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["store.db"]
 
@@ -155,8 +154,8 @@ def test_a_read_only_folder_is_read_without_writing_anything(url, tmp_path):
     tmp_path.chmod(0o555)
     try:
         collection = Collection.open(tmp_path, reading=True)
-        assert isinstance(collection.store, SqliteReader) and collection.read_only
-        assert collection.model() == ModelRecord("m", "none", 8, "f" * 64)
+        assert isinstance(collection.store.executor, PlainExecutor) and collection.read_only
+        assert collection.reads.model() == ModelRecord("m", "none", 8, "f" * 64)
         collection.close()
         assert sorted(p.name for p in tmp_path.iterdir()) == ["store.db"]
     finally:
@@ -165,33 +164,41 @@ def test_a_read_only_folder_is_read_without_writing_anything(url, tmp_path):
 
 def test_only_a_current_sqlite_store_is_read_without_sqlalchemy(url, tmp_path):
     reading = open_store(url, reading=True)
-    assert isinstance(reading, SqliteReader)
+    assert isinstance(reading.executor, PlainExecutor)
     reading.close()
-    assert type(open_store(url)) is Store  # a writer, or `info`, goes through SQLAlchemy
+    writing = open_store(url)  # a writer, or `info`, goes through SQLAlchemy
+    assert isinstance(writing.executor, CoreExecutor)
+    writing.close()
     old = f"sqlite:///{tmp_path / 'old.db'}"
     engine_at_version(old, LATEST - 1).dispose()
-    assert SqliteReader.open(old, read_only=False) is None
+    assert plain(old) is None
     migrated = open_store(old, reading=True)  # migrated, as a search always did
-    assert type(migrated) is Store and SqliteReader.open(old, read_only=False) is not None
+    assert isinstance(migrated.executor, CoreExecutor) and plain(old) is not None
     migrated.close()
     (tmp_path / "junk.db").write_bytes(b"not a database" * 100)
     with pytest.raises(StoreDamaged):  # said by Store, as before
         open_store(f"sqlite:///{tmp_path / 'junk.db'}", reading=True)
     for other in (f"{url}?timeout=5", url.replace("store.db", "st%6Fre.db"), "sqlite://",
                   "sqlite:///:memory:", "postgresql+psycopg://u@localhost/db"):
-        assert SqliteReader.open(other, read_only=False) is None, other
+        assert plain(other) is None, other
 
 
 @pytest.mark.parametrize("path", ["/tmp/a b/s.db", "/tmp/a@b:c/s#1.db", "rel/s.db",
                                   "/tmp/ü/s.db", "/tmp/a+b/s.db", "/t/%41.db", "/t/q?x.db"])
 def test_a_plain_url_names_the_file_sqlalchemy_opens(path):
     url = f"sqlite:///{path}"
-    plain = _plain_sqlite_path(url)
-    assert plain is None or str(plain) == make_url(url).database
+    path = plain_sqlite_path(url)
+    assert path is None or str(path) == make_url(url).database
 
 
-def test_the_reader_knows_the_latest_schema():
-    assert SCHEMA_VERSION == LATEST
+def test_the_reader_knows_the_latest_schema_without_sqlalchemy():
+    """sqlite3 checks a store's version against the migrations' own LATEST, importable
+    without SQLAlchemy (the schema is stated once)."""
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys, index.connection, index.store; "
+         "from index.migrations import LATEST; print(LATEST, 'sqlalchemy' in sys.modules)"],
+        cwd=Path(__file__).parent.parent, capture_output=True, text=True, check=True)
+    assert done.stdout.split() == [str(LATEST), "False"]
 
 
 def test_a_damaged_table_read_by_the_reader_is_the_named_error(url, tmp_path):
@@ -203,7 +210,7 @@ def test_a_damaged_table_read_by_the_reader_is_the_named_error(url, tmp_path):
     with open(path, "r+b") as f:  # the files table's first page: garbage
         f.seek((root - 1) * size)
         f.write(b"\xff" * size)
-    reader = SqliteReader.open(url, read_only=False)
+    reader = plain(url)
     assert reader is not None  # its schema is intact
     with pytest.raises(StoreDamaged, match="is damaged"):
         reader.items([1, 2, 3])

@@ -6,12 +6,15 @@ import numpy as np
 import pytest
 
 from index import ann
+from index import saved as saved_module
 from index.ann import AnnConfig, recall_at
-from index.store import IMAGE, ModelRecord, Store
+from index.kinds import IMAGE
+from index.records import ModelRecord
+from index.saved import VECTOR_FILES
+from index.store import Store
 from index.vectors import VectorIndex
-from retriever.library import collection as collection_module
-from retriever.library.collection import VECTOR_FILES, Collection
-from tests.clustered import clustered, files
+from retriever.library.collection import Collection
+from tests.helpers import clustered, files
 
 DIM = 32
 
@@ -20,7 +23,7 @@ DIM = 32
 def grown(tmp_path, monkeypatch):
     """A collection of 3,000 image vectors, past a lowered flat limit: an IVF, saved whole."""
     monkeypatch.setattr(ann, "FLAT_UP_TO", 1000)
-    monkeypatch.setattr(collection_module, "BUILD_BATCH", 256)  # several batches
+    monkeypatch.setattr(saved_module, "BUILD_BATCH", 256)  # several batches
     collection = Collection.open(tmp_path / "index")
     collection.bind_model(ModelRecord("m", "none", DIM))
     with collection.writing():
@@ -111,11 +114,11 @@ def test_a_run_saves_only_what_it_changed(grown):
                           collection.vectors(IMAGE).search(queries, 10)[1])
     old_vector, new_vector = clustered(3000)[5:6], replaced[0][1][0].vector[None]
     assert 6 not in index.search(old_vector, 10)[1]  # file 5's first item (ids from 1)
-    assert index.search(new_vector, 1)[1][0, 0] == max(reopened.ids_where(IMAGE))
+    assert index.search(new_vector, 1)[1][0, 0] == max(reopened.reads.item_ids_where(IMAGE))
 
 
 def test_deltas_are_folded_into_a_whole_save_once_many(grown, monkeypatch):
-    monkeypatch.setattr(collection_module, "MAX_DELTAS", 2)
+    monkeypatch.setattr(saved_module, "MAX_DELTAS", 2)
     for run in range(3):
         collection = Collection.open(grown)
         with collection.writing():

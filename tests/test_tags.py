@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 from sqlalchemy import text
 
-from index.store import IMAGE, FileRecord, ItemRecord, Store, TagRecord
+from index.kinds import IMAGE
+from index.records import FileRecord, ItemRecord, TagRecord
+from index.store import Store
 from retriever.encoding.prompts import label_vectors
 from retriever.library.tags import TagRequest
 from retriever.training.synthetic import COLOURS, write_captioned_images
 
-from .test_store import engine_at_version, vec
+from .helpers import engine_at_version, vec
 
 SHAPE_PROMPTS = ("a {} circle", "a {} square", "a {} triangle")  # averaged: the colour alone
 

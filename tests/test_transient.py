@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 
 from index.kinds import IMAGE, TEXT
-from index.store import TagRecord
+from index.records import TagRecord
+from retriever.ingest import handlers
 from retriever.ingest.pipeline import IngestOptions, IngestReport, ingest_media
-from retriever.ingest import pipeline as indexer
 from retriever.library.collection import Collection
 from retriever.media.scan import path_key
 
-from .conftest import write_photo
+from .helpers import write_photo
 
 
 @pytest.fixture
@@ -58,7 +58,8 @@ def unlistable(monkeypatch, folder: Path) -> None:
 
 
 def ids(collection: Collection) -> dict[str, list[int]]:
-    return {kind: sorted(int(i) for i in collection.ids_where(kind)) for kind in (IMAGE, TEXT)}
+    return {kind: sorted(int(i) for i in collection.reads.item_ids_where(kind))
+            for kind in (IMAGE, TEXT)}
 
 
 @pytest.mark.parametrize("hidden", ["trip", "trip/day2", "."])
@@ -84,7 +85,7 @@ def test_files_below_a_folder_that_cannot_be_listed_keep_their_ids_and_tags(
     again = index(library)  # readable again: nothing new, nothing lost
     assert (again.encoded, again.removed, again.failures) == (0, 0, [])
     assert ids(collection) == before
-    assert collection.tags([item]) == {item: ["cat"]}
+    assert collection.reads.tags([item]) == {item: ["cat"]}
 
 
 def rewrite(path: Path, how: str, other: Path) -> None:
@@ -106,7 +107,7 @@ def changed_while_read(monkeypatch, target: Path, how: str, other: Path, times: 
     decoding: the bytes hashed and the bytes decoded are not the same."""
     left = {"n": times}
     for name in ("load_pixels", "read_text"):
-        real = getattr(indexer, name)
+        real = getattr(handlers, name)
 
         def decode(fh, *args, real=real):
             if Path(fh.name) == target and left["n"] > 0:
@@ -114,7 +115,7 @@ def changed_while_read(monkeypatch, target: Path, how: str, other: Path, times: 
                 rewrite(target, how, other)
             return real(fh, *args)
 
-        monkeypatch.setattr(indexer, name, decode)
+        monkeypatch.setattr(handlers, name, decode)
 
 
 def stored_hash(collection: Collection, path: Path) -> str | None:
@@ -145,10 +146,11 @@ def test_a_file_rewritten_while_read_is_stored_as_it_is_now_or_not_at_all(
         assert stored_hash(collection, target) is None
         assert [f.path for f in report.failures] == [path_key(target)]
         assert index(library).known_failures == 1
-    counts = collection.counts()
+    counts = collection.reads.counts()
     assert counts.images == 6 - (not readable)  # `info` counts what can be read
     if target.suffix == ".txt":  # its passages are its text now
-        items = collection.items([int(i) for i in collection.ids_where(TEXT, path_key(target))])
+        items = collection.reads.items(
+            [int(i) for i in collection.reads.item_ids_where(TEXT, path_key(target))])
         passages = " ".join(v.passage or "" for v in items.values())
         assert passages.split() == str(now, "utf-8").split()
 
@@ -176,11 +178,11 @@ def test_a_stored_file_whose_bytes_now_fail_loses_its_earlier_vectors(index, lib
     index(library)
     target = library / name
     target.write_bytes(b"\xff\xd8\xff\xe0 not a picture any more")
-    before = collection.counts()
+    before = collection.reads.counts()
     report = index(library)
     assert [f.path for f in report.failures] == [path_key(target)]
     assert stored_hash(collection, target) is None
-    after = collection.counts()
+    after = collection.reads.counts()
     assert (after.images, after.files) == (before.images - 1, before.files - 1)
-    assert not collection.ids_where(IMAGE, path_key(target)).size
+    assert not collection.reads.item_ids_where(IMAGE, path_key(target)).size
     assert index(library).known_failures == 1  # and skipped until it changes

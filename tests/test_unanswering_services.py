@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import write_photo
+from .helpers import write_photo
 
 ROOT = Path(__file__).resolve().parents[1]
 BOUND = 60.0  # seconds: before the fix, 131 s (PostgreSQL) and minutes (Ray)
@@ -130,6 +130,7 @@ def test_the_test_suites_own_postgresql_url_that_does_not_answer_is_a_reason(ser
     assert time.monotonic() - started < BOUND
 
 
+@pytest.mark.ray
 @pytest.mark.parametrize("server", ["silent", "closes", "http"], indirect=True)
 def test_a_ray_address_that_does_not_answer_is_one_line(server, photos, tmp_path):
     address = f"127.0.0.1:{server.port}"
@@ -152,6 +153,7 @@ def ray_head() -> Iterator[str]:
     ray.shutdown()
 
 
+@pytest.mark.ray
 @pytest.mark.parametrize("token", ["none", "another"])
 def test_a_cluster_that_refuses_this_machines_token_is_one_line(ray_head, token, photos,
                                                                   tmp_path):

@@ -12,51 +12,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
 
 from retriever.media.video import VideoOptions, clock, frame_at, sample_frames
 
-SCENE_SECONDS = 2
-FPS = 10
+from .helpers import scene, user_settings, write_video
+
 CAPTIONS = ("a red picture", "a blue circle", "green text")
 STARTS = (0.0, 2.0, 4.0)  # seconds: where each scene begins
 EVERY = 1.0  # --video-every in these tests: one sampling step
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def scene(number: int, rng: random.Random, size: tuple[int, int] = (128, 96)) -> Image.Image:
-    w, h = size
-    if number == 0:
-        return Image.new("RGB", size, (220 - rng.randrange(20), 30, 30))
-    if number == 1:
-        im = Image.new("RGB", size, (235, 235, 235))
-        x, y, r = w / 2 + rng.uniform(-8, 8), h / 2 + rng.uniform(-8, 8), h * 0.3
-        ImageDraw.Draw(im).ellipse((x - r, y - r, x + r, y + r), fill=(30, 60, 220))
-        return im
-    im = Image.new("RGB", size, (10, 10, 10))
-    draw = ImageDraw.Draw(im)
-    for row in range(3):
-        draw.text((8 + rng.randrange(10), 12 + 28 * row), "words here", fill=(30, 200, 60))
-    return im
-
-
-def write_video(path: Path, scenes: tuple[int, ...] = (0, 1, 2)) -> Path:
-    import av
-
-    rng = random.Random(0)
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=FPS)
-        stream.width, stream.height, stream.pix_fmt = 128, 96, "yuv420p"
-        frames = [scene(s, rng) for s in scenes for _ in range(SCENE_SECONDS * FPS)]
-        for n, image in enumerate(frames):
-            frame = av.VideoFrame.from_image(image)
-            frame.pts = n
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -186,9 +151,11 @@ def test_upgrade_to_version_6_adds_item_time(tmp_path):
     import numpy as np
     from sqlalchemy import text
 
+    from index.kinds import VIDEO
     from index.migrations import MIGRATIONS
-    from index.store import VIDEO, FileRecord, ItemRecord, Store
-    from tests.test_store import engine_at_version
+    from index.records import FileRecord, ItemRecord
+    from index.store import Store
+    from tests.helpers import engine_at_version
 
     url = f"sqlite:///{tmp_path / 's.db'}"
     engine = engine_at_version(url, [v for v, _, _ in MIGRATIONS].index(6))
@@ -224,7 +191,7 @@ def test_server_rows_and_html_page_play_the_video_from_its_moment(tmp_path, cli)
     from retriever.library.pinned_encoder import pinned_encoder
 
     collection = Collection.open(db)
-    encoder = pinned_encoder(collection)
+    encoder = pinned_encoder(collection, settings=user_settings())
     app = create_app(collection, encoder, ServerSettings())
     with TestClient(app, base_url="http://127.0.0.1") as client:
         rows = client.get("/api/search", params={"text": "x", "target": "videos"}).json()

@@ -35,7 +35,6 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from retriever.devices import gpu_visible
 from retriever.encoding.encoders import Encoder
 from retriever.encoding.ort_encoder import (
     FORMAT,
@@ -51,26 +50,28 @@ from retriever.encoding.weights import check_available
 from retriever.errors import BadSetting, SmallFileError
 from retriever.jsonfile import read_json
 from retriever.progress import NullProgress, Progress
-from retriever.userdirs import cache_dir
 
 if TYPE_CHECKING:
     from retriever.encoding.models import LoadedModel
+    from retriever.settings import Settings
 
 BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
 EXPORTS_DIRNAME = "onnx"
 
 
-def open_encoder(model: ModelSpec | ModelId, backend: str, exports: Path | None = None,
+def open_encoder(model: ModelSpec | ModelId, backend: str, exports: Path,
                  batch_size: int | None = None, quick_start: bool = False,
-                 progress: Progress | None = None) -> Encoder:
+                 progress: Progress | None = None, gpu: bool = False) -> Encoder:
     """An encoder for `model` (what was asked, or what an index recorded) on `backend`.
 
-    `exports`: the export cache (None: the user's); `batch_size`: images or texts per call, None
-    for this CPU's (`retriever.encoding.cpu.plan`; torch: 64); `quick_start`: a one-off query (see
-    `OrtEncoder`); `progress` shows the export and quantization steps, which take seconds."""
+    `exports`: the export cache (the user's: `user_exports`); `gpu`: this machine shows CUDA a
+    GPU (`Settings.gpu`), where "auto" encodes in torch; `batch_size`: images or texts per
+    call, None for this CPU's (`retriever.encoding.cpu.plan`; torch: 64); `quick_start`: a
+    one-off query (see `OrtEncoder`); `progress` shows the export and quantization steps,
+    which take seconds."""
     check_backend(backend)
     progress = progress or NullProgress()
-    chosen = "torch" if backend == "auto" and gpu_visible() else backend
+    chosen = "torch" if backend == "auto" and gpu else backend
     folder = export_dir(exports, model) if isinstance(model, ModelId) else None
     if folder is not None and chosen != "torch" and export_problem(folder) is None:
         return _ort_encoder(folder, chosen, batch_size, quick_start, progress)
@@ -143,9 +144,14 @@ def check_backend(backend: str) -> None:
         raise BadSetting("backend", repr(backend), f"use one of {', '.join(BACKENDS)}")
 
 
-def export_dir(exports: Path | None, model: ModelId) -> Path:
-    """Where `model`'s export lives: under `exports`, else the user's cache."""
-    return (exports or cache_dir() / EXPORTS_DIRNAME) / cache_key(model)
+def user_exports(settings: Settings) -> Path:
+    """The user's export cache: $XDG_CACHE_HOME/retriever/onnx (`Settings.cache_dir`)."""
+    return settings.cache_dir / EXPORTS_DIRNAME
+
+
+def export_dir(exports: Path, model: ModelId) -> Path:
+    """Where `model`'s export lives under `exports` (the user's: `user_exports`)."""
+    return exports / cache_key(model)
 
 
 def cache_key(model: ModelId) -> str:

@@ -11,8 +11,9 @@ import numpy as np
 import open_clip
 import torch
 
+from retriever.encoding.checkpoints import model_fingerprint
 from retriever.encoding.encoders import Encoder
-from retriever.encoding.models import LoadedModel, model_fingerprint
+from retriever.encoding.models import LoadedModel
 from retriever.encoding.pixels import PixelConfig
 
 

@@ -38,7 +38,7 @@ class Encoder(ABC):
 
     model_id: ModelId
     dim: int
-    fingerprint: str  # sha256 of config + weights (retriever.encoding.models.model_fingerprint)
+    fingerprint: str  # sha256 of config + weights (encoding.checkpoints.model_fingerprint)
     context_length: int  # tokens a text may have, start and end markers included
     pixels: PixelConfig  # how images become the model's input
 

@@ -36,7 +36,8 @@ import open_clip
 import torch
 
 from index.checksums import checksum
-from retriever.encoding.models import LoadedModel, model_fingerprint
+from retriever.encoding.checkpoints import model_fingerprint
+from retriever.encoding.models import LoadedModel
 from retriever.encoding.ort_encoder import (
     EXPORT_FILES,
     FORMAT,

@@ -3,9 +3,10 @@
 Every encoder backend (torch, ONNX Runtime) takes the same (n, 3, S, S) float32 arrays, made
 here, so an image indexed by one backend and searched by another meets the same pixels.
 `preprocess` equals open_clip's inference transform on a PIL image (torchvision's Resize on a
-PIL image is PIL's own resize; tests compare the two). `load_pixels` adds the fast path used for
-indexing and image queries: a JPEG at least twice the model's input size is decoded at a
-reduced DCT scale (PIL's draft mode, what thumbnailers do) whose short side is still >= S.
+PIL image is PIL's own resize; tests/test_onnx.py compares the two: a speed twin, README,
+Architecture). `load_pixels` adds the fast path used for indexing and image queries: a JPEG
+at least twice the model's input size is decoded at a reduced DCT scale (PIL's draft mode,
+what thumbnailers do) whose short side is still >= S.
 That halves decode + resize for 1024x768 photos and cuts it 6x for 12 MP ones, for a mean
 pixel difference of 0.5/255 (measured in the closing note of issue 4).
 """

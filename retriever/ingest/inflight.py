@@ -24,7 +24,7 @@ import os
 import threading
 from pathlib import Path
 
-from index.store import FailureRecord
+from index.records import FailureRecord
 from retriever.media.scan import MediaFile, open_regular, path_key
 
 JOURNAL_FILE = "reading.journal"  # in the index folder

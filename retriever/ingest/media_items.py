@@ -1,8 +1,9 @@
 """Items beyond one per image and passages per text: the frames of a video (kind `video`, each at
 its moment) and the words read in an image (kind `image-text`, items of that image's file).
 
-The `read_*` functions run in the indexer's reader threads (decoding, OCR: the slow parts, under
-the per-file time limit); the `*_items` functions encode what they read, on the encoder's path.
+The `read_*` functions run in the reader threads (`readers`), under the per-file time limit
+(decoding, OCR: the slow parts); the `*_items` functions encode what they read, on the encoder's
+path.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from typing import BinaryIO
 
 import numpy as np
 
-from index.store import IMAGE_TEXT, VIDEO, FileRecord, ItemRecord
+from index.kinds import IMAGE_TEXT, VIDEO
+from index.records import FileRecord, ItemRecord
 from retriever.encoding.encoders import Encoder, InputSpec
 from retriever.encoding.pixels import PixelConfig
 from retriever.errors import ImageError

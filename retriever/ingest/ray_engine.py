@@ -1,8 +1,8 @@
 """`retriever index --engine ray`: the files to encode are read and encoded on a Ray cluster.
 
 Scanning, the incremental diff and every store write stay in this process (the driver), as with
-the local engine (`indexer`); only the files that must be read go to Ray, in blocks of `size`
-(--batch-size) files:
+the local engine (`pipeline`); only the files that must be read go to Ray, in blocks of `size`
+(--batch-size: files per transaction, as on the local engine) files:
 
     a block --a read task (one CPU)--> records and model input, or failures
         --an encoder actor (one model each; one GPU each when the cluster has GPUs)-->
@@ -18,9 +18,10 @@ with the fewest blocks waiting. What a read task is given is only what reading t
 (`_for_tasks`): not the store's table of files, and no tokenizer until a text needs one.
 
 Each actor builds the driver's model from its names (`ModelId`) on the driver's `--backend`,
-and refuses to encode if its weights are not the driver's (another fingerprint: a weights file
-that differs on that machine). A read task reads its files in threads, each within the per-file
-limits as the local engine counts them (`indexer._ReaderThreads`: the reading thread's CPU
+with the encoder batch of its own machine's CPU plan (`retriever.encoding.cpu`), and refuses
+to encode if its weights are not the driver's (another fingerprint: a weights file that
+differs on that machine). A read task reads its files in threads, each within the per-file
+limits as the local engine counts them (`readers._ReaderThreads`: the reading thread's CPU
 time, and a wall-clock bound for a hung mount), started inside the task around the reads alone:
 a task waiting for a CPU, starting or importing spends none of them, so a loaded machine slows
 a run and changes none of its results. Blocks come back in any order and each is stored as it
@@ -55,19 +56,17 @@ from typing import Any, cast
 
 import numpy as np
 
-from index.store import FailureRecord
-from retriever.encoding.backends import open_encoder
+from index.records import FailureRecord
+from retriever.encoding.backends import open_encoder, user_exports
 from retriever.encoding.encoders import Encoder
 from retriever.encoding.specs import ModelId
 from retriever.errors import ModelMismatch, RayUnavailable
-from retriever.ingest.pipeline import (
-    DEFAULT_READ_WALL_TIMEOUT,
-    PreparedFile,
-    Reader,
-    encode_read,
-    read_files,
-)
+from retriever.ingest.handlers import PreparedFile, encode_read
+from retriever.ingest.options import DEFAULT_READ_WALL_TIMEOUT
+from retriever.ingest.reader import Reader
+from retriever.ingest.readers import read_files
 from retriever.media.scan import TEXT, MediaFile, path_key, shown
+from retriever.settings import Settings
 
 INSTALL = "pip install 'retriever[ray]'"
 READER_DIED = ("the reader process died reading it, twice (out of memory or a crash in a "
@@ -101,7 +100,7 @@ def check_ray() -> None:
 
 
 class RayEngine:
-    """An `indexer.Engine` on Ray: see the module docstring."""
+    """A `readers.Engine` on Ray: see the module docstring."""
 
     def __init__(self, encoder: Encoder, backend: str, address: str | None,
                  limit: float, wall: float = DEFAULT_READ_WALL_TIMEOUT) -> None:
@@ -132,7 +131,7 @@ class RayEngine:
         plan = _plan(ray.cluster_resources(), size * 3 * side * side * 4)  # float32 pixels
         encoders: list[Any] = [ray.remote(_EncoderActor).options(
             num_cpus=plan.actor_cpus, num_gpus=plan.actor_gpus, max_restarts=RESTARTS,
-            max_task_retries=RESTARTS).remote(self._model, size) for _ in range(plan.actors)]
+            max_task_retries=RESTARTS).remote(self._model) for _ in range(plan.actors)]
         # no retries: a task that dies on a file would die again (and Ray's memory monitor
         # would retry one it killed for memory forever); `_stream` finds the file instead
         read_task = ray.remote(_read_block).options(
@@ -153,7 +152,7 @@ class RayEngine:
 
 @dataclass(frozen=True)
 class _Limits:
-    """What one file's reading may take, as `indexer._ReaderThreads` counts it."""
+    """What one file's reading may take, as `readers._ReaderThreads` counts it."""
 
     cpu: float  # seconds of the reading thread's CPU
     wall: float  # seconds, CPU or not (a hung mount)
@@ -237,8 +236,13 @@ class _EncoderActor:
     whose weights are not the driver's encodes nothing: it hands back why, which the driver
     raises as `ModelMismatch` (raised here, Ray would bury it in its own error)."""
 
-    def __init__(self, model: _ModelCopy, batch_size: int) -> None:
-        self._encoder = open_encoder(model.model_id, model.backend, None, batch_size)
+    def __init__(self, model: _ModelCopy) -> None:
+        # an actor's process, perhaps on another machine: its own export cache and GPU, read
+        # from its own environment (an edge: tests/check_layout.py EDGES)
+        here = Settings.from_environ(os.environ)
+        # the encoder's batch: None, from this machine's CPU plan, as the driver's own
+        self._encoder = open_encoder(model.model_id, model.backend, user_exports(here), None,
+                                     gpu=here.gpu)
         self._refusal = "" if self._encoder.fingerprint == model.fingerprint else (
             f"{model.model_id.name} ({model.model_id.pretrained}) on Ray worker "
             f"{os.uname().nodename} is not the driver's model (fingerprint "
@@ -275,7 +279,7 @@ def _for_tasks(read: Reader) -> Reader:
     not a set of strings (67 MB to unpickle in each task), and the token counter pickled, to
     be unpickled where a text is read (`_Unpickled`)."""
     spec = replace(read.spec, count_tokens=_Unpickled(pickle.dumps(read.spec.count_tokens)))
-    known = _KnownHashes(cast(Iterable[str], read.known))  # `indexer._reader`: a frozenset
+    known = _KnownHashes(cast(Iterable[str], read.known))  # `reader_for`: a frozenset
     return replace(read, spec=spec, known=known)
 
 
@@ -283,7 +287,7 @@ class _KnownHashes:
     """Content hashes (sha256, hex) by their first 64 bits: sorted uint64, 8 bytes a hash, read
     in place from the object store by each task (0.4 s to build for a million). Two hashes that
     share those bits make the reader skip decoding a file with new bytes; the driver then reads
-    it again (`indexer`'s `_index_chunk`): a second read, never another result."""
+    it again (`pipeline._index_chunk`): a second read, never another result."""
 
     def __init__(self, hashes: Iterable[str]) -> None:
         prefixes = bytes.fromhex("".join(h[:16] for h in hashes))

@@ -1,6 +1,6 @@
 """`retriever index` as one call: where the index lives, its vector-index settings, the one-writer
 lock, a reset on request, the encoder (asked for a new index, recorded for an existing one),
-then `indexer.ingest_media`."""
+then `pipeline.ingest_media`."""
 
 from __future__ import annotations
 
@@ -8,21 +8,24 @@ import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from index.ann import TYPES, AnnConfig
-from index.store import Counts
-from retriever.encoding.backends import open_encoder
+from index.records import Counts
+from retriever.encoding.backends import open_encoder, user_exports
 from retriever.encoding.encoders import Encoder
 from retriever.encoding.specs import ModelSpec
 from retriever.errors import BadSetting, IndexBusy, RetrieverError
-from retriever.ingest.pipeline import Engine, IngestOptions, IngestReport, ingest_media
+from retriever.ingest.options import IngestOptions, IngestReport
+from retriever.ingest.pipeline import ingest_media
+from retriever.ingest.readers import Engine
 from retriever.library.collection import Collection
 from retriever.library.locations import index_dir_for, register
 from retriever.library.pinned_encoder import pinned_encoder
 from retriever.media.scan import check_roots
 from retriever.progress import Progress
+from retriever.settings import Settings
 
 ENGINES = ("local", "ray")
 
@@ -30,15 +33,17 @@ ENGINES = ("local", "ray")
 @dataclass(frozen=True)
 class IngestRequest:
     options: IngestOptions  # the folders, and how their files are read
-    index_dir: Path | None = None  # None: $RETRIEVER_DB, else <first folder>/.retriever
+    index_dir: Path | None = None  # --db or $RETRIEVER_DB; None: <first folder>/.retriever
     model: ModelSpec = ModelSpec()  # a new index's model; else must agree
     backend: str = "auto"  # see retriever.encoding.backends
     ann: AnnConfig = AnnConfig()  # which FAISS index the vectors get
     reindex: bool = False  # drop everything indexed first and re-encode with `model`
     wait: bool = False  # another run is writing: wait for it instead of raising IndexBusy
-    store_url: str | None = None  # None: $RETRIEVER_STORE_URL, else <index_dir>/store.db
+    store_url: str | None = None  # --store or $RETRIEVER_STORE_URL; None: <index_dir>/store.db
     engine: str = "local"  # where files are read and encoded: ENGINES (see ray_engine)
     ray_address: str | None = None  # engine "ray": the cluster; None: a local Ray for the run
+    # the user's folders (registry, export cache) and GPU: the CLI's, read once
+    settings: Settings = field(kw_only=True)
 
 
 @dataclass(frozen=True)
@@ -49,7 +54,7 @@ class IngestOutcome:
 
 
 def ingest_folders(request: IngestRequest, progress: Progress | None = None) -> IngestOutcome:
-    """Bring the index of `request.options.roots` up to date (see `indexer`)."""
+    """Bring the index of `request.options.roots` up to date (see `pipeline`)."""
     roots = check_roots(request.options.roots)
     check_ann(request.ann)
     check_engine(request)
@@ -60,16 +65,17 @@ def ingest_folders(request: IngestRequest, progress: Progress | None = None) -> 
         with collection.writing(request.wait):
             encoder = _encoder(collection, request, progress)  # a model that fails: no reset
             # --reindex keeps the tags: each goes back on the item re-made at its place
-            tags = collection.store.placed_tags() if request.reindex else []
+            tags = collection.reads.placed_tags() if request.reindex else []
             if request.reindex:
                 collection.reset()
             report = ingest_media(collection, encoder,
                                  replace(request.options, roots=tuple(roots)), progress,
                                  _engine(request, encoder))
             if tags:
-                collection.store.place_tags(tags)
-    register(collection.directory, roots)  # `search` from inside any of the roots finds it
-    return IngestOutcome(collection.directory, collection.counts(), report)
+                collection.place_tags(tags)
+    # `search` from inside any of the roots finds it
+    register(collection.directory, roots, request.settings.data_dir)
+    return IngestOutcome(collection.directory, collection.reads.counts(), report)
 
 
 @contextmanager
@@ -93,7 +99,7 @@ def _left_as_found(directory: Path) -> Iterator[list[Collection]]:
 
 def _holds_nothing(collection: Collection) -> bool:
     try:
-        return collection.counts().files == 0
+        return collection.reads.counts().files == 0
     except RetrieverError:  # cannot tell (a store out of reach): keep it
         return False
 
@@ -133,7 +139,7 @@ def check_engine(request: IngestRequest) -> None:
 
 def _engine(request: IngestRequest, encoder: Encoder) -> Engine | None:
     if request.engine == "local":
-        return None  # indexer.LocalEngine
+        return None  # readers.LocalEngine
     from retriever.ingest.ray_engine import RayEngine
 
     return RayEngine(encoder, request.backend, request.ray_address,
@@ -142,9 +148,10 @@ def _engine(request: IngestRequest, encoder: Encoder) -> Engine | None:
 
 def _encoder(collection: Collection, request: IngestRequest,
              progress: Progress | None) -> Encoder:
-    batch_size = None  # the encoder's own, for this CPU; options.batch_size: files per commit
-    if request.reindex or collection.model() is None:
-        return open_encoder(request.model, request.backend, None, batch_size, progress=progress)
+    batch_size = None  # the encoder's own, from the CPU plan; options.batch_size: files a commit
+    if request.reindex or collection.reads.model() is None:
+        return open_encoder(request.model, request.backend, user_exports(request.settings),
+                            batch_size, progress=progress, gpu=request.settings.gpu)
     # an existing index keeps its model; another one asked for is refused before loading
     return pinned_encoder(collection, request.model, request.backend, batch_size,
-                         purpose="index", progress=progress)
+                         purpose="index", progress=progress, settings=request.settings)

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from index.store import ImageFile
+from index.kinds import IMAGE
+from index.records import ImageFile
 from retriever.library.collection import Collection
 from retriever.media.paths import folder_key
 
@@ -58,8 +59,8 @@ def find_duplicates(collection: Collection, threshold: float = DEFAULT_THRESHOLD
     from index.neighbours import close_pairs
 
     folder = folder_key(prefix) if prefix else None
-    ids, vectors = collection.image_vectors(folder)
-    files = {f.id: f for f in collection.image_files(folder)}
+    ids, vectors = collection.reads.vectors(IMAGE, folder)
+    files = {f.id: f for f in collection.reads.image_files(folder)}
     rows, cols, _ = close_pairs(vectors, threshold)
     parent = np.arange(len(ids))
     for a, b in zip(rows.tolist(), cols.tolist(), strict=True):

@@ -26,13 +26,14 @@ from typing import TYPE_CHECKING, Any
 from retriever.atomic import replacing
 from retriever.errors import IndexNotFound, RetrieverWarning, SmallFileError
 from retriever.jsonfile import MAX_BYTES, open_regular, read_json
-from retriever.userdirs import data_dir
 
 if TYPE_CHECKING:
-    from index.store import ModelRecord
+    from index.records import ModelRecord
+    from retriever.settings import Settings
 
 INDEX_DIRNAME = ".retriever"
 STORE_FILE = "store.db"
+# read by the CLI's --db and --store (their envvar=), passed in here as `db` and `store_url`
 ENV_DB = "RETRIEVER_DB"  # index folder, instead of <first folder>/.retriever
 ENV_STORE_URL = "RETRIEVER_STORE_URL"  # any SQLAlchemy URL, instead of <index folder>/store.db
 ROOTS_FILE = "roots.json"
@@ -41,29 +42,26 @@ JSON_STRING = re.compile(r'"((?:[^"\\\n]|\\.)*)"')  # a string literal, escapes 
 
 
 def index_dir_for(roots: Sequence[Path], db: Path | None = None) -> Path:
-    """Where `index` writes: --db, else $RETRIEVER_DB, else <first folder>/.retriever."""
-    if db is not None:
-        return db
-    if os.environ.get(ENV_DB):
-        return Path(os.environ[ENV_DB])
-    return roots[0] / INDEX_DIRNAME
+    """Where `index` writes: `db` (--db or $RETRIEVER_DB), else <first folder>/.retriever."""
+    return db if db is not None else roots[0] / INDEX_DIRNAME
 
 
 def find_index_dir(db: Path | None = None, start: Path | None = None,
-                   store_url: str | None = None) -> Path:
-    """Where `search`/`info` read: --db, $RETRIEVER_DB, or the nearest .retriever/ upwards.
-    With the store elsewhere (`store_url`, $RETRIEVER_STORE_URL) the folder has no store.db."""
-    elsewhere = bool(store_url or os.environ.get(ENV_STORE_URL))
-    if db is not None or os.environ.get(ENV_DB):
-        found = index_dir_for([Path(".")], db)
-        if not (found / STORE_FILE).is_file() and not elsewhere:
+                   store_url: str | None = None, *, data_dir: Path) -> Path:
+    """Where `search`/`info` read: `db` (--db or $RETRIEVER_DB), or the nearest .retriever/
+    upwards, or the index the registry in `data_dir` (`Settings.data_dir`) says covers the
+    folder. With the store elsewhere (`store_url`: --store or $RETRIEVER_STORE_URL) the folder
+    has no store.db."""
+    if db is not None:
+        found = db
+        if not (found / STORE_FILE).is_file() and not store_url:
             raise IndexNotFound(f"no index in {found}: run `retriever index FOLDER --db {found}`")
         return found
     here = (start or Path.cwd()).resolve()
     for folder in (here, *here.parents):
         if (folder / INDEX_DIRNAME / STORE_FILE).is_file():
             return folder / INDEX_DIRNAME
-    known = registered()
+    known = registered(data_dir)
     covering = [(len(root.parts), index) for index, roots in known.items() for root in roots
                 if (here == root or root in here.parents) and (index / ROOTS_FILE).is_file()]
     if covering:
@@ -75,27 +73,29 @@ def find_index_dir(db: Path | None = None, start: Path | None = None,
     )
 
 
-def registry_path() -> Path:
-    return data_dir() / REGISTRY_FILE
+def registry_path(data_dir: Path) -> Path:
+    """The registry of indexes in the user's data folder (`Settings.data_dir`)."""
+    return data_dir / REGISTRY_FILE
 
 
-def registered(current: Path | None = None) -> dict[Path, tuple[Path, ...]]:
-    """index folder -> the folders it covers, from the user's registry ({} if there is none).
+def registered(data_dir: Path, current: Path | None = None) -> dict[Path, tuple[Path, ...]]:
+    """index folder -> the folders it covers, from the user's registry in `data_dir` ({} if
+    there is none).
     A damaged one (unreadable, not JSON, another shape) is kept aside and rebuilt from the
     indexes' own roots.json: those it still names, and `current` (the index in use); a
     `RetrieverWarning` says so."""
+    path = registry_path(data_dir)
     try:
-        return _entries(registry_path(), read_json(registry_path()))
+        return _entries(path, read_json(path))
     except FileNotFoundError:
         return {}
     except SmallFileError:
-        with _registry_lock():  # read again: another process may have rebuilt it meanwhile
-            return _read_or_rebuild(current)
+        with _registry_lock(path):  # read again: another process may have rebuilt it meanwhile
+            return _read_or_rebuild(path, current)
 
 
-def _read_or_rebuild(current: Path | None) -> dict[Path, tuple[Path, ...]]:
-    """registered()'s answer, the registry lock held."""
-    path = registry_path()
+def _read_or_rebuild(path: Path, current: Path | None) -> dict[Path, tuple[Path, ...]]:
+    """registered()'s answer, the lock on the registry at `path` held."""
     try:
         return _entries(path, read_json(path))
     except FileNotFoundError:
@@ -154,11 +154,11 @@ def _salvaged(path: Path) -> list[Path]:
 
 
 @contextmanager
-def _registry_lock() -> Iterator[None]:
+def _registry_lock(registry: Path) -> Iterator[None]:
     """Held while the registry is read, changed and written: two `retriever index` runs at once
     each keep the other's entry. Without a writable data folder, no lock (nothing is written).
     Not reentrant (flock is per open file): taken once, by registered() or register()."""
-    path = registry_path().with_name(REGISTRY_FILE + ".lock")
+    path = registry.with_name(REGISTRY_FILE + ".lock")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         # O_RDWR | O_NONBLOCK: a FIFO planted there opens at once (and flock then fails)
@@ -190,31 +190,36 @@ def recorded_roots(index_dir: Path) -> tuple[Path, ...]:
     return tuple(Path(r) for r in roots)
 
 
-def register(index_dir: Path, roots: Sequence[Path]) -> None:
-    """Record `roots` in `index_dir` and in the registry. Best effort: a registry that cannot
-    be written (a read-only home) leaves `--db` and walking up from the roots working."""
+def register(index_dir: Path, roots: Sequence[Path], data_dir: Path) -> None:
+    """Record `roots` in `index_dir` and in the registry in `data_dir` (`Settings.data_dir`).
+    Best effort: a registry that cannot be written (a read-only home) leaves `--db` and walking
+    up from the roots working."""
     index_dir = index_dir.resolve()
     names = [str(Path(r).resolve()) for r in roots]
     with suppress(OSError):
         _write_json(index_dir / ROOTS_FILE, {"roots": names})
-    with _registry_lock():
-        known = {str(k): [str(r) for r in v] for k, v in _read_or_rebuild(index_dir).items()}
+    registry = registry_path(data_dir)
+    with _registry_lock(registry):
+        known = {str(k): [str(r) for r in v]
+                 for k, v in _read_or_rebuild(registry, index_dir).items()}
         known[str(index_dir)] = names
         with suppress(OSError):
-            _write_json(registry_path(), {"indexes": known})
+            _write_json(registry, {"indexes": known})
 
 
-def where_things_live(directory: Path, model: ModelRecord | None, store: str) -> dict[str, str]:
+def where_things_live(directory: Path, model: ModelRecord | None, store: str,
+                      settings: Settings) -> dict[str, str]:
     """What `info` shows: the folders indexed, the store (its file, or its URL without the
-    password), the model's export, the registry."""
-    from retriever.encoding.backends import export_dir
+    password), the model's export and the registry (under the user's folders in `settings`)."""
+    from retriever.encoding.backends import export_dir, user_exports
     from retriever.encoding.specs import ModelId
 
-    export = export_dir(None, ModelId(model.name, model.pretrained)) if model else None
+    export = export_dir(user_exports(settings), ModelId(model.name, model.pretrained)) \
+        if model else None
     return {
         "roots": ", ".join(map(str, recorded_roots(directory))) or "(not recorded)",
         "store": store,
         # os.path.isdir: False, not PermissionError, for another user's cache
         "export": f"{export}{'' if os.path.isdir(export) else ' (none: torch, or not yet made)'}"
         if export else "(no model yet)",
-        "registry": str(registry_path())}
+        "registry": str(registry_path(settings.data_dir))}

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from retriever.encoding.encoders import Encoder
     from retriever.library.collection import Collection
     from retriever.progress import Progress
+    from retriever.settings import Settings
 
 
 def pinned_encoder(
@@ -24,10 +25,13 @@ def pinned_encoder(
     quick_start: bool = False,
     purpose: str = "search",
     progress: Progress | None = None,
+    *,
+    settings: Settings,
 ) -> Encoder:
     """The encoder `collection` was built with, on `backend`; `asked` (a model or weights the
-    caller expects) must agree, else `AskedModelDiffers` for `purpose` ("search" or "index")."""
-    record = collection.model()
+    caller expects) must agree, else `AskedModelDiffers` for `purpose` ("search" or "index").
+    `settings`: this machine's export cache and GPU."""
+    record = collection.reads.model()
     if record is None:
         raise IndexNotFound(f"{collection.directory} holds no index yet: run `retriever index`")
     if asked is not None:
@@ -35,10 +39,11 @@ def pinned_encoder(
                                          ("pretrained", asked.pretrained, record.pretrained)):
             if value is not None and not _same(value, recorded):
                 raise AskedModelDiffers(collection.directory, setting, value, recorded, purpose)
-    from retriever.encoding.backends import open_encoder
+    from retriever.encoding.backends import open_encoder, user_exports
 
-    encoder = open_encoder(ModelId(record.name, record.pretrained), backend, None, batch_size,
-                           quick_start, progress)
+    encoder = open_encoder(ModelId(record.name, record.pretrained), backend,
+                           user_exports(settings), batch_size, quick_start, progress,
+                           settings.gpu)
     # the files behind the recorded names may have changed since: same names, another model
     collection.check_model(replace(record, dim=encoder.dim, fingerprint=encoder.fingerprint))
     return encoder

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from index.store import TagRecord
+from index.kinds import IMAGE
+from index.records import TagRecord
 from retriever.encoding.encoders import Encoder
 from retriever.encoding.prompts import DEFAULT_TEMPLATES, label_vectors
 from retriever.errors import UsageError
@@ -68,12 +69,12 @@ def tag_images(collection: Collection, encoder: Encoder, request: TagRequest) ->
     request.check()
     labels = [label.strip() for label in request.labels]
     folder = folder_key(request.prefix) if request.prefix else None
-    ids, vectors = collection.image_vectors(folder)
+    ids, vectors = collection.reads.vectors(IMAGE, folder)
     if not len(ids):
         return []
     scores = vectors @ label_vectors(encoder, labels, request.templates).T  # (images, labels)
     best = scores.max(axis=1)
-    paths = {f.id: f.path for f in collection.image_files(folder)}
+    paths = {f.id: f.path for f in collection.reads.image_files(folder)}
     tagged = []
     for row, item_id in enumerate(ids.tolist()):
         kept = request.min_score is None or best[row] >= request.min_score

@@ -29,7 +29,8 @@ from contextlib import suppress
 from pathlib import Path
 from typing import BinaryIO
 
-from index.store import IMAGE, IMAGE_TEXT, VIDEO, FileState, ItemView
+from index.kinds import IMAGE, IMAGE_TEXT, VIDEO
+from index.records import FileState, ItemView
 from retriever.atomic import replacing
 from retriever.errors import ItemNotFound, SmallFileError, UsageError
 from retriever.jsonfile import read_small
@@ -65,8 +66,8 @@ def _open_item(collection: Collection, item_id: int
                ) -> tuple[ItemView, FileState, BinaryIO, str]:
     """The item's record, its file's, the file opened (`_open`: not yet hashed), and how
     errors name it; `ItemNotFound` when it cannot be opened."""
-    view = collection.store.items([item_id]).get(item_id)
-    state = collection.store.file_state(view.path) if view is not None else None
+    view = collection.reads.items([item_id]).get(item_id)
+    state = collection.reads.file_state(view.path) if view is not None else None
     if view is None or state is None:
         raise ItemNotFound(f"no item {item_id} in {collection.directory}: use an id from a "
                            f"search result")
@@ -102,7 +103,7 @@ def _indexed_target(collection: Collection, link: str, state: FileState, where: 
     resolved = os.path.realpath(link)
     with_root = os.path.normpath(os.path.join(os.path.dirname(link), os.readlink(link)))
     for candidate in (with_root, resolved):
-        found = collection.store.file_state(path_key(candidate))
+        found = collection.reads.file_state(path_key(candidate))
         if (candidate != link and found is not None and found.content_hash == state.content_hash
                 and os.path.realpath(candidate) == resolved):
             return candidate
@@ -125,7 +126,7 @@ def thumbnail(collection: Collection, item_id: int, size: int = DEFAULT_SIZE) ->
     """The JPEG thumbnail of image or video-frame item `item_id`: the cached one while its file
     is still the indexed one, else made from the checked file (`open_indexed`) and cached
     where the index folder can be written (not read-only, its disk not full)."""
-    view = collection.store.items([item_id]).get(item_id)
+    view = collection.reads.items([item_id]).get(item_id)
     if view is not None and view.kind not in THUMBNAILED:
         raise UsageError(f"item {item_id} is a text passage: only images and video frames "
                          f"have thumbnails")

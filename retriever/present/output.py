@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from rich.console import Console
@@ -97,12 +97,13 @@ def print_results(out: Console, results: Sequence[Result]) -> None:
 
 
 def print_previews(out: Console, err: Console, results: Sequence[Result],
-                   collection: Collection) -> None:
+                   collection: Collection, terminal: Mapping[str, str]) -> None:
     """Thumbnails inline (kitty, iTerm2), each with its row; elsewhere, the tables. Pictures
-    of `collection`'s files, checked as the server checks them (preview.preview_png)."""
+    of `collection`'s files, checked as the server checks them (preview.preview_png).
+    `terminal`: the variables the terminal sets (`Settings.terminal`)."""
     from retriever.present.preview import inline_image, preview_png, terminal_protocol
 
-    protocol = terminal_protocol()
+    protocol = terminal_protocol(terminal)
     if protocol is None or not out.is_terminal:
         err.print("--preview needs a kitty or iTerm2 terminal on stdout; showing the table",
                   markup=False)

@@ -1,13 +1,13 @@
 """Pictures in the terminal: inline thumbnails for kitty's graphics protocol and iTerm2's.
 
-Detection reads the environment the terminal sets; anything else gets a message and no images.
+Detection reads the variables the terminal sets (`Settings.terminal`, read by the CLI); anything
+else gets a message and no images.
 A picture is drawn only from the indexed file as the server would serve it (`preview_png`).
 """
 
 from __future__ import annotations
 
 import base64
-import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -18,9 +18,9 @@ KITTY_CHUNK = 4096  # the kitty protocol carries at most 4096 base64 bytes per e
 PREVIEW_SIZE = 160  # px, longest side: a few terminal rows
 
 
-def terminal_protocol(env: Mapping[str, str] | None = None) -> str | None:
-    """"kitty", "iterm2", or None when the terminal shows no inline images."""
-    env = os.environ if env is None else env
+def terminal_protocol(env: Mapping[str, str]) -> str | None:
+    """"kitty", "iterm2", or None when the terminal whose variables are `env` (TERM,
+    TERM_PROGRAM, KITTY_WINDOW_ID, ITERM_SESSION_ID) shows no inline images."""
     if env.get("TERM") == "xterm-kitty" or "KITTY_WINDOW_ID" in env:
         return "kitty"
     if env.get("TERM_PROGRAM") in ("iTerm.app", "WezTerm") or "ITERM_SESSION_ID" in env:

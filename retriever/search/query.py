@@ -38,6 +38,7 @@ if TYPE_CHECKING:  # Query and Result are on the CLI's path to a running server:
     from retriever.encoding.encoders import Encoder
     from retriever.library.collection import Collection
     from retriever.progress import Progress
+    from retriever.settings import Settings
 
 # texts: passages of documents and words read in images (--ocr); videos: video frames
 TARGETS = {"images": (IMAGE,), "texts": (TEXT, IMAGE_TEXT), "videos": (VIDEO,),
@@ -135,17 +136,20 @@ class Result:
 
 def search_index(index_dir: Path, query: Query, asked: ModelSpec | None = None,
                  backend: str = "auto", store_url: str | None = None,
-                 progress: Progress | None = None) -> list[Result]:
+                 progress: Progress | None = None, *, settings: Settings) -> list[Result]:
     """One query on the index in `index_dir` (its store at `store_url`, if not the default),
     with the model it was built with (`asked`, a model or weights expected, must agree: else
-    `AskedModelDiffers`). `progress` shows a first query's model export as a step. Made for a
+    `AskedModelDiffers`), on this machine as `settings` describe it (export cache, GPU, index
+    on disk). `progress` shows a first query's model export as a step. Made for a
     one-off query: the collection is opened for reading only (a current SQLite store without
     SQLAlchemy), the encoder to start fast (`quick_start`)."""
+    from index.ann import configured
     from retriever.library.collection import Collection
     from retriever.library.pinned_encoder import pinned_encoder
 
-    collection = Collection.open(index_dir, store_url=store_url, reading=True)
-    encoder = pinned_encoder(collection, asked, backend, quick_start=True, progress=progress)
+    collection = Collection.open(index_dir, configured(settings), store_url, reading=True)
+    encoder = pinned_encoder(collection, asked, backend, quick_start=True, progress=progress,
+                             settings=settings)
     return search(collection, encoder, query)
 
 
@@ -166,13 +170,13 @@ def search(collection: Collection, encoder: Encoder, query: Query) -> list[Resul
 
 def recent_images(collection: Collection, k: int) -> list[Result]:
     """The `k` newest photos (EXIF date, else mtime), newest first; score 0 (no query)."""
-    return _results(collection, [(i, 0.0, "images") for i in collection.recent_images(k)])
+    return _results(collection, [(i, 0.0, "images") for i in collection.reads.recent_images(k)])
 
 
 def _results(collection: Collection, ranked: list[tuple[int, float, str]]) -> list[Result]:
     """(id, score, section) -> Results, in that order (items deleted meanwhile left out)."""
     ids = [i for i, _, _ in ranked]
-    views, tags = collection.items(ids), collection.tags(ids)
+    views, tags = collection.reads.items(ids), collection.reads.tags(ids)
     return [Result(i, v.path, score, v.kind, v.position, v.passage, v.caption, v.time,
                    tuple(tags.get(i, ())), section, v.taken_at)
             for i, score, section in ranked if (v := views.get(i)) is not None]
@@ -181,7 +185,7 @@ def _results(collection: Collection, ranked: list[tuple[int, float, str]]) -> li
 def _search_kind(collection: Collection, kind: str, vector: np.ndarray,
                  query: Query) -> list[tuple[float, int]]:
     """(score, item id) of the best `query.k` items of one kind, best first."""
-    if not collection.holds(kind):  # no FAISS file to load for a kind never indexed
+    if not collection.reads.has_items(kind):  # no FAISS file to load for a kind never indexed
         return []
     scores, ids = collection.nearest(kind, vector, query.k, _allowed(collection, kind, query))
     return [(float(s), int(i)) for s, i in zip(scores[0], ids[0], strict=True) if i >= 0]
@@ -190,7 +194,7 @@ def _search_kind(collection: Collection, kind: str, vector: np.ndarray,
 def _captions_as_photos(collection: Collection,
                         hits: list[tuple[float, int]]) -> list[tuple[float, int]]:
     """Passages of a sidecar caption become hits on the photo it captions."""
-    views = collection.items([i for _, i in hits])
+    views = collection.reads.items([i for _, i in hits])
     owners = collection.caption_owners(sorted({v.path for v in views.values()}))
     return [(score, owners.get(views[i].path, i) if i in views else i) for score, i in hits]
 
@@ -243,7 +247,7 @@ def query_vector(collection: Collection, encoder: Encoder, query: Query) -> np.n
 
 def _embed(collection: Collection, encoder: Encoder, term: Term) -> np.ndarray:
     if term.item is not None:
-        stored = collection.item_vector(term.item)
+        stored = collection.reads.item_vector(term.item)
         if stored is None:
             raise ItemNotFound(f"no item {term.item} in {collection.directory}: pass an id "
                                f"from a search result")
@@ -262,7 +266,7 @@ def _allowed(collection: Collection, kind: str, query: Query) -> np.ndarray | No
             and query.tag is None:
         return None
     folder = folder_key(query.path_prefix) if query.path_prefix else None
-    return collection.ids_where(kind, folder, query.after, query.before, query.tag)
+    return collection.reads.item_ids_where(kind, folder, query.after, query.before, query.tag)
 
 
 def resolve_target(to: str | None, kind: str | None = None) -> str:

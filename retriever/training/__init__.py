@@ -8,8 +8,9 @@ One optimizer step, and where each part lives:
                     DDP gradient sync                                -> StepResult
       losses.py       infonce or distance over the global batch (distributed.gather_with_grad)
       optimizer.py    AdamW; lr_at: warmup then cosine
+    config.py       TrainConfig and its checks, EpochStats, TrainResult, the run's files
     loop.py         TrainConfig -> epochs of steps -> validation (evaluation.py), curves.py,
-                    resumable state (resume.py), the checkpoint
+                    resumable state (resume.py), the checkpoint (encoding/checkpoints.py)
     distributed.py  process groups (gloo/NCCL), --nproc launch
     synthetic.py    generated captioned scenes (tests, `retriever demo`)
 """

@@ -2,8 +2,9 @@
 launching it.
 
 A run is distributed when it was started by torchrun (or by `launch`, which does the same from
-Python): every process finds RANK, WORLD_SIZE and LOCAL_RANK in its environment. GPUs talk over
-NCCL, CPUs over gloo. A plain `python` process is a group of one and never touches
+Python): every process finds RANK, WORLD_SIZE and LOCAL_RANK in its environment, read once where
+the process starts (the CLI, or `launched_process`) into `Settings` and passed in here. GPUs
+talk over NCCL, CPUs over gloo. A plain `python` process is a group of one and never touches
 torch.distributed.
 """
 
@@ -19,6 +20,7 @@ import torch
 import torch.distributed as dist
 
 from retriever.errors import UsageError
+from retriever.settings import Settings
 
 T = TypeVar("T")
 
@@ -40,26 +42,23 @@ class Group:
         return self.world_size > 1
 
 
-def launched() -> bool:
-    """True inside a process started by torchrun or `launch`."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+def launched(settings: Settings) -> bool:
+    """True inside a process started by torchrun or `launch` (`settings`: this process's)."""
+    return settings.world_size > 1
 
 
-def env_rank() -> int:
-    return int(os.environ.get("RANK", "0"))
-
-
-def join(default_device: torch.device) -> Group:
-    """Join the process group torchrun described in the environment; a group of one otherwise.
+def join(default_device: torch.device, settings: Settings) -> Group:
+    """Join the process group torchrun described in this process's environment (`settings`);
+    a group of one otherwise.
 
     Each process of a GPU run takes the GPU numbered by its LOCAL_RANK.
     """
-    if not launched():
+    if not launched(settings):
         return Group(device=default_device)
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_rank = settings.local_rank
     if default_device.type == "cuda":
         if local_rank >= torch.cuda.device_count():
-            raise UsageError(f"{os.environ['WORLD_SIZE']} processes on this machine but "
+            raise UsageError(f"{settings.world_size} processes on this machine but "
                              f"{torch.cuda.device_count()} GPUs: lower --nproc")
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
@@ -143,8 +142,9 @@ def barrier(group: Group) -> None:
 
 
 def launch(nproc: int, entrypoint: Callable[..., T], *args: Any) -> T:
-    """Run `entrypoint(*args)` in `nproc` fresh processes on this machine, as torchrun would,
-    and return rank 0's result. `entrypoint` and `args` must be picklable."""
+    """Run `entrypoint(settings, *args)` in `nproc` fresh processes on this machine, as
+    torchrun would, each with its own `settings` (its rank: `launched_process`), and return
+    rank 0's result. `entrypoint` and `args` must be picklable."""
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     config = LaunchConfig(
@@ -152,5 +152,12 @@ def launch(nproc: int, entrypoint: Callable[..., T], *args: Any) -> T:
         rdzv_backend="c10d", rdzv_endpoint="localhost:0",  # standalone: any free port
         max_restarts=0, monitor_interval=0.1, start_method="spawn",
     )
-    results = elastic_launch(config, entrypoint)(*args)
+    results = elastic_launch(config, launched_process)(entrypoint, *args)
     return results[0]
+
+
+def launched_process(entrypoint: Callable[..., T], *args: Any) -> T:
+    """A process `launch` started: its settings, RANK, WORLD_SIZE and LOCAL_RANK among them,
+    read from the environment torch set for it alone (an edge: tests/check_layout.py EDGES),
+    then `entrypoint(settings, *args)`."""
+    return entrypoint(Settings.from_environ(os.environ), *args)
