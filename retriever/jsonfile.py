@@ -1,7 +1,7 @@
 """Reading the small files retriever keeps, whoever may have put something else there.
 
 One reader for all of them (the user registry, an index's roots.json and <kind>.faiss.json, an
-export's meta.json, serve.json, and cached thumbnails): it opens without waiting on a FIFO
+export's meta.json, and cached thumbnails): it opens without waiting on a FIFO
 (O_NONBLOCK), refuses anything but a regular file, reads at most `max_bytes`, and turns JSON
 nested past Python's recursion limit into an error instead of a RecursionError. A cache file
 (`inside=` its cache folder) is also refused when any name below that folder is a symlink
