@@ -78,9 +78,6 @@ class StoreReads(Protocol):
 
     def vectors_of(self, ids: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 
-    def items_with_hash(self, content_hash: str
-                        ) -> tuple[FileRecord, list[ItemRecord]] | None: ...
-
     def items_with_hashes(self, hashes: Sequence[str]
                           ) -> dict[str, tuple[FileRecord, list[ItemRecord]]]: ...
 
