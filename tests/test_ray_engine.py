@@ -14,7 +14,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
+import textwrap
 from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
@@ -83,24 +83,42 @@ def test_ray_indexes_what_local_does_then_nothing(ray_address, media, tmp_path):
     assert again.report.known_failures == 1
 
 
+# `retriever index` in a child process that SIGKILLs itself once its second block is stored:
+# the kill comes mid-run whatever the machine's speed (a poll for "some stored" raced a fast
+# run: every block stored within one 50 ms poll)
+KILL_AFTER_SECOND_BLOCK = textwrap.dedent("""
+    import os, runpy, signal, sys
+    from index.store import Store
+
+    real, stored = Store.write_files, []
+
+    def write_files(self, batch):
+        result = real(self, batch)
+        stored.append(len(batch))
+        if len(stored) == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return result
+
+    Store.write_files = write_files
+    sys.argv = ["retriever", *sys.argv[1:]]
+    runpy.run_path(sys.argv.pop(1), run_name="__main__")
+""")
+
+
 def test_killed_driver_then_rerun_indexes_every_file_once(ray_address, media, tmp_path):
     index(media, tmp_path / "clean", "local")
     db = tmp_path / "killed"
-    cmd = [sys.executable, str(ROOT / "cli.py"), "index", str(media), "--db", str(db),
-           "--model", "retriever-tiny", "--pretrained", "none", "--batch-size", "4",
-           "--backend", "torch", "--engine", "ray", "--ray-address", ray_address]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    committed = 0
-    while proc.poll() is None and committed == 0:  # kill once the first batches are stored
-        time.sleep(0.05)
-        committed = stored_files(db)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    total = len(file_states(tmp_path / "clean"))
+    args = [str(ROOT / "cli.py"), "index", str(media), "--db", str(db),
+            "--model", "retriever-tiny", "--pretrained", "none", "--batch-size", "4",
+            "--backend", "torch", "--engine", "ray", "--ray-address", ray_address]
+    killed = subprocess.run([sys.executable, "-c", KILL_AFTER_SECOND_BLOCK, *args],
+                            capture_output=True, text=True, cwd=ROOT)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    committed, total = stored_files(db), len(file_states(tmp_path / "clean"))
     assert 0 < committed < total, f"{committed} of {total} files stored at the kill"
     kept = contents(db, Stores(None, db))
 
-    rerun = subprocess.run(cmd, capture_output=True, text=True)
+    rerun = subprocess.run([sys.executable, *args], capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr
     assert kept.keys() <= contents(db, Stores(None, db)).keys()
     assert_same(db, tmp_path / "clean")  # every file once: paths are the store's keys
