@@ -32,7 +32,7 @@ BULK_COLUMNS = {
               ("size", "int8"), ("mtime", "float8"), ("width", "int8"), ("height", "int8"),
               ("caption", "text"), ("taken_at", "float8"), ("indexed_at", "float8")),
     "items": (("id", "int8"), ("file_id", "int8"), ("kind", "text"), ("position", "int8"),
-              ("passage", "text"), ("time", "float8")),
+              ("passage", "text"), ("time", "float8"), ("page", "int8"), ("section", "text")),
     "vectors": (("item_id", "int8"), ("data", "bytea")),
 }
 
@@ -49,8 +49,8 @@ def insert_rows(conn: Connection, batch: Sequence[tuple[FileRecord, Sequence[Ite
         (i, f.path, f.kind, f.content_hash, f.size, f.mtime, f.width, f.height, f.caption,
          f.taken_at, now) for i, (f, _) in zip(file_ids, batch, strict=True)])
     _bulk_insert(conn, name, "items", [(i, file_ids[n], it.kind, it.position, it.passage,
-                                        it.time) for i, (n, it) in zip(item_ids, items,
-                                                                       strict=True)])
+                                        it.time, it.page, it.section)
+                                       for i, (n, it) in zip(item_ids, items, strict=True)])
     _bulk_insert(conn, name, "vectors", list(zip(item_ids, blobs, strict=True)))
     return item_ids
 

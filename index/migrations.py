@@ -158,6 +158,13 @@ def _v6_item_time(conn: Connection) -> None:
     conn.execute(text("ALTER TABLE items ADD COLUMN time FLOAT"))
 
 
+def _v7_item_page_section(conn: Connection) -> None:
+    # Where a document passage came from: its page (PDF, 1-based) or its heading/chapter
+    # (DOCX, ODT, EPUB, HTML). NULL for every other item and for passages stored before.
+    _execute(conn, "ALTER TABLE items ADD COLUMN page {int}",
+             "ALTER TABLE items ADD COLUMN section TEXT")
+
+
 MIGRATIONS: list[Migration] = [
     (1, "initial: collection_model, files, items, vectors", _v1_initial),
     (2, "store_state generation, runs, failures", _v2_runs_failures_generation),
@@ -165,6 +172,7 @@ MIGRATIONS: list[Migration] = [
     (4, "collection_model.fingerprint", _v4_model_fingerprint),
     (5, "tags", _v5_tags),
     (6, "items.time (video frames)", _v6_item_time),
+    (7, "items.page, items.section (document passages)", _v7_item_page_section),
 ]
 LATEST = MIGRATIONS[-1][0]  # a current store's schema version
 APPLIED = "SELECT version FROM schema_migrations"  # the versions a store has

@@ -79,7 +79,7 @@ class Queries:
         for row in self._listed(sql.ITEMS_WITH_HASHES, sorted(set(hashes)), "hashes"):
             _, items = found.setdefault(row[2], (FileRecord(*row[:9]), []))
             if row[9] is not None:  # a file without items: one row, its item columns NULL
-                items.append(ItemRecord(row[9], row[10], row[11], decode(row[12]), row[13]))
+                items.append(ItemRecord(row[9], row[10], row[11], decode(row[12]), *row[13:16]))
         return found
 
     def file_states(self) -> dict[str, FileState]:

@@ -49,6 +49,14 @@ class StoreReads(Protocol):
         """Ids (n,) int64 of `kind` items under path `prefix`, taken in [after, before),
         tagged `tag`."""
 
+    def keyword_hits(self, words: str, kinds: Sequence[str], limit: int,
+                     prefix: str | None = None, after: float | None = None,
+                     before: float | None = None, tag: str | None = None
+                     ) -> list[tuple[int, float]]:
+        """Items of `kinds` whose passage, words read in an image, caption or file name hold
+        every word of `words` (typed by a user: no query syntax, any characters), filtered as
+        `item_ids_where`: (item id, score: higher is better), best first, at most `limit`."""
+
     def item_vector(self, item_id: int) -> tuple[str, np.ndarray] | None:
         """(kind, (dim,) unit vector) of one stored item, or None."""
 

@@ -40,6 +40,8 @@ class ItemRecord:
     passage: str | None
     vector: np.ndarray  # (dim,) float32, unit norm
     time: float | None = None  # a video frame's moment, seconds from the start
+    page: int | None = None  # a document passage's page, 1-based (PDF)
+    section: str | None = None  # a document passage's heading or chapter (DOCX, EPUB, HTML)
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,8 @@ class ItemView:
     caption: str | None
     time: float | None = None  # a video frame's moment, seconds
     taken_at: float | None = None  # the file's EXIF date, else its mtime (unix seconds)
+    page: int | None = None  # a document passage's page, 1-based (PDF)
+    section: str | None = None  # a document passage's heading or chapter
 
 
 @dataclass(frozen=True)

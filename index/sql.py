@@ -55,12 +55,13 @@ COUNT_FILES = "SELECT count(files.id) FROM files"
 ITEMS_WITH_HASHES = (
     "SELECT files.path, files.kind, files.content_hash, files.size, files.mtime, files.width, "
     "files.height, files.caption, files.taken_at, items.kind, items.position, items.passage, "
-    "vectors.data, items.time FROM files LEFT JOIN items ON items.file_id = files.id "
+    "vectors.data, items.time, items.page, items.section FROM files LEFT JOIN items ON items.file_id = files.id "
     "LEFT JOIN vectors ON vectors.item_id = items.id WHERE files.id IN "
     "(SELECT min(files.id) FROM files WHERE files.content_hash IN :hashes "
     "GROUP BY files.content_hash) ORDER BY files.id, items.kind, items.position")
 ITEMS = ("SELECT items.id, files.path, items.kind, items.position, items.passage, "
-         "files.caption, items.time, files.taken_at FROM items JOIN files ON "
+         "files.caption, items.time, files.taken_at, items.page, items.section FROM items "
+         "JOIN files ON "
          "files.id = items.file_id WHERE items.id IN :ids")
 HAS_ITEMS = "SELECT items.id FROM items WHERE items.kind = :kind LIMIT 1"
 COUNT_ITEMS = "SELECT count(items.id) FROM items WHERE items.kind = :kind"

@@ -26,6 +26,8 @@ _PARAGRAPH = re.compile(r"\n\s*\n")
 class Passage:
     position: int  # 0-based passage number within its file
     text: str
+    page: int | None = None  # the document's page it came from, 1-based (PDF)
+    section: str | None = None  # the heading or chapter it came under (DOCX, EPUB, HTML)
 
 
 # A byte-order mark names its encoding (UTF-32's before UTF-16's: FF FE 00 00 starts both).
