@@ -14,6 +14,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -33,11 +34,13 @@ from retriever.present.output import (
     unbounded,  # tables: never cut when piped
     visible,  # file text and error messages: shown, never read
 )
-from retriever.present.tables import duplicates_table, metrics_table
+from retriever.present.runs import PrintedWatch, not_indexed
+from retriever.present.tables import before_after, duplicates_table, metrics_table
 from retriever.settings import Settings
 
 if TYPE_CHECKING:
-    from retriever.ingest.run import IngestOutcome
+    from retriever.ingest.options import IngestOptions
+    from retriever.ingest.run import IngestOutcome, IngestRequest
 
 
 # click's exceptions, or typer's copy of click (typer 0.28 vendors it)
@@ -77,6 +80,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     cls=OneLineErrors,
+    rich_markup_mode=None,  # click's help: it wraps at $COLUMNS and never cuts a flag's name
 )
 stdout = Console(highlight=False, soft_wrap=True, emoji=False)
 stderr = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
@@ -195,7 +199,7 @@ OcrOpt = Annotated[bool, typer.Option(
     "--ocr", help="Read words in images with Tesseract; they are searched as texts.")]
 EngineOpt = Annotated[str, typer.Option(
     "--engine", help="local (this process), or ray: read and encode on a Ray cluster "
-    "(pip install 'retriever\\[ray]').")]
+    "(pip install 'retriever[ray]').")]
 RayAddressOpt = Annotated[str | None, typer.Option(
     "--ray-address", help="With --engine ray: the cluster (HOST:6379, from `ray start --head`); "
     "default: a Ray of this machine for the run.")]
@@ -220,43 +224,98 @@ def index(
 
     Example: retriever index ~/Pictures ~/Notes --exclude 'tmp/*' --ocr --video-every 2
     """
-    from index.ann import configured
     from retriever.encoding.specs import ModelSpec
     from retriever.ingest.pipeline import IngestOptions
-    from retriever.ingest.run import IngestRequest, ingest_folders
+    from retriever.ingest.run import ingest_folders
     from retriever.media.video import VideoOptions
     from retriever.progress import RichProgress
 
-    options = IngestOptions(tuple(folders), tuple(exclude or ()), batch_size, max_pixels,
-                           max_text_bytes, follow_symlinks_outside,
-                           video=VideoOptions(video_every, max_frames=video_max_frames), ocr=ocr)
-    if ocr:  # before a model loads: one line saying how to install Tesseract
+    request = _ingest_request(
+        IngestOptions(tuple(folders), tuple(exclude or ()), batch_size, max_pixels,
+                      max_text_bytes, follow_symlinks_outside,
+                      video=VideoOptions(video_every, max_frames=video_max_frames), ocr=ocr),
+        index_type, recall_target, memory_budget_mb)
+    started = time.monotonic()
+    outcome = ingest_folders(replace(request, index_dir=db, model=ModelSpec(model, pretrained),
+                                     backend=backend, reindex=reindex, wait=wait,
+                                     store_url=store, engine=engine, ray_address=ray_address),
+                             RichProgress())
+    _print_indexed(outcome, json_out, time.monotonic() - started)
+
+
+def _ingest_request(options: IngestOptions, index_type: str, recall_target: float,
+                    memory_budget_mb: int | None) -> IngestRequest:
+    """What `index` and `watch` share: the options, the FAISS index's configuration and the
+    settings (Tesseract checked before a model loads: one line saying how to install it)."""
+    from index.ann import configured
+    from retriever.ingest.run import IngestRequest
+
+    if options.ocr:
         check_tesseract()
     env = read_settings()
     ann = configured(env, kind=index_type, recall_target=recall_target,
                      memory_budget=memory_budget_mb * 2**20 if memory_budget_mb else None)
-    started = time.monotonic()
-    outcome = ingest_folders(IngestRequest(options, db, ModelSpec(model, pretrained), backend, ann,
-                                         reindex, wait, store_url=store, engine=engine,
-                                         ray_address=ray_address, settings=env), RichProgress())
-    _print_indexed(outcome, json_out, time.monotonic() - started)
+    return IngestRequest(options, None, ann=ann, settings=env)
 
 
 def _print_indexed(outcome: IngestOutcome, json_out: bool, seconds: float) -> None:
-    report, counts = outcome.report, outcome.counts
-    for failure in report.failures:
-        stderr.print(f"skipped {visible(failure.reason)}", markup=False)
+    from retriever.present.runs import indexed_summary, skipped_and_noted
+
+    for line in skipped_and_noted(outcome.report):
+        stderr.print(line, markup=False)
     if json_out:
-        stdout.print(json.dumps({"directory": str(outcome.directory), **counts.__dict__,
-                                 "run": report.to_json()}), markup=False)
+        stdout.print(json.dumps({"directory": str(outcome.directory),
+                                 **outcome.counts.__dict__, "run": outcome.report.to_json()}),
+                     markup=False)
         return
-    stdout.print(
-        f"encoded {report.images} images and {report.texts} text files ({report.passages} "
-        f"passages); reused {report.reused}, touched {report.touched}, unchanged "
-        f"{report.unchanged}, removed {report.removed}, failed {len(report.failures)}"
-        + (f" (+{report.known_failures} known, unchanged)" if report.known_failures else "")
-        + f" in {seconds:.1f} s\n{visible(str(outcome.directory))}: {counts.images} images, "
-        f"{counts.texts} passages in {counts.files} files", markup=False)
+    stdout.print(indexed_summary(outcome, seconds), markup=False)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    """SIGTERM ends `watch` as Ctrl-C does (a KeyboardInterrupt): committed batches stay."""
+    raise KeyboardInterrupt
+
+
+@app.command()
+@reports_errors
+def watch(
+    folders: FoldersArg, db: DbOpt = None, store: StoreOpt = None, model: ModelOpt = None,
+    pretrained: PretrainedOpt = None, batch_size: IndexBatchOpt = 64, exclude: ExcludeOpt = None,
+    max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
+    max_text_bytes: MaxTextBytesOpt = DEFAULT_MAX_TEXT_BYTES,
+    follow_symlinks_outside: FollowSymlinksOpt = False, index_type: IndexTypeOpt = "auto",
+    recall_target: RecallTargetOpt = 0.95, memory_budget_mb: MemoryBudgetOpt = None,
+    video_every: VideoEveryOpt = DEFAULT_EVERY,
+    video_max_frames: VideoMaxFramesOpt = DEFAULT_MAX_FRAMES, ocr: OcrOpt = False,
+    backend: BackendOpt = "auto", nice: Annotated[int, typer.Option(
+        min=0, max=19, help="Niceness added to the watcher: other programs go first.")] = 10,
+) -> None:
+    """Index FOLDERS as `index` does, then keep the index current as files change (Ctrl-C ends).
+
+    Example: retriever watch ~/Pictures ~/Notes --exclude 'tmp/*'
+    """
+    import signal
+
+    from retriever.encoding.specs import ModelSpec
+    from retriever.ingest.options import IngestOptions
+    from retriever.ingest.watch import WatchSettings, watch_folders
+    from retriever.media.video import VideoOptions
+    from retriever.progress import RichProgress
+
+    request = _ingest_request(
+        IngestOptions(tuple(folders), tuple(exclude or ()), batch_size, max_pixels,
+                      max_text_bytes, follow_symlinks_outside,
+                      video=VideoOptions(video_every, max_frames=video_max_frames), ocr=ocr),
+        index_type, recall_target, memory_budget_mb)
+    before = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        watch_folders(replace(request, index_dir=db, model=ModelSpec(model, pretrained),
+                              backend=backend, store_url=store), PrintedWatch(stderr, worded),
+                      WatchSettings(nice=nice), progress=RichProgress())
+    except KeyboardInterrupt:
+        stderr.print("stopped watching: every commit is kept", markup=False)
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 QueryArg = Annotated[str | None, typer.Argument(help="What to look for, in words.")]
@@ -293,6 +352,9 @@ HtmlOpt = Annotated[Path | None, typer.Option(
     "--html", help="Also write a self-contained results page to this file.")]
 PreviewOpt = Annotated[bool, typer.Option(
     "--preview", help="Show thumbnails inline (kitty or iTerm2 terminals).")]
+MatchOpt = Annotated[str, typer.Option(
+    "--match", help="hybrid (the default: words typed and meaning, fused), semantic (meaning "
+    "only) or keyword (only results holding every word typed, e.g. INV-48213).")]
 
 
 @app.command()
@@ -305,13 +367,14 @@ def search(
     pretrained: SearchPretrainedOpt = None, backend: BackendOpt = "auto",
     no_server: NoServerOpt = False, json_out: JsonOpt = False, paths_only: PathsOnlyOpt = False,
     html_file: HtmlOpt = None, preview: PreviewOpt = False, tag: TagFilterOpt = None,
-    with_videos: WithVideosOpt = False, store: StoreOpt = None,
+    with_videos: WithVideosOpt = False, store: StoreOpt = None, match: MatchOpt = "hybrid",
 ) -> None:
     """Find images, video moments and text passages by words, by an image, or both, weighted.
 
     Examples: retriever search "beach" --add sunset --sub people --to images;
     retriever search --image photo.jpg --to texts --json;
-    retriever search "receipt" --after 2024-01-01 --html results.html
+    retriever search "receipt" --after 2024-01-01 --html results.html;
+    retriever search INV-48213 --match keyword --to texts
     """
     from retriever.library.locations import find_index_dir
     from retriever.search.query import Query, parse_date, parse_term, resolve_target
@@ -323,7 +386,7 @@ def search(
         sub=tuple(parse_term(s, "--sub") for s in sub or ()),
         after=parse_date(after, "--after") if after else None,
         before=parse_date(before, "--before") if before else None, min_score=min_score,
-        tag=tag, video_frames=with_videos)
+        tag=tag, video_frames=with_videos, match=match)
     request.check()
     if html_file is not None:
         from retriever.present.html_page import check_target
@@ -341,6 +404,10 @@ def search(
     results = None if local else search_server(index_dir, request, env.xdg_runtime_dir)
     if results is None:
         results = _search_here(index_dir, request, model, pretrained, backend, store, env)
+    if not results and tag is not None:  # a typo in --tag, not a filter excluding everything
+        from retriever.library.tags import check_tag
+
+        check_tag(_reading(index_dir, store, env), tag)
     if html_file is not None:
         from retriever.present.html_page import write_html
 
@@ -427,8 +494,11 @@ def info(db: DbOpt = None, json_out: JsonOpt = False, store: StoreOpt = None) ->
              f"files     {summary.files}", f"images    {summary.images}",
              f"texts     {summary.texts} passages"]
     if run:
-        done = {k: v for k, v in run.stats.items() if k != "failures" and v}
+        done = {k: v for k, v in run.stats.items()
+                if k not in ("failures", "not_indexed", "notes") and v}
         lines.append(f"last run  {run.status}: " + ", ".join(f"{k} {v}" for k, v in done.items()))
+        lines += [f"noted     {note}" for note in run.stats.get("notes", [])]
+        lines += not_indexed(run.stats.get("not_indexed", {}))
     lines += [f"{name:<9} {value}" for name, value in places.items()]
     # a failure's reason starts with its path (as `index` prints it)
     lines += [f"failed    {f.reason if f.reason.startswith(f.path) else f'{f.path}: {f.reason}'}"
@@ -436,20 +506,39 @@ def info(db: DbOpt = None, json_out: JsonOpt = False, store: StoreOpt = None) ->
     stdout.print("\n".join(visible(line) for line in lines), markup=False)
 
 
+ForgetOpt = Annotated[Path | None, typer.Option(
+    "--forget", help="Drop this index folder from the list (its files stay).")]
+PruneOpt = Annotated[bool, typer.Option(
+    "--prune", help="Drop every listed index whose folder is gone.")]
+
+
 @app.command()
 @reports_errors
-def indexes(json_out: JsonOpt = False) -> None:
+def indexes(json_out: JsonOpt = False, forget: ForgetOpt = None,
+            prune: PruneOpt = False) -> None:
     """List the indexes this user made and the folders each covers (the registry).
 
     `search`, `info` and `serve` run inside any of these folders find their index.
-    Example: retriever indexes --json
+    Example: retriever indexes --json; retriever indexes --prune
     """
-    from retriever.library.locations import ROOTS_FILE, registered, registry_path
+    from retriever.library import locations
+    from retriever.library.locations import registered, registry_path, still_there
 
     data_dir = read_settings().data_dir
+    if forget is not None:  # the registry only: no index is deleted
+        gone = locations.forget(forget, data_dir)
+        stdout.print(visible(f"forgot {gone} (its files are untouched)"), markup=False)
+    if prune:
+        pruned = locations.prune(data_dir)
+        for gone in pruned:
+            stdout.print(visible(f"forgot {gone} (gone)"), markup=False)
+        if not pruned:
+            stderr.print("nothing to prune: every listed index is still there", markup=False)
+    if forget is not None or prune:
+        return
     known = registered(data_dir)
     for index_dir, roots in sorted(known.items()):
-        here = (index_dir / ROOTS_FILE).is_file()
+        here = still_there(index_dir)
         row = {"index": str(index_dir), "roots": [str(r) for r in roots], "exists": here}
         stdout.print(json.dumps(row) if json_out else visible(
             f"{index_dir}{'' if here else ' (gone)'}: " + ", ".join(map(str, roots))),
@@ -560,6 +649,10 @@ def train(
     if result.before:
         unbounded(stdout).print(metrics_table(result.before, result.after, "untrained",
                                                "trained"))
+        stdout.print(before_after(result.before, result.after), markup=False)
+    else:  # --val-fraction 0 without --val-data: README's fine-tuning steps score it instead
+        stdout.print(f"held-out: none (--val-fraction 0): score it before and after with "
+                     f"`retriever eval HELD-OUT --pretrained {result.checkpoint}`", markup=False)
     stdout.print(f"checkpoint: {result.checkpoint} ({result.samples_per_s:.0f} samples/s); "
               f"use it with --pretrained {result.checkpoint}", markup=False)
     stdout.print(f"curves: {result.curve_csv} and {result.curve_png}", markup=False)
@@ -679,10 +772,13 @@ def serve(
     db: DbOpt = None,
     store: StoreOpt = None,
     backend: BackendOpt = "auto",
+    watch: Annotated[bool, typer.Option(
+        "--watch", help="Also keep the index current as its folders change (as `retriever "
+        "watch` with default options).")] = False,
 ) -> None:
     """Search in a browser: a local web page and JSON API over the index (see README, Web UI).
 
-    Example: retriever serve --port 8765, then open http://127.0.0.1:8765
+    Example: retriever serve --port 8765 --watch, then open http://127.0.0.1:8765
     """
     from retriever.library.pinned_encoder import pinned_encoder
     from retriever.progress import RichProgress
@@ -692,9 +788,8 @@ def serve(
     check_port(port)
     collection, env = _opened(db, store)
     sock = listen(host, port)  # a port in use fails before the model loads
-    app_ = create_app(collection, pinned_encoder(collection, backend=backend,
-                                                progress=RichProgress(), settings=env),
-                      ServerSettings.for_host(host))
+    encoder = pinned_encoder(collection, backend=backend, progress=RichProgress(), settings=env)
+    app_ = create_app(collection, encoder, ServerSettings.for_host(host))
     if host not in LOOPBACK_HOSTS:
         stderr.print(f"warning: --host {host} serves your indexed files to the network",
                      markup=False)
@@ -702,7 +797,52 @@ def serve(
     port = sock.getsockname()[1]  # the one bound, for --port 0
     stderr.print(visible(f"serving {collection.directory} at http://{shown}:{port} (Ctrl-C "
                          f"stops)"), markup=False)
-    serve_forever(app_, sock, announce_in=collection.directory, runtime_dir=env.xdg_runtime_dir)
+    watching = _watching(collection, store, backend, env, encoder) if watch else None
+    try:
+        serve_forever(app_, sock, announce_in=collection.directory,
+                      runtime_dir=env.xdg_runtime_dir)
+    finally:
+        if watching is not None:
+            watching.stop()
+
+
+def _watching(collection: Any, store: str | None, backend: str, env: Settings,
+              encoder: Any) -> Any:
+    """`serve --watch`: the index's recorded folders watched on a thread beside the server."""
+    from retriever.errors import UsageError
+    from retriever.ingest.options import IngestOptions
+    from retriever.ingest.run import IngestRequest
+    from retriever.ingest.watch import Watching
+    from retriever.library.locations import recorded_roots
+
+    roots = recorded_roots(collection.directory)
+    if not roots:
+        raise UsageError(f"--watch: {collection.directory} records no folders: run "
+                         f"`retriever watch FOLDERS --db {collection.directory}` instead")
+    listener = PrintedWatch(stderr, worded)
+    request = IngestRequest(IngestOptions(roots), collection.directory, backend=backend,
+                            store_url=store, settings=env)
+    return Watching(request, listener, listener.failed, encoder=encoder)
+
+
+@app.command("mcp")
+@reports_errors
+def mcp_server(db: DbOpt = None, store: StoreOpt = None, backend: BackendOpt = "auto") -> None:
+    """Let an AI assistant search the index: a Model Context Protocol server on stdin/stdout.
+
+    Read-only tools (search, search_by_image, more_like, show_item, info, duplicates, tags);
+    an assistant client starts it (see README, "Searching from an AI assistant (MCP)").
+    Example: retriever mcp --db ~/Pictures/.retriever
+    """
+    from retriever.library.pinned_encoder import pinned_encoder
+    from retriever.mcp.server import serve_stdio
+    from retriever.progress import RichProgress
+
+    collection, env = _opened(db, store)  # as `serve`: no writer lock is taken
+    encoder = pinned_encoder(collection, backend=backend, progress=RichProgress(), settings=env)
+    stderr.print(visible(f"retriever mcp: serving {collection.directory} on stdin/stdout"),
+                 markup=False)
+    serve_stdio(collection, encoder)
 
 
 ThresholdOpt = Annotated[float | None, typer.Option(
@@ -765,7 +905,9 @@ def tag(labels: Annotated[list[str], typer.Argument(help="Labels to choose among
         prompt: PromptOpt = None, under: FolderOpt = None, min_score: TagScoreOpt = None,
         json_out: JsonOpt = False, db: DbOpt = None, store: StoreOpt = None,
         backend: BackendOpt = "auto", wait: Annotated[bool, typer.Option(
-            help="If `retriever index` is writing the index, wait for it.")] = False) -> None:
+            help="If `retriever index` is writing the index, wait for it.")] = False,
+        verbose: Annotated[bool, typer.Option(
+            "--verbose", help="List each image with its label(s) and score.")] = False) -> None:
     """Tag each image with its best label(s) by zero-shot CLIP; search them with --tag.
 
     Tagging again with the same labels replaces those tags. Example: retriever tag receipt
@@ -784,15 +926,16 @@ def tag(labels: Annotated[list[str], typer.Argument(help="Labels to choose among
         encoder = pinned_encoder(collection, backend=backend, progress=RichProgress(),
                                  settings=env)
         tagged = tag_images(collection, encoder, request)
-    for t in tagged:
-        if json_out:
-            stdout.print(json.dumps(t.to_json()), markup=False)
-        else:
-            stdout.print(visible(f"{', '.join(t.labels) or '-':<16} {t.score:.3f}  {t.path}"),
-                         markup=False)
+    for t in tagged if json_out or verbose else ():
+        stdout.print(json.dumps(t.to_json()) if json_out else visible(
+            f"{', '.join(t.labels) or '-':<16} {t.score:.3f}  {t.path}"), markup=False)
     counts = {label.strip(): sum(label.strip() in t.labels for t in tagged) for label in labels}
-    stderr.print(visible(f"tagged {sum(bool(t.labels) for t in tagged)} of {len(tagged)} images: "
-                         + ", ".join(f"{k} {v}" for k, v in counts.items())), markup=False)
+    summary = stderr if json_out or verbose else stdout  # stdout: the summary is the output
+    for label, count in counts.items():
+        summary.print(visible(f"{label:<16} {count} image{'' if count == 1 else 's'}"),
+                      markup=False)
+    summary.print(f"tagged {sum(bool(t.labels) for t in tagged)} of {len(tagged)} images "
+                  f"(--verbose lists each)", markup=False)
 
 
 TagFilterOpt = Annotated[str | None, typer.Option(

@@ -313,12 +313,188 @@ def on_disk_section(args: argparse.Namespace) -> None:
                   f"{machine_line()}; {loads} (the machine is shared with other test runs)")
 
 
+# --- keyword search at scale (--keywords) ----------------------------------------------------
+
+KEYWORD_MODEL = ("retriever-tiny", "none", 64)  # a fast text tower: the server encodes queries
+PASSAGES_A_FILE = 10
+WORDS_A_PASSAGE = 30
+VOCABULARY = 100_000  # made-up words, drawn by Zipf's law (s = 1.2): the commonest is in
+SYLLABLES = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"]  # nearly every passage
+KEYWORD_CLASSES = ("a file number", "a rare word", "two words of a passage",
+                   "a common word and a rare one", "a common word")
+
+
+def made_word(rank: int) -> str:
+    """The made-up word of this frequency rank: its digits in base 70, as syllables."""
+    word = ""
+    while True:
+        rank, digit = divmod(rank, len(SYLLABLES))
+        word += SYLLABLES[digit]
+        if rank == 0:
+            return word
+
+
+def passage_ranks(start: int, count: int):
+    """(count, WORDS_A_PASSAGE) word ranks of passages start..start+count (one batch)."""
+    import numpy as np
+
+    ranks = np.random.default_rng(start).zipf(1.2, (count, WORDS_A_PASSAGE)) - 1
+    return ranks % VOCABULARY
+
+
+def keyword_store(url: str, rows: int) -> dict:
+    """Write `rows` text passages, PASSAGES_A_FILE a file named report-INV-<number>.txt, with
+    random vectors, in transactions of BATCH passages; seconds in writes."""
+    import numpy as np
+
+    from index.kinds import TEXT
+    from index.records import FileRecord, ItemRecord, ModelRecord
+    from index.store import Store
+
+    load = os.getloadavg()[0]
+    store = Store(url)
+    store.set_model(ModelRecord(*KEYWORD_MODEL))
+    writing = 0.0
+    for start in range(0, rows, BATCH):
+        ranks = passage_ranks(start, min(BATCH, rows - start))
+        vectors = np.random.default_rng(start).normal(size=(len(ranks), KEYWORD_MODEL[2]))
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        batch = []
+        for first in range(0, len(ranks), PASSAGES_A_FILE):
+            number = (start + first) // PASSAGES_A_FILE
+            batch.append((FileRecord(f"/bench/keywords/{number // 1000:03d}/report-INV-"
+                                     f"{number:06d}.txt", TEXT, f"k{number}", 1, 1.0),
+                          [ItemRecord(TEXT, n, " ".join(made_word(r) for r in ranks[first + n]),
+                                      vectors[first + n].astype(np.float32))
+                           for n in range(min(PASSAGES_A_FILE, len(ranks) - first))]))
+        began = time.perf_counter()
+        store.write_files(batch)
+        writing += time.perf_counter() - began
+    store.close()
+    return {"rows": rows, "write_s": writing, "load": [load, os.getloadavg()[0]]}
+
+
+def keyword_queries(rows: int, count: int) -> dict[str, list[str]]:
+    """`count` queries of each class (KEYWORD_CLASSES), drawn from what the store holds."""
+    import numpy as np
+
+    rng = np.random.default_rng(QUERY_SEED)
+    files = rng.integers(0, rows // PASSAGES_A_FILE, count)
+    passages = [passage_ranks(start, min(BATCH, rows - start))[rng.integers(0, min(
+        BATCH, rows - start))] for start in rng.integers(0, rows // BATCH, count) * BATCH]
+    pairs = [rng.choice(ranks[ranks >= 100], 2, replace=False) if (ranks >= 100).sum() > 1
+             else ranks[:2] for ranks in passages]
+    return {KEYWORD_CLASSES[0]: [f"INV-{f:06d}" for f in files],
+            KEYWORD_CLASSES[1]: [made_word(r) for r in rng.integers(10_000, VOCABULARY, count)],
+            KEYWORD_CLASSES[2]: [" ".join(made_word(r) for r in pair) for pair in pairs],
+            KEYWORD_CLASSES[3]: [f"{made_word(ranks.min())} {made_word(ranks.max())}"
+                                 for ranks in passages],
+            KEYWORD_CLASSES[4]: [made_word(r) for r in rng.integers(0, 10, count)]}
+
+
+def keyword_direct(url: str, rows: int, queries: int) -> dict:
+    """`Store.keyword_hits` in this process, as the search asks it (50 texts): p50/p95 a
+    class, after one warm-up pass, and the hits each class found on average."""
+    from bench.speed import summary
+    from index.kinds import TEXT
+    from index.store import Store
+
+    store = Store(url, read_only=True)
+    out = {}
+    for name, asked in keyword_queries(rows, queries).items():
+        found = [len(store.keyword_hits(words, [TEXT], 50)) for words in asked]  # warm-up
+        ms = []
+        for words in asked:
+            began = time.perf_counter()
+            store.keyword_hits(words, [TEXT], 50)
+            ms.append((time.perf_counter() - began) * 1000)
+        out[name] = {**summary(ms), "hits": sum(found) / len(found)}
+    store.close()
+    return out
+
+
+def keyword_served(directory: Path, args: argparse.Namespace) -> dict:
+    """Warm `retriever serve` latencies of /api/search?match=keyword a class of query."""
+    from urllib.parse import urlencode
+
+    from bench.speed import fetch, serving, summary
+
+    out = {}
+    with serving(directory, ["--backend", "torch"], timeout=1800) as port:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        for name, asked in keyword_queries(args.rows, args.queries).items():
+            paths = ["/api/search?" + urlencode({"text": words, "match": "keyword",
+                                                 "target": "texts", "k": 10})
+                     for words in asked]
+            for path in paths:  # warm-up
+                fetch(connection, path)
+            ms = []
+            for path in paths:
+                began = time.perf_counter()
+                fetch(connection, path)
+                ms.append((time.perf_counter() - began) * 1000)
+            out[name] = summary(ms)
+        connection.close()
+    return out
+
+
+def keyword_runs(args: argparse.Namespace, directory: Path) -> dict:
+    """Build the passages' store, then query it in-process and through the server; what has
+    run is kept in WORK/keywords-<rows>.json as it goes."""
+    r: dict = {"load_before": os.getloadavg()}
+    kept = WORK / f"keywords-{args.rows}.json"
+    r["ingest"] = step("keywords", args, url=f"sqlite:///{directory / 'store.db'}")
+    r["ingest"]["store_bytes"] = sqlite_bytes(directory)
+    kept.write_text(json.dumps(r, indent=1))
+    r["direct"] = step("keyword_direct", args, url=f"sqlite:///{directory / 'store.db'}")
+    kept.write_text(json.dumps(r, indent=1))
+    r["served"] = keyword_served(directory, args)
+    r["load_after"] = os.getloadavg()
+    kept.write_text(json.dumps(r, indent=1))
+    return r
+
+
+def keyword_section(args: argparse.Namespace) -> None:
+    """Run (or with --section-only, reread) the keyword measurements; write their section."""
+    r = measured(args, f"keywords-{args.rows}.json", f"keywords-{args.rows}", keyword_runs)
+    ing = r["ingest"]
+    rows = ["| query (each class: its own queries) | hits found (at most 50) | in-process "
+            "`Store.keyword_hits` p50 / p95 | `retriever serve` /api/search?match=keyword "
+            "p50 / p95 | target |", "|---|---|---|---|---|"]
+    for name in KEYWORD_CLASSES:
+        d, s = r["direct"][name], r.get("served", {}).get(name)
+        served = f"{s['p50']:.1f} / {s['p95']:.1f} ms" if s else "not measured"
+        rows.append(f"| {name} | {d['hits']:.1f} | {d['p50']:.1f} / {d['p95']:.1f} ms | "
+                    f"{served} | p50 <= 20 ms |")
+    notes = [
+        "", f"The store: {args.rows:,} text passages of {WORDS_A_PASSAGE} made-up words drawn "
+        f"by Zipf's law (s = 1.2, {VOCABULARY:,} words: the commonest is in nearly every "
+        f"passage), {PASSAGES_A_FILE} a file named report-INV-<number>.txt, with random 64-d "
+        f"vectors (retriever-tiny, whose text tower the server runs on each query), written "
+        f"by `Store.write_files` at {args.rows / ing['write_s']:,.0f} passages/s with their "
+        f"keyword rows (FTS5); store {ing['store_bytes'] / 1e9:.2f} GB. {args.queries} "
+        "queries a class, asked once to warm up, then timed. A file number matches its "
+        "file's 10 passages; two words of a passage are of rank 100 or more, a common and a "
+        "rare one its commonest and rarest; a common word (rank < 10) matches most passages: "
+        "bm25 counts them all before ranking the newest 2,000 (index/keywords.py). "
+        "Through the server, the text tower encoding each query comes first (the cosines "
+        "that keyword results show), then the results' rows and snippets.",
+    ]
+    command = f"python -m bench.scale --keywords --rows {args.rows} --queries {args.queries}"
+    loads = f"load average {r['load_before'][0]:.1f} before, {r['load_after'][0]:.1f} after"
+    write_section("scale-keywords", f"Scale: keyword search, {args.rows:,} passages (CPU)",
+                  "\n".join([*rows, *notes]), command,
+                  f"{machine_line()}; {loads} (the machine is shared with other test runs)")
+
+
 STEPS = {"ingest": lambda a: ingest(a.url, a.rows, a.dim), "build": lambda a: build(a.db),
          "delta": lambda a: delta(a.db, a.rows, a.dim),
          "recall": lambda a: recall(a.db, a.queries, a.dim),
          "truth": lambda a: truth(a.db, a.queries, a.dim),
          "remake": lambda a: remake(a.db, a.kind, a.rows, a.dim),
-         "searching": lambda a: searching(a.db, a.mode, a.queries, a.dim)}
+         "searching": lambda a: searching(a.db, a.mode, a.queries, a.dim),
+         "keywords": lambda a: keyword_store(a.url, a.rows),
+         "keyword_direct": lambda a: keyword_direct(a.url, a.rows, a.queries)}
 
 
 def step(name: str, args: argparse.Namespace, **given: object) -> dict:
@@ -434,6 +610,9 @@ def table(r: dict, args: argparse.Namespace) -> list[str]:
         f"| next run: +{dl['rows']:,} items, then save | save {dl['save_s']:.1f} s writing "
         f"{dl['delta_bytes'] / 1e6:.1f} MB in {dl['deltas']} delta file (whole file: "
         f"{index_mb:,.0f} MB); peak RSS {dl['peak_mb']:,.0f} MB | saved incrementally |",
+        f"| keyword query, {args.rows:,} passages, p50/p95 through `retriever serve` | "
+        f"`python -m bench.scale --keywords --rows {args.rows}` (section \"Scale: keyword "
+        "search\" below) | p50 <= 20 ms |",
         "| Ray engine against the local engine, same folder, retriever-tiny | "
         "`python -m bench.engines` (section \"Ray engine against the local engine, one "
         "machine\" below): within 20% from about 1,000 photos joining a running Ray, 3,000 "
@@ -510,6 +689,8 @@ def main() -> None:
                         help="Rewrite the section from the kept results-<rows>.json.")
     parser.add_argument("--on-disk", action="store_true",
                         help="Measure an IVF searched from disk against in memory instead.")
+    parser.add_argument("--keywords", action="store_true",
+                        help="Measure keyword search over --rows text passages instead.")
     parser.add_argument("--step", choices=STEPS, help=argparse.SUPPRESS)
     parser.add_argument("--kind", help=argparse.SUPPRESS)
     parser.add_argument("--mode", help=argparse.SUPPRESS)
@@ -521,6 +702,9 @@ def main() -> None:
         return
     if args.on_disk:
         on_disk_section(args)
+        return
+    if args.keywords:
+        keyword_section(args)
         return
     args.postgres_rows = args.postgres_rows or args.rows
     r = measured(args, f"results-{args.rows}.json", f"idx-{args.rows}-{args.dim}", run_all)

@@ -9,6 +9,8 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from index.keywords import add_new as add_keywords
+from index.keywords import drop_files as drop_keywords
 from index.records import FileRecord, ItemRecord
 from index.sql import (
     PG_COPY,
@@ -39,7 +41,8 @@ BULK_COLUMNS = {
 
 def insert_rows(conn: Connection, batch: Sequence[tuple[FileRecord, Sequence[ItemRecord]]],
                 blobs: list[bytes], name: str) -> list[int]:
-    """Insert the files, their items and vectors (`blobs`: the items' vectors, encoded).
+    """Insert the files, their items, vectors and keyword rows (index.keywords; `blobs`: the
+    items' vectors, encoded).
     Returns the new item ids, in batch order."""
     items = [(n, it) for n, (_, its) in enumerate(batch) for it in its]
     file_ids = _new_ids(conn, "files", len(batch))
@@ -52,6 +55,7 @@ def insert_rows(conn: Connection, batch: Sequence[tuple[FileRecord, Sequence[Ite
                                         it.time, it.page, it.section)
                                        for i, (n, it) in zip(item_ids, items, strict=True)])
     _bulk_insert(conn, name, "vectors", list(zip(item_ids, blobs, strict=True)))
+    add_keywords(conn, item_ids)
     return item_ids
 
 
@@ -103,13 +107,15 @@ def _copy(conn: Connection, name: str, table: str, rows: list[tuple]) -> None:
 
 
 def delete_files(conn: Connection, paths: Sequence[str]) -> list[int]:
-    """Delete the files at `paths` (their items, vectors and tags cascade); returns the ids of
+    """Delete the files at `paths` (their items, vectors, tags and keyword rows cascade, or on
+    SQLite the keyword rows are dropped first: index.keywords); returns the ids of
     their items. Driver SQL: binding thousands of paths through SQLAlchemy costs more than the
     statements (bench/scale.py). PostgreSQL takes the paths as one array, sent binary (`%b`),
     in one statement (its SELECT sees the items before the cascade)."""
     if conn.dialect.name == "postgresql":
         return list(conn.exec_driver_sql(PG_DELETE_FILES, (list(paths),)).scalars().all())
     marks = ", ".join("?" * len(paths))
+    drop_keywords(conn, paths)  # first: FTS5 deletes a row by the values it was indexed with
     ids = list(conn.exec_driver_sql(SQLITE_ITEMS_OF_FILES.format(marks=marks),
                                     tuple(paths)).scalars().all())
     conn.exec_driver_sql(SQLITE_DELETE_FILES.format(marks=marks), tuple(paths))

@@ -19,6 +19,7 @@ migration, not by this module: a one-off search checks a SQLite store's version 
 from __future__ import annotations
 
 import time
+import unicodedata
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -165,6 +166,76 @@ def _v7_item_page_section(conn: Connection) -> None:
              "ALTER TABLE items ADD COLUMN section TEXT")
 
 
+def _v9_words_read(conn: Connection) -> None:
+    # 1 once `index --ocr` has read an image's words (whether it found any), NULL before: a
+    # later --ocr run reads only the images still NULL. A file's row is written anew when its
+    # bytes change, so new bytes are unread. Images with words stored already were read.
+    _execute(conn, "ALTER TABLE files ADD COLUMN words_read {int}",
+             "UPDATE files SET words_read = 1 WHERE files.id IN "
+             "(SELECT items.file_id FROM items WHERE items.kind = 'image-text')")
+
+
+# Keyword rows (migration 8): what an item is found by, by words rather than by meaning. The
+# same rows on both databases, one per item, defined once by the view `keyword_rows`: a TEXT
+# passage or an image's OCR words (`body`), with its file's caption and file name (`label`);
+# an image or a video frame by its caption and name alone, once per file (its kind's first
+# item). SQLite: an FTS5 index over that view (external content: no text stored twice),
+# unicode61 words, accents dropped; index.keywords keeps it in step with every write.
+# PostgreSQL: a tsvector per item ('simple': no stemming, names stay whole), weighted A for
+# the label and B for the body, GIN-indexed; its rows go when their items do (cascade).
+KEYWORD_FIRST_ITEM = (
+    "items.kind IN ('text', 'image-text') OR items.position = (SELECT min(head.position) "
+    "FROM items AS head WHERE head.file_id = items.file_id AND head.kind = items.kind)")
+# PostgreSQL's parser reads "receipt-INV-48213.jpg" as one file name token and "a-b" as a
+# hyphenated word with its parts; SQLite's unicode61 splits at every such mark. Punctuation
+# becomes spaces first (`keyword_text`, a function of the store), for documents and queries
+# alike, so both databases see the same words. Frozen: the stored tsvectors were made with it.
+KEYWORD_PUNCTUATION = ("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~"  # ASCII's, and common others
+                       "\u2013\u2014\u2018\u2019\u201a\u201c\u201d\u201e\u2026\u00ab\u00bb\u2039"
+                       "\u203a\u00b7\u2022\u00a1\u00bf")
+# Latin letters with accents (U+00C0 to U+024F that decompose to an ASCII letter and marks) and
+# that letter: `keyword_text` drops the accents, as SQLite's remove_diacritics does ("Café"
+# finds "cafe"). Canonical decompositions never change (Unicode's stability policy).
+KEYWORD_ACCENTED = "".join(chr(c) for c in range(0xC0, 0x250)
+                           if len(unicodedata.normalize("NFD", chr(c))) > 1
+                           and unicodedata.normalize("NFD", chr(c))[0].isascii())
+KEYWORD_UNACCENTED = "".join(unicodedata.normalize("NFD", c)[0] for c in KEYWORD_ACCENTED)
+
+
+def _v8_keywords(conn: Connection) -> None:
+    if conn.dialect.name == "postgresql":
+        _v8_keywords_postgresql(conn)
+        return
+    name = "substr(files.path, length(rtrim(files.path, replace(files.path, '/', ''))) + 1)"
+    conn.execute(text(
+        "CREATE VIEW keyword_rows AS SELECT items.id AS item_id, files.path AS path, "
+        f"items.passage AS body, coalesce(files.caption, '') || ' ' || {name} AS label "
+        f"FROM items JOIN files ON files.id = items.file_id WHERE {KEYWORD_FIRST_ITEM}"))
+    conn.execute(text(
+        "CREATE VIRTUAL TABLE keywords USING fts5(body, label, content='keyword_rows', "
+        "content_rowid='item_id', tokenize='unicode61 remove_diacritics 2')"))
+    conn.execute(text("INSERT INTO keywords(keywords) VALUES ('rebuild')"))  # the backfill
+
+
+def _v8_keywords_postgresql(conn: Connection) -> None:
+    marks = (KEYWORD_PUNCTUATION + KEYWORD_ACCENTED).replace("'", "''")
+    plain = " " * len(KEYWORD_PUNCTUATION) + KEYWORD_UNACCENTED
+    conn.execute(text(  # text(): no ':word' in it, and it doubles the '%' for the driver
+        "CREATE FUNCTION keyword_text(words text) RETURNS text LANGUAGE sql IMMUTABLE "
+        f"PARALLEL SAFE AS $$ SELECT translate(words, '{marks}', '{plain}') $$"))
+    words = ("setweight(to_tsvector('simple', keyword_text(coalesce(items.passage, ''))), 'B') "
+             "|| setweight(to_tsvector('simple', keyword_text(coalesce(files.caption, '') || "
+             "' ' || regexp_replace(files.path, '^.*/', ''))), 'A')")
+    conn.exec_driver_sql(
+        f"CREATE VIEW keyword_rows AS SELECT items.id AS item_id, files.path AS path, {words} "
+        f"AS words FROM items JOIN files ON files.id = items.file_id WHERE {KEYWORD_FIRST_ITEM}")
+    conn.exec_driver_sql("CREATE TABLE keywords (item_id BIGINT PRIMARY KEY REFERENCES items "
+                         "(id) ON DELETE CASCADE, words TSVECTOR NOT NULL)")
+    conn.exec_driver_sql("INSERT INTO keywords (item_id, words) SELECT item_id, words "
+                         "FROM keyword_rows")  # the backfill, before the index: faster
+    conn.exec_driver_sql("CREATE INDEX ix_keywords_words ON keywords USING GIN (words)")
+
+
 MIGRATIONS: list[Migration] = [
     (1, "initial: collection_model, files, items, vectors", _v1_initial),
     (2, "store_state generation, runs, failures", _v2_runs_failures_generation),
@@ -173,6 +244,8 @@ MIGRATIONS: list[Migration] = [
     (5, "tags", _v5_tags),
     (6, "items.time (video frames)", _v6_item_time),
     (7, "items.page, items.section (document passages)", _v7_item_page_section),
+    (8, "keywords: full-text rows of passages, captions, file names", _v8_keywords),
+    (9, "files.words_read (images whose words --ocr read)", _v9_words_read),
 ]
 LATEST = MIGRATIONS[-1][0]  # a current store's schema version
 APPLIED = "SELECT version FROM schema_migrations"  # the versions a store has

@@ -10,7 +10,7 @@ from functools import cached_property
 
 import numpy as np
 
-from index import sql
+from index import keywords, sql
 from index.connection import CoreExecutor, PlainExecutor, Rows
 from index.kinds import IMAGE, IMAGE_TEXT, TEXT, VIDEO
 from index.records import (
@@ -66,6 +66,9 @@ class Queries:
     def failures(self) -> dict[str, FailureRecord]:
         return {row[0]: FailureRecord(*row) for row in self._rows(sql.FAILURES)}
 
+    def images_without_words(self) -> list[str]:
+        return [row[0] for row in self._rows(sql.UNREAD_IMAGES)]
+
     def items_with_hash(self, content_hash: str) -> tuple[FileRecord, list[ItemRecord]] | None:
         """Some stored file with these bytes, with its items and vectors (for reuse)."""
         return self.items_with_hashes([content_hash]).get(content_hash)
@@ -118,8 +121,33 @@ class Queries:
                        before: float | None = None, tag: str | None = None) -> np.ndarray:
         """Ids of `kind` items under the folder `prefix` (see `_under`), taken in [after,
         before), tagged `tag` (SQL, indexed)."""
+        where, params = self._filters(prefix, after, before, tag)
+        rows = self._rows(sql.ITEM_IDS.format(where=where), {"kind": kind, **params})
+        return np.fromiter((r[0] for r in rows), dtype=np.int64)
+
+    def keyword_hits(self, words: str, kinds: Sequence[str], limit: int,
+                     prefix: str | None = None, after: float | None = None,
+                     before: float | None = None, tag: str | None = None
+                     ) -> list[tuple[int, float]]:
+        """(item id, score) of the `kinds` items whose keyword row (index.keywords) holds
+        every word of `words`, filtered as `item_ids_where`, best first (score: higher is
+        better; bm25 on SQLite, ts_rank_cd on PostgreSQL), at most `limit`. `words` is what a
+        user typed: no syntax, any characters; none that is a word: no hits."""
+        typed = keywords.query_words(words)
+        if not typed or not kinds or limit <= 0:
+            return []
+        where, params = self._filters(prefix, after, before, tag)
+        common = [] if self.postgresql else keywords.common(self._rows, typed)
+        statement, bound = keywords.hits(typed, common, kinds, where, self.postgresql)
+        rows = self._rows(statement, {**params, **bound, "limit": int(limit)})
+        return [(int(item_id), float(score)) for item_id, score in rows]
+
+    def _filters(self, prefix: str | None, after: float | None, before: float | None,
+                 tag: str | None) -> tuple[str, dict[str, object]]:
+        """The `{where}` (sql.where) of "under the folder `prefix`, taken in [after, before),
+        tagged `tag`" and its parameters."""
         clauses: list[str] = []
-        params: dict[str, object] = {"kind": kind}
+        params: dict[str, object] = {}
         if tag is not None:
             clauses.append(sql.TAGGED)
             params["tag"] = tag
@@ -132,8 +160,7 @@ class Queries:
             if value is not None:
                 clauses.append(clause)
                 params[name] = value
-        rows = self._rows(sql.ITEM_IDS.format(where=sql.where(*clauses)), params)
-        return np.fromiter((r[0] for r in rows), dtype=np.int64)
+        return sql.where(*clauses), params
 
     def item_vector(self, item_id: int) -> tuple[str, np.ndarray] | None:
         """(kind, vector) of one stored item, or None."""
@@ -173,6 +200,10 @@ class Queries:
         """item id -> its labels (every label set), sorted; items without tags are left out."""
         # ascending ids: the chunks' rows stay in order
         return _labels_by_item(self._listed(sql.TAGS, sorted({int(i) for i in ids}), "ids"))
+
+    def tag_counts(self) -> dict[str, int]:
+        """label -> how many items carry it (every label set), by label."""
+        return {label: int(count) for label, count in self._rows(sql.TAG_COUNTS)}
 
     def placed_tags(self) -> list[PlacedTag]:
         """Every tag, its item named by place (path, kind, position) rather than id: what

@@ -70,6 +70,9 @@ class StoreReads(Protocol):
 
     def failures(self) -> dict[str, FailureRecord]: ...
 
+    def images_without_words(self) -> list[str]:
+        """Paths of images whose words `--ocr` has not read (for their current bytes)."""
+
     def recent_images(self, limit: int) -> list[int]:
         """The newest image items (EXIF date, else mtime), newest first."""
 
@@ -90,6 +93,9 @@ class StoreReads(Protocol):
                           ) -> dict[str, tuple[FileRecord, list[ItemRecord]]]: ...
 
     def last_run(self) -> RunRecord | None: ...
+
+    def tag_counts(self) -> dict[str, int]:
+        """label -> how many items carry it, by label (the web page's tag menu)."""
 
     def placed_tags(self) -> list[PlacedTag]: ...
 

@@ -4,6 +4,7 @@ Parameters are `:name`, which sqlite3 (named style) and SQLAlchemy's `text()` bo
 parameter (`IN :ids`) is written out by `expand`, one name per value. The few statements only
 one database has (PostgreSQL's locks, sequences and COPY; SQLite's counters) say so in their
 names. Standard library only: a one-off search runs these through sqlite3 without SQLAlchemy.
+The keyword rows' statements, which differ more between the databases, are index/keywords.py's.
 """
 
 from __future__ import annotations
@@ -50,12 +51,17 @@ FILE_STATES = "SELECT files.path, files.size, files.mtime, files.content_hash FR
 FILE_STATE = ("SELECT files.size, files.mtime, files.content_hash FROM files "
               "WHERE files.path = :path")
 COUNT_FILES = "SELECT count(files.id) FROM files"
+# Images whose words `--ocr` has not read for their current bytes (files.words_read NULL)
+UNREAD_IMAGES = ("SELECT files.path FROM files WHERE files.kind = 'image' "
+                 "AND files.words_read IS NULL")
+MARK_WORDS_READ = "UPDATE files SET words_read = 1 WHERE files.path = :path"
 # Some file per hash (the first stored) with its items and vectors, in (kind, position) order;
 # a file without items comes as one row of NULL item columns.
 ITEMS_WITH_HASHES = (
     "SELECT files.path, files.kind, files.content_hash, files.size, files.mtime, files.width, "
     "files.height, files.caption, files.taken_at, items.kind, items.position, items.passage, "
-    "vectors.data, items.time, items.page, items.section FROM files LEFT JOIN items ON items.file_id = files.id "
+    "vectors.data, items.time, items.page, items.section FROM files "
+    "LEFT JOIN items ON items.file_id = files.id "
     "LEFT JOIN vectors ON vectors.item_id = items.id WHERE files.id IN "
     "(SELECT min(files.id) FROM files WHERE files.content_hash IN :hashes "
     "GROUP BY files.content_hash) ORDER BY files.id, items.kind, items.position")
@@ -99,6 +105,8 @@ TAGS = ("SELECT DISTINCT tags.item_id, tags.label FROM tags WHERE tags.item_id I
 DROP_TAGS = "DELETE FROM tags WHERE tags.label_set = :label_set AND tags.item_id IN :ids"
 ADD_TAG = ("INSERT INTO tags (item_id, label_set, label, score) "
            "VALUES (:item_id, :label_set, :label, :score)")
+TAG_COUNTS = ("SELECT tags.label, COUNT(DISTINCT tags.item_id) FROM tags GROUP BY tags.label "
+              "ORDER BY tags.label")
 PLACED_TAGS = ("SELECT files.path, items.kind, items.position, tags.label_set, tags.label, "
                "tags.score FROM tags JOIN items ON tags.item_id = items.id JOIN files ON "
                "files.id = items.file_id ORDER BY tags.item_id")

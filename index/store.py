@@ -9,6 +9,7 @@ The store is a room of small modules, each with one job:
 - index/connection.py: a URL opened, and the executor that runs the statements: SQLAlchemy
   Core, or for a one-off search of a current SQLite store sqlite3 alone (`open_store`);
 - index/bulk.py: `write_files`' bulk inserts (executemany, PostgreSQL's binary COPY);
+- index/keywords.py: the keyword rows kept in step with the writes, and the keyword query;
 - index/store_errors.py: the database's errors as named ones;
 - index/migrations.py: the schema, stated once, and its version.
 """
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from index import sql
+from index import keywords, sql
 from index.bulk import delete_files, insert_rows
 from index.connection import CoreExecutor, CoreTransaction, PlainExecutor, open_core, open_plain
 from index.kinds import KINDS
@@ -162,15 +163,19 @@ class Store(Queries):
     def clear(self) -> None:
         """Delete every file, item, vector, failure and the model record, in one transaction."""
         with self.executor.begin() as tx:
+            keywords.clear(tx, self.postgresql)
             for statement in (*sql.CLEAR, sql.BUMP):
                 tx.rows(statement)
 
     def touch_files(self, records: Sequence[FileRecord]) -> None:
-        """Update size, mtime and caption of files whose content is unchanged (no re-encode)."""
+        """Update size, mtime and caption of files whose content is unchanged (no re-encode),
+        and the keyword rows of those whose caption changed."""
         with self.executor.begin() as tx:
+            recaptioned = keywords.recaption(tx, records, self.postgresql)
             tx.many(sql.TOUCH_FILE, [{"path": r.path, "size": r.size, "mtime": r.mtime,
                                       "caption": r.caption, "taken_at": r.taken_at}
                                      for r in records])
+            keywords.add_at(tx, recaptioned, self.postgresql)
 
     # --- runs and failures ------------------------------------------------------------------
 
@@ -195,6 +200,12 @@ class Store(Queries):
         with self.executor.begin() as tx:
             for statement, params in sql.with_list(sql.CLEAR_FAILURES, list(paths), "paths"):
                 tx.rows(statement, params)
+
+    def mark_words_read(self, paths: Sequence[str]) -> None:
+        """Record that `--ocr` read the words of these images (found some or not): a later
+        `--ocr` run leaves them be until their bytes change (a rewritten row starts unread)."""
+        with self.executor.begin() as tx:
+            tx.many(sql.MARK_WORDS_READ, [{"path": path} for path in paths])
 
     # --- tags ---------------------------------------------------------------------------------
 

@@ -52,6 +52,15 @@ class BadSetting(UsageError):
         return f"{self.setting} {self.value}: {self.problem}"
 
 
+class UnknownTag(BadSetting):
+    """`search --tag LABEL` where no image carries LABEL: `known` lists the labels that do."""
+
+    def __init__(self, tag: str, known: tuple[str, ...]) -> None:
+        listed = ", ".join(known) if known else "none yet: run `retriever tag LABEL...` first"
+        super().__init__("tag", tag, f"no image is tagged so (known tags: {listed})")
+        self.tag, self.known = tag, known
+
+
 class ModelMismatch(RetrieverError):
     """The model asked for differs from the one an index or checkpoint was built with."""
 
@@ -75,6 +84,19 @@ class AskedModelDiffers(ModelMismatch):
 
 class IndexNotFound(RetrieverError):
     """No index where one was expected (`search`/`info` outside an indexed folder)."""
+
+
+class IndexStillBuilding(IndexNotFound):
+    """A search while the first `retriever index` run on `directory` has committed no file yet
+    (its writer holds the lock): nothing is wrong with the query, there is nothing to find."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
+        self.directory = directory
+
+    def __str__(self) -> str:
+        return (f"the index {self.directory} is still being built: nothing committed yet; "
+                f"search again once `retriever index` has stored its first files")
 
 
 class ItemNotFound(UsageError):
@@ -102,6 +124,29 @@ class VideoError(RetrieverError):
     def __init__(self, message: str, path: str) -> None:
         super().__init__(message)
         self.path = path
+
+
+class DocumentError(RetrieverError):
+    """A document (PDF, DOCX, ODT, EPUB, HTML, RTF) that cannot be read: encrypted, damaged,
+    too deep or too large unpacked. Indexing reports it and goes on."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(path, problem)  # args rebuild it when it crosses processes (Ray)
+        self.path = path  # the file, as stored
+        self.problem = problem  # e.g. "encrypted PDF (needs a password)"
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.problem}"
+
+
+class NoTextLayer(DocumentError):
+    """A PDF whose pages are all scans (no text layer), indexed without --ocr. Not a lasting
+    failure: a run with --ocr reads it."""
+
+    def __init__(self, path: str, pages: str) -> None:
+        super().__init__(path, pages)
+        self.pages = pages  # "1-3, 5"
+        self.problem = f"no text layer on pages {pages}; index with --ocr to read them"
 
 
 class OcrUnavailable(UsageError):

@@ -53,7 +53,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("retriever.library.*",),
     ("retriever.ingest.*", "retriever.search.*", "retriever.training.*"),
     ("retriever.present.*",),
-    ("retriever.server.*",),
+    ("retriever.server.*", "retriever.mcp.*"),
     ("retriever.demo",),
     ("cli",),
 )

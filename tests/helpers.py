@@ -12,6 +12,7 @@ import json
 import os
 import random
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -400,3 +401,63 @@ def write_colour_folders(root: Path, per_class: dict[str, int], seed: int = 1) -
             synthetic.draw_scene(synthetic.Scene(colour, shape, place), 64, rng).save(path)
     return root
 
+
+
+# --- the web page -----------------------------------------------------------------------------
+
+
+def tag_files(collection: Collection, labels: dict[Path, str]) -> dict[Path, int]:
+    """Tag each image file with its label, stored as `retriever tag` stores tags (one label
+    set of all the labels); returns each file's image item id."""
+    from index.records import TagRecord
+
+    ids = collection.reads.image_items_at([str(path) for path in labels])
+    by_path = {path: ids[str(path)] for path in labels}
+    label_set = json.dumps(sorted(set(labels.values())))
+    with collection.writing():
+        collection.replace_tags(label_set, list(by_path.values()),
+                                [TagRecord(by_path[p], label, 0.3) for p, label in labels.items()])
+    return by_path
+
+
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's; Playwright downloads no browser
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync"]
+SERVE_DEADLINE_S = 120  # loading torch and the model on a busy 2-core CI machine
+
+
+@contextmanager
+def serving(db: Path, log: Path) -> Iterator[str]:
+    """The URL of a real `retriever serve --db db` on a free loopback port, its output in
+    `log`; stopped on leaving."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with open(log, "w") as out:
+        process = subprocess.Popen([sys.executable, "-m", "cli", "serve", "--db", str(db),
+                                    "--port", str(port)], stdout=out, stderr=subprocess.STDOUT)
+    url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + SERVE_DEADLINE_S
+    try:
+        while True:
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"retriever serve did not answer:\n{log.read_text()}")
+            try:
+                with urllib.request.urlopen(f"{url}/api/info", timeout=2):
+                    break
+            except OSError:
+                time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -9,45 +9,17 @@ from __future__ import annotations
 
 import re
 import shutil
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from .helpers import OLD, make_media, open_index
+from .helpers import CHROMIUM, CHROMIUM_ARGS, OLD, make_media, open_index, serving
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync"]
 SCREENSHOT_COPY = Path("/tmp/retriever-browser.png")
 SHOTS = Path("/tmp/retriever-browser-shots")  # the filter test's screenshots, to look at
-START_DEADLINE_S = 120  # loading torch and the model on a busy 2-core CI machine
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until_serving(url: str, process: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + START_DEADLINE_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"retriever serve exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            with urllib.request.urlopen(f"{url}/api/info", timeout=2):
-                return
-        except OSError:
-            time.sleep(0.2)
-    pytest.fail(f"retriever serve did not answer within {START_DEADLINE_S} s:\n{log.read_text()}")
 
 
 @pytest.fixture
@@ -57,22 +29,8 @@ def served(tmp_path, tiny_encoder):
         pytest.skip(f"{CHROMIUM} is missing: apt-get install chromium (as .ci/run does)")
     root = make_media(tmp_path / "media")
     open_index(root, tiny_encoder).close()
-    port, log = free_port(), tmp_path / "serve.log"
-    command = [sys.executable, "-m", "cli", "serve", "--db", str(root / ".retriever"),
-               "--port", str(port)]
-    with open(log, "w") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_until_serving(url, process, log)
+    with serving(root / ".retriever", tmp_path / "serve.log") as url:
         yield url, root
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def drop_file(page, path: Path) -> None:
@@ -99,7 +57,7 @@ def test_search_click_drop_and_screenshot(served, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
     url, root = served
-    expect.set_options(timeout=30_000)  # a wait for the page, not a speed requirement
+    expect.set_options(timeout=120_000)  # a wait for the page, not a speed requirement
     with sync_playwright() as playwright:
         browser, page, errors = open_page(playwright, url)
         try:
@@ -159,7 +117,7 @@ def test_recent_photos_date_filter_large_view_and_a_shareable_url(served, tmp_pa
 
     url, root = served
     old_day = date.fromtimestamp(OLD).isoformat()
-    expect.set_options(timeout=30_000)
+    expect.set_options(timeout=120_000)
     shots = []
     with sync_playwright() as playwright:
         browser, page, errors = open_page(playwright, url)

@@ -49,8 +49,8 @@ def test_store_rows_equal_saved_index_vectors(indexed):
 
 def test_text_query_returns_image_rows(indexed, cli):
     folder, _ = indexed
-    found = rows(cli("search", "a red disc", "--to", "images", "--json", "--db",
-                     folder / ".retriever"))
+    found = rows(cli("search", "a red disc", "--to", "images", "--json", "--match", "semantic",
+                     "--db", folder / ".retriever"))  # by cosine alone: scores in order
     assert len(found) == 3 and {r["kind"] for r in found} == {"image"}
     assert {r["path"] for r in found} == {str(folder / "photos" / f"{c}.jpg")
                                           for c in ("red", "green", "blue")}
@@ -63,7 +63,7 @@ def test_image_query_returns_text_rows_with_passages(indexed, cli):
     folder, _ = indexed
     found = rows(cli("search", "--image", folder / "photos" / "green.jpg", "--to", "texts",
                      "-k", "4", "--json", "--db", folder / ".retriever"))
-    assert len(found) == 4 and {r["section"] for r in found} == {"texts"}
+    assert len(found) == 4 and {r["found_in"] for r in found} == {"texts"}
     assert all(r["passage"] for r in found if r["kind"] == "text")
     # red.txt is red.jpg's sidecar caption: a hit on it is the photo, never the .txt
     assert not any(r["path"].endswith("red.txt") for r in found)
@@ -79,12 +79,12 @@ def test_search_finds_the_index_by_walking_up(indexed, cli, monkeypatch):
 
 def test_all_interleaves_the_two_sections_by_rank(indexed, cli):
     folder, _ = indexed
-    found = rows(cli("search", "red", "--to", "all", "-k", "50", "--json", "--db",
-                     folder / ".retriever"))
-    assert [r["section"] for r in found[:4]] in (["images", "texts"] * 2,
-                                                 ["texts", "images"] * 2)
+    found = rows(cli("search", "red", "--to", "all", "-k", "50", "--json", "--match",
+                     "semantic", "--db", folder / ".retriever"))  # ranked by cosine alone
+    assert [r["found_in"] for r in found[:4]] in (["images", "texts"] * 2,
+                                                  ["texts", "images"] * 2)
     for section in ("images", "texts"):
-        scores = [r["score"] for r in found if r["section"] == section]
+        scores = [r["score"] for r in found if r["found_in"] == section]
         assert scores == sorted(scores, reverse=True) and scores
     assert len({r["id"] for r in found}) == len(found)  # a captioned photo appears once
 

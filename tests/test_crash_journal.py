@@ -37,7 +37,7 @@ KILLER = textwrap.dedent("""
         return read
 
     handlers.load_pixels = killing(handlers.load_pixels)
-    handlers.read_text = killing(handlers.read_text)
+    handlers.read_document = killing(handlers.read_document)
     real_plan = readers.plan
     readers.plan = lambda: dataclasses.replace(real_plan(), reader_threads=1)
     sys.argv = ["retriever", *sys.argv[1:]]

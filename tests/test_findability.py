@@ -41,11 +41,11 @@ def test_words_find_photos_by_default_and_all_gives_both_kinds_a_place(mixed, cl
     default = rows(cli("search", lines[0], "--json", *db))
     assert len(default) == 10 and {r["kind"] for r in default} == {"image"}
     both = rows(cli("search", lines[0], "--to", "all", "--json", *db))
-    assert len(both) == 10 and {r["section"] for r in both} == {"images", "texts"}
-    assert sum(r["section"] == "images" for r in both) == 5  # interleaved by rank
+    assert len(both) == 10 and {r["found_in"] for r in both} == {"images", "texts"}
+    assert sum(r["found_in"] == "images" for r in both) == 5  # interleaved by rank
     # both match by construction: the scene's photo, and the passage holding its caption
     assert str(media / "photos" / "img_0001.jpg") in {r["path"] for r in both}
-    assert any(lines[0] in (r["passage"] or "") for r in both if r["section"] == "texts")
+    assert any(lines[0] in (r["passage"] or "") for r in both if r["found_in"] == "texts")
 
 
 def test_a_sidecar_caption_hit_is_its_photo(mixed, cli):

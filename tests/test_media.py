@@ -30,7 +30,7 @@ def test_hidden_and_excluded_paths_are_skipped(tmp_path):
     write_photo(tmp_path / ".cache" / "inside.jpg", (1, 2, 3))
     write_photo(tmp_path / "raw" / "skip.jpg", (1, 2, 3))
     (tmp_path / "draft.md").write_text("x")
-    (tmp_path / "other.pdf").write_text("not media")
+    (tmp_path / "other.pages").write_text("not media")
     names = {f.path.name for f in scan([tmp_path], exclude=["raw/*", "*.md"]).files}
     assert names == {"keep.jpg"}
 

@@ -165,7 +165,8 @@ def test_html_page_embeds_thumbnails_and_passages(indexed, cli, tmp_path):
     text = page.read_text()
     assert text.count('<div class="card image">') == 10
     assert text.count("data:image/jpeg;base64,") == 10  # self-contained: no file links
-    assert "a note about a summer trip" in text and "(passage 0)" in text
+    assert "a note about a <mark>summer</mark> <mark>trip</mark>" in text  # words marked
+    assert "(passage 0)" in text
     assert "summer &lt;trip&gt;" in text  # the query is escaped
 
 

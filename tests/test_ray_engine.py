@@ -175,7 +175,7 @@ def test_a_read_task_reads_photos_without_torch_and_texts_alike(media, tiny_enco
         (tmp_path / "out.pkl").read_bytes())
     assert (torch_for_photo, torch_for_note) == (False, True)
     np.testing.assert_array_equal(got_photo.decoded.pixels.data, read(photo).decoded.pixels.data)
-    assert got_note.decoded == read(note).decoded and len(got_note.decoded) > 1
+    assert got_note.decoded == read(note).decoded and len(got_note.decoded.passages) > 1
 
 
 def test_known_hashes_hold_each_hash_by_its_first_64_bits():

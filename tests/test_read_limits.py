@@ -19,7 +19,7 @@ from retriever.media.scan import IMAGE, MediaFile, path_key
 
 from .helpers import write_photo
 
-SLOW = {"image": ("load_pixels", "slow.jpg"), "text": ("read_text", "slow-note.txt")}
+SLOW = {"image": ("load_pixels", "slow.jpg"), "text": ("read_document", "slow-note.txt")}
 
 
 @pytest.fixture

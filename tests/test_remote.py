@@ -311,7 +311,8 @@ def test_text_search_is_the_local_search(url, media, tiny_encoder):
     assert [{**row, "score": 0} for row in rows] == [{**row, "score": 0} for row in expected]
     assert [r["score"] for r in rows] == pytest.approx([r["score"] for r in expected], abs=1e-6)
     assert list(rows[0]) == ["id", "path", "score", "kind", "position", "passage", "caption",
-                             "time", "tags", "section", "taken_at"]
+                             "time", "tags", "found_in", "taken_at", "page", "section",
+                             "snippet", "marks"]
     assert len(rows) == 8 and {r["kind"] for r in rows} == {"image", "text"}
 
 

@@ -54,7 +54,7 @@ def test_text_search_returns_ranked_rows(client, media):
     root, _ = media
     found = results(client.get("/api/search", params={"text": "buy red paint",
                                                       "target": "texts", "k": 3}))
-    assert len(found) == 3 and {r["section"] for r in found} == {"texts"}
+    assert len(found) == 3 and {r["found_in"] for r in found} == {"texts"}
     top = found[0]  # the exact words of todo.txt's only passage: the same vector
     assert top["path"] == str(root / "notes" / "todo.txt") and top["position"] == 0
     assert top["passage"] == "buy red paint" and top["score"] == pytest.approx(1.0, abs=1e-4)
@@ -355,9 +355,10 @@ def test_non_finite_and_deep_json_are_400(client, body, words):
 
 def test_a_huge_weight_is_that_term_alone(client):
     """1e39 overflows float32: the sum is made in float64, so the term simply dominates."""
-    alone = results(client.post("/api/search", json={"text": "blue", "k": 5}))
+    alone = results(client.post("/api/search", json={"text": "blue", "k": 5,
+                                                     "match": "semantic"}))  # vectors alone
     huge = results(client.post("/api/search", json={
-        "text": "x", "add": [{"text": "blue", "weight": 1e39}], "k": 5}))
+        "text": "x", "add": [{"text": "blue", "weight": 1e39}], "k": 5, "match": "semantic"}))
     assert [r["id"] for r in huge] == [r["id"] for r in alone]
     assert [r["score"] for r in huge] == pytest.approx([r["score"] for r in alone], abs=1e-5)
 
@@ -366,10 +367,10 @@ def test_weights_near_the_float_limit_weigh_as_their_ratios(client):
     """Only the weights' ratios matter: two terms at 1e308 (their sum overflows a float)
     beside one at 1 give what the two alone, at equal weights, give."""
     huge = results(client.post("/api/search", json={
-        "text": "x", "k": 5, "add": [{"text": "blue", "weight": 1e308},
-                                     {"text": "red", "weight": 1e308}]}))
+        "text": "x", "k": 5, "match": "semantic", "add": [{"text": "blue", "weight": 1e308},
+                                                          {"text": "red", "weight": 1e308}]}))
     plain = results(client.post("/api/search", json={
-        "text": "blue", "k": 5, "add": [{"text": "red"}]}))
+        "text": "blue", "k": 5, "match": "semantic", "add": [{"text": "red"}]}))
     assert [r["id"] for r in huge] == [r["id"] for r in plain]
     assert [r["score"] for r in huge] == pytest.approx([r["score"] for r in plain], abs=1e-5)
 

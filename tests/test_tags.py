@@ -105,7 +105,8 @@ def test_tagging_again_with_the_same_labels_replaces_them(tagged_index, cli):
                 "--no-server")
     assert {json.loads(line)["path"] for line in found.stdout.splitlines()} == red
     none = cli("search", "a shape", "--db", db, "--tag", "green", "--json", "--no-server")
-    assert none.exit_code == 0 and none.stdout.strip() == ""
+    assert none.exit_code == 2 and none.stdout.strip() == ""  # no image is tagged green now
+    assert "--tag green: no image is tagged so (known tags: blue, red)" in none.stderr
 
 
 def test_a_tag_request_names_its_label_set_by_the_sorted_labels():

@@ -106,7 +106,7 @@ def changed_while_read(monkeypatch, target: Path, how: str, other: Path, times: 
     """The first `times` reads of `target` see it rewritten (`how`) between its hash and its
     decoding: the bytes hashed and the bytes decoded are not the same."""
     left = {"n": times}
-    for name in ("load_pixels", "read_text"):
+    for name in ("load_pixels", "read_document"):
         real = getattr(handlers, name)
 
         def decode(fh, *args, real=real):

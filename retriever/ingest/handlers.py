@@ -6,7 +6,7 @@ add a kind here and the indexer and both engines take it.
 
     kind    decoded (`PreparedFile.decoded`)        items
     image   ImageInput: pixels, words (--ocr)       one image item, then its words (image-text)
-    text    list[Passage]                           one text item a passage
+    text    DocumentText: passages, notes           one text item a passage (page, section)
     video   Frames: (seconds, pixels) sampled       one video item a frame, at its moment
 
 Images are `batched`: a chunk's images go to the model in one call at the end of the chunk.
@@ -35,8 +35,14 @@ from retriever.ingest.media_items import (
     word_items,
 )
 from retriever.ingest.options import FileItems, IngestOptions, IngestReport
+from retriever.media.documents import (
+    DocumentLimits,
+    DocumentText,
+    document_passages,
+    read_document,
+)
 from retriever.media.images import taken_at
-from retriever.media.passages import Passage, read_text, split_passages
+from retriever.media.passages import OVERLAP_SHARE, Passage
 from retriever.media.scan import MediaFile
 
 
@@ -69,6 +75,8 @@ class Encoding:
     record: FileRecord
     items: list[ItemRecord]  # the file's own: any not finite and the file is a failure
     extras: list[ItemRecord]  # words read in an image: any not finite and only they are dropped
+    notes: tuple[str, ...] = ()  # what reading noted (a PDF's pages without text), reported
+    words_read: bool = False  # an image whose words were read (--ocr), words found or not
 
 
 class Handler(ABC):
@@ -118,32 +126,45 @@ class ImageHandler(Handler):
                ) -> list[Encoding]:
         vectors = encoder.encode_pixels(np.stack([i.pixels.data for _, i in files]))  # (n, dim)
         return [Encoding(replace(record, width=i.pixels.width, height=i.pixels.height),
-                         [ItemRecord(IMAGE, 0, None, vector)], word_items(i.words or [], encoder))
+                         [ItemRecord(IMAGE, 0, None, vector)], word_items(i.words or [], encoder),
+                         words_read=i.words is not None)
                 for (record, i), vector in zip(files, vectors, strict=True)]
 
     def count(self, report: IngestReport, done: Encoding) -> None:
         report.images += 1
         report.ocr_passages += len(done.extras)
+        if done.words_read:
+            report.words_read.append(done.record.path)
 
 
 class TextHandler(Handler):
-    def decode(self, fh: BinaryIO, record: FileRecord, spec: InputSpec,
-               options: IngestOptions) -> tuple[FileRecord, list[Passage]]:
-        text = read_text(fh, options.max_text_bytes)
-        return record, split_passages(text, spec.count_tokens, spec.text_budget)
+    """Text documents (retriever.media.documents: PDF pages, DOCX/EPUB/HTML sections, plain
+    text): a passage an item, with the page and section it came from."""
 
-    def encode(self, files: Sequence[tuple[FileRecord, list[Passage]]], encoder: Encoder
+    def decode(self, fh: BinaryIO, record: FileRecord, spec: InputSpec,
+               options: IngestOptions) -> tuple[FileRecord, DocumentText]:
+        limits = DocumentLimits(options.max_text_bytes, options.ocr, options.max_pixels)
+        read = read_document(fh, record.path, limits)
+        passages = document_passages(read.pieces, spec.count_tokens, spec.text_budget,
+                                     overlap=spec.text_budget // OVERLAP_SHARE)
+        return record, DocumentText(passages, tuple(read.notes))
+
+    def encode(self, files: Sequence[tuple[FileRecord, DocumentText]], encoder: Encoder
                ) -> list[Encoding]:
         done = []
-        for record, passages in files:
+        for record, document in files:
+            passages = document.passages
             vectors = encoder.encode_texts([p.text for p in passages])  # (len(passages), dim)
-            done.append(Encoding(record, [ItemRecord(TEXT, p.position, p.text, v)
-                                          for p, v in zip(passages, vectors, strict=True)], []))
+            done.append(Encoding(record, [ItemRecord(TEXT, p.position, p.text, v, page=p.page,
+                                                     section=p.section)
+                                          for p, v in zip(passages, vectors, strict=True)], [],
+                                 document.notes))
         return done
 
     def count(self, report: IngestReport, done: Encoding) -> None:
         report.texts += 1
         report.passages += len(done.items)
+        report.notes += done.notes
 
 
 class VideoHandler(Handler):

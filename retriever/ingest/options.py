@@ -59,17 +59,37 @@ class IngestReport:
     videos: int = 0  # of the files encoded, videos
     frames: int = 0  # video frames encoded
     ocr_passages: int = 0  # passages of words read in images (--ocr)
+    ocr_only: int = 0  # images stored before whose words --ocr read now, nothing re-encoded
     removed: int = 0  # files gone from disk, removed from the index
     known_failures: int = 0  # failed in an earlier run and unchanged since: skipped
     failures: list[FailureRecord] = field(default_factory=list)  # failed in this run
+    # files found of types not indexed, by lowercased extension: {".pages": 14, "(none)": 2}
+    not_indexed: dict[str, int] = field(default_factory=dict)
+    # files indexed in part, a line each: "<path>: no text layer on pages 2-3; ..."
+    notes: list[str] = field(default_factory=list)
+    # images encoded with --ocr this run (their words read): marked so in the store at the end
+    words_read: list[str] = field(default_factory=list, repr=False)
 
     def to_json(self) -> dict:
-        return {**asdict(self), "failures": [asdict(f) for f in self.failures]}
+        return {**asdict(self), "failures": [asdict(f) for f in self.failures],
+                "words_read": len(self.words_read)}
 
     def add(self, other: IngestReport) -> None:
-        """Count `other`'s files and failures in this report too."""
+        """Count `other`'s files, failures, notes and types not indexed in this report too."""
         for counter in fields(self):
-            if counter.name != "failures":
+            if counter.name not in ("failures", "not_indexed", "notes"):
                 setattr(self, counter.name,
                         getattr(self, counter.name) + getattr(other, counter.name))
         self.failures += other.failures
+        self.notes += other.notes
+        for suffix, count in other.not_indexed.items():
+            self.not_indexed[suffix] = self.not_indexed.get(suffix, 0) + count
+
+
+def not_indexed_line(not_indexed: dict[str, int]) -> str | None:
+    """`not indexed: 14 .pages, 3 .key` (most first), as `index` and `info` print it; None
+    when every file found was of an indexed type."""
+    if not not_indexed:
+        return None
+    ranked = sorted(not_indexed.items(), key=lambda kv: (-kv[1], kv[0]))
+    return "not indexed: " + ", ".join(f"{count} {suffix}" for suffix, count in ranked)

@@ -46,13 +46,14 @@ from retriever.encoding.encoders import Encoder
 from retriever.errors import NonFiniteVectors
 from retriever.ingest.handlers import HANDLERS, PreparedFile, encode_now
 from retriever.ingest.inflight import JOURNAL_FILE, InFlight, died_reading
+from retriever.ingest.ocr_pass import read_missing_words
 from retriever.ingest.options import FileItems, IngestOptions, IngestReport
 from retriever.ingest.reader import reader_for
 from retriever.ingest.readers import Engine, LocalEngine
 from retriever.library.collection import Collection
 from retriever.media.ocr import check_tesseract
 from retriever.media.scan import (
-    TEXT_SUFFIXES,
+    SIDECAR_SUFFIXES,
     MediaFile,
     ScanResult,
     check_roots,
@@ -85,7 +86,7 @@ def ingest_media(
     run_id = runs.start_run()
     with progress.task("scanning the folders", None):
         found = scan(roots, options.exclude, options.follow_symlinks_outside)
-    report = IngestReport(scanned=len(found.files))
+    report = IngestReport(scanned=len(found.files), not_indexed=found.not_indexed)
     report.failures = [FailureRecord(f.path, f.reason) for f in found.failures]
     stored = reads.file_states()  # path -> size, mtime, hash as of the start of the run
     missing = _missing(roots, found, stored)
@@ -109,6 +110,8 @@ def ingest_media(
             task.advance(len(chunk))
     report.removed = _remove_missing(collection, missing)
     _drop_failed(collection, report.failures, stored)
+    if options.ocr:  # images indexed before without --ocr: their words only
+        read_missing_words(collection, encoder, found.files, options, report, progress)
     runs.clear_failures([path_key(f.path) for f in todo])
     runs.record_failures(run_id, report.failures)
     with progress.task("building and saving the vector index (FAISS)", None):
@@ -144,7 +147,7 @@ def _to_read(
             todo.append(f)
             reading.add(f.path)
     gone = {os.path.splitext(p)[0] for p in missing
-            if os.path.splitext(p)[1].lower() in TEXT_SUFFIXES}
+            if os.path.splitext(p)[1].lower() in SIDECAR_SUFFIXES}
     recaption = [f for f in unchanged if f.kind == IMAGE and (
         f.sidecar in reading or path_key(f.path.with_suffix("")) in gone)]
     report.unchanged = len(unchanged) - len(recaption)

@@ -14,7 +14,7 @@ from typing import BinaryIO
 
 from index.records import FailureRecord, FileRecord, FileState
 from retriever.encoding.encoders import InputSpec
-from retriever.errors import ImageError, VideoError
+from retriever.errors import DocumentError, ImageError, NoTextLayer, VideoError
 from retriever.ingest.handlers import HANDLERS, PreparedFile
 from retriever.ingest.options import IngestOptions
 from retriever.media.passages import read_text
@@ -111,8 +111,11 @@ def _file_record(media: MediaFile, fh: BinaryIO, options: IngestOptions) -> File
 
 def _failure(media: MediaFile, err: Exception) -> FailureRecord:
     """What reading `media` raised, as its failure. An OSError comes from reading, not from a
-    decoder (they raise ImageError, VideoError): a failure of the moment, tried next run."""
-    if isinstance(err, (ImageError, VideoError)):
+    decoder (they raise ImageError, VideoError, DocumentError): a failure of the moment, tried
+    next run. So is a PDF of scans read without --ocr: a run with --ocr reads it."""
+    if isinstance(err, NoTextLayer):
+        return FailureRecord(path_key(media.path), shown(str(err)))
+    if isinstance(err, (ImageError, VideoError, DocumentError)):
         reason = str(err)
     elif isinstance(err, OSError):
         return FailureRecord(path_key(media.path), shown(f"{media.path}: {err.strerror or err}"))

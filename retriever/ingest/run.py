@@ -63,7 +63,7 @@ def ingest_folders(request: IngestRequest, progress: Progress | None = None) -> 
         collection = Collection.open(directory, request.ann, request.store_url)
         opened.append(collection)
         with collection.writing(request.wait):
-            encoder = _encoder(collection, request, progress)  # a model that fails: no reset
+            encoder = run_encoder(collection, request, progress)  # fails: no reset
             # --reindex keeps the tags: each goes back on the item re-made at its place
             tags = collection.reads.placed_tags() if request.reindex else []
             if request.reindex:
@@ -146,8 +146,9 @@ def _engine(request: IngestRequest, encoder: Encoder) -> Engine | None:
                      request.options.read_timeout, request.options.read_wall_timeout)
 
 
-def _encoder(collection: Collection, request: IngestRequest,
-             progress: Progress | None) -> Encoder:
+def run_encoder(collection: Collection, request: IngestRequest,
+                progress: Progress | None) -> Encoder:
+    """The encoder a run of `request` on `collection` uses (retriever watch keeps it)."""
     batch_size = None  # the encoder's own, from the CPU plan; options.batch_size: files a commit
     if request.reindex or collection.reads.model() is None:
         return open_encoder(request.model, request.backend, user_exports(request.settings),

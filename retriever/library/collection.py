@@ -128,6 +128,10 @@ class Collection:
         changes, so FAISS is left alone)."""
         self.store.touch_files(records)
 
+    def mark_words_read(self, paths: Sequence[str]) -> None:
+        """Record that `index --ocr` read these images' words (no vector changes)."""
+        self.store.mark_words_read(paths)
+
     def place_tags(self, tags: Sequence[PlacedTag]) -> int:
         """Put tags back on the items now at their places (`--reindex`); how many were."""
         if self.read_only:

@@ -18,13 +18,13 @@ import os
 import re
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from retriever.atomic import replacing
-from retriever.errors import IndexNotFound, RetrieverWarning, SmallFileError
+from retriever.errors import IndexNotFound, RetrieverError, RetrieverWarning, SmallFileError
 from retriever.jsonfile import MAX_BYTES, open_regular, read_json
 
 if TYPE_CHECKING:
@@ -53,19 +53,24 @@ def find_index_dir(db: Path | None = None, start: Path | None = None,
     folder. With the store elsewhere (`store_url`: --store or $RETRIEVER_STORE_URL) the folder
     has no store.db."""
     if db is not None:
-        found = db
-        if not (found / STORE_FILE).is_file() and not store_url:
-            raise IndexNotFound(f"no index in {found}: run `retriever index FOLDER --db {found}`")
-        return found
+        if not (db / STORE_FILE).is_file() and not store_url:
+            raise IndexNotFound(f"no index in {db}: run `retriever index FOLDER --db {db}`")
+        return db
     here = (start or Path.cwd()).resolve()
-    for folder in (here, *here.parents):
-        if (folder / INDEX_DIRNAME / STORE_FILE).is_file():
-            return folder / INDEX_DIRNAME
+    walked = next((folder / INDEX_DIRNAME for folder in (here, *here.parents)
+                   if (folder / INDEX_DIRNAME / STORE_FILE).is_file()), None)
     known = registered(data_dir)
-    covering = [(len(root.parts), index) for index, roots in known.items() for root in roots
-                if (here == root or root in here.parents) and (index / ROOTS_FILE).is_file()]
-    if covering:
-        return max(covering)[1]  # the index of the innermost root
+    covering = sorted({(len(root.parts), index) for index, roots in known.items()
+                       for root in roots if (here == root or root in here.parents)
+                       and (index / ROOTS_FILE).is_file()}, reverse=True)
+    found = walked or (covering[0][1] if covering else None)  # else the innermost root's
+    if found is not None:
+        others = sorted({index for _, index in covering} - {found})
+        if others:
+            warnings.warn(RetrieverWarning(
+                f"{len(others) + 1} indexes cover {here}: using {found} (not "
+                f"{', '.join(map(str, others))}); pass --db to choose"), stacklevel=2)
+        return found
     names = ", ".join(str(root) for roots in known.values() for root in roots)
     raise IndexNotFound(
         f"no index covers {here} (indexed folders: {names or 'none yet'}): run `retriever "
@@ -205,6 +210,50 @@ def register(index_dir: Path, roots: Sequence[Path], data_dir: Path) -> None:
         known[str(index_dir)] = names
         with suppress(OSError):
             _write_json(registry, {"indexes": known})
+
+
+def forget(index_dir: Path, data_dir: Path) -> Path:
+    """Drop `index_dir` (as given, or resolved) from the registry in `data_dir`; the index
+    itself is left as it is. Returns the entry dropped; `IndexNotFound` names the registered
+    ones when it is not there."""
+    candidates = {index_dir, Path(os.path.abspath(index_dir))}
+    with suppress(OSError):
+        candidates.add(index_dir.resolve())
+    dropped = _unregister(data_dir, lambda index: index in candidates)
+    if not dropped:
+        known = ", ".join(str(index) for index in registered(data_dir)) or "none"
+        raise IndexNotFound(f"{index_dir} is not a registered index (registered: {known}): "
+                            f"see `retriever indexes`")
+    return dropped[0]
+
+
+def prune(data_dir: Path) -> list[Path]:
+    """Drop from the registry in `data_dir` every index whose folder is gone (no roots.json,
+    what `retriever indexes` shows as "(gone)"); the indexes dropped."""
+    return _unregister(data_dir, lambda index: not still_there(index))
+
+
+def still_there(index_dir: Path) -> bool:
+    """Whether a registered index is still there (its roots.json): `indexes` marks the others
+    "(gone)" and `prune` forgets them."""
+    return (index_dir / ROOTS_FILE).is_file()
+
+
+def _unregister(data_dir: Path, drop: Callable[[Path], bool]) -> list[Path]:
+    """Remove the registry entries `drop` picks, under the registry's lock; those removed.
+    Unlike register(), a registry that cannot be written is an error here: the user asked."""
+    registry = registry_path(data_dir)
+    with _registry_lock(registry):
+        known = _read_or_rebuild(registry, None)
+        dropped = sorted(index for index in known if drop(index))
+        kept = {str(k): [str(r) for r in v] for k, v in known.items() if k not in dropped}
+        try:
+            if dropped:
+                _write_json(registry, {"indexes": kept})
+        except OSError as error:
+            raise RetrieverError(f"cannot write the index registry {registry} "
+                                 f"({error.strerror}): nothing was forgotten") from None
+    return dropped
 
 
 def where_things_live(directory: Path, model: ModelRecord | None, store: str,

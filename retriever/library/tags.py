@@ -19,7 +19,7 @@ from index.kinds import IMAGE
 from index.records import TagRecord
 from retriever.encoding.encoders import Encoder
 from retriever.encoding.prompts import DEFAULT_TEMPLATES, label_vectors
-from retriever.errors import UsageError
+from retriever.errors import UnknownTag, UsageError
 from retriever.library.collection import Collection
 from retriever.media.paths import folder_key
 
@@ -85,3 +85,12 @@ def tag_images(collection: Collection, encoder: Encoder, request: TagRequest) ->
                for row, t in enumerate(tagged) for label in t.labels]
     collection.replace_tags(request.label_set, ids.tolist(), records)
     return sorted(tagged, key=lambda t: t.path)
+
+
+def check_tag(collection: Collection, tag: str) -> None:
+    """`UnknownTag` (listing the labels known) when `tag` is no label of a label set stored:
+    a typo in `search --tag` is told apart from a filter that simply excludes everything."""
+    known = sorted({label for placed in collection.reads.placed_tags()
+                    for label in json.loads(placed.label_set)})
+    if tag not in known:
+        raise UnknownTag(tag, tuple(known))

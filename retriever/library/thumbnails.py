@@ -43,23 +43,42 @@ from retriever.media.video import frame_jpeg
 THUMBNAILED = (IMAGE, IMAGE_TEXT, VIDEO)
 DEFAULT_SIZE = 256  # px, longest side: sharp in a ~200 px grid cell on a 1.25x screen
 CHUNK = 1 << 20  # bytes hashed per read
+MAX_CHECKED = 4096  # file identities `open_indexed` remembers as hashed, per caller's set
 MAX_THUMBNAIL_BYTES = 1 << 20  # a 256 px JPEG is 10-40 kB: anything larger was not made here
 # O_NONBLOCK: a FIFO swapped in for a file must not block the open; it is refused after fstat
 OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 
 
-def open_indexed(collection: Collection, item_id: int) -> tuple[ItemView, BinaryIO]:
+def open_indexed(collection: Collection, item_id: int, checked: set[tuple] | None = None
+                 ) -> tuple[ItemView, BinaryIO]:
     """The store's record of `item_id` and its file opened at offset 0, checked to be the
-    indexed file (see the module docstring); `ItemNotFound` otherwise. The caller closes it."""
+    indexed file (see the module docstring); `ItemNotFound` otherwise. The caller closes it.
+    `checked`: identities of files already hashed here (`_identity`); a file that still has
+    one is not hashed again (a <video>'s range requests of a 2 GB file: ~4 s each at
+    560 MB/s), one hashed now is added (the set is emptied at MAX_CHECKED)."""
     view, state, handle, where = _open_item(collection, item_id)
     try:
-        if not _holds(handle, state):
-            raise ItemNotFound(f"{where} changed since it was indexed: run `retriever index` "
-                               f"to update the index")
+        identity = _identity(handle, state)
+        if checked is None or identity not in checked:
+            if not _holds(handle, state):
+                raise ItemNotFound(f"{where} changed since it was indexed: run `retriever "
+                                   f"index` to update the index")
+            if checked is not None:
+                if len(checked) >= MAX_CHECKED:
+                    checked.clear()
+                checked.add(identity)
     except BaseException:
         handle.close()
         raise
     return view, handle
+
+
+def _identity(handle: BinaryIO, state: FileState) -> tuple:
+    """The open file as the kernel knows it: any write since changes its ctime (which no
+    caller can set back), a replacement its inode; and the stored hash it was checked with."""
+    now = os.fstat(handle.fileno())
+    return (now.st_dev, now.st_ino, now.st_size, now.st_mtime_ns, now.st_ctime_ns,
+            state.content_hash)
 
 
 def _open_item(collection: Collection, item_id: int

@@ -1,9 +1,11 @@
 """Words inside images (`retriever index --ocr`): the Tesseract program, run here.
 
 Tesseract is a system program (Debian: `apt-get install tesseract-ocr`); indexing without --ocr
-never looks for it. Words Tesseract is at least `min_confidence` sure of are kept, in reading
-order, one line of the image per line of text. Lines with no letter or digit in them (stray
-marks read as punctuation) are dropped.
+never looks for it. A word is kept when Tesseract is at least `min_confidence` sure of it and it
+looks like a word (`is_word`): a photo without text (foliage, sky, a tiled floor) makes
+Tesseract "read" stray marks, mostly one or two characters or symbols, at low confidence, and
+those are not stored. The floor and the rule were chosen by measurement (bench/ocr_floor.py,
+bench/RESULTS.md). Kept words come in reading order, one line of the image per line of text.
 
 The image goes to `tesseract stdin stdout tsv` as PNG on its standard input and the words come
 back on its standard output: no file is written anywhere (a photo from a private folder is never
@@ -19,6 +21,7 @@ import os
 import shutil
 import signal
 import subprocess
+from dataclasses import dataclass
 
 from PIL import Image
 
@@ -27,7 +30,16 @@ from retriever.errors import ImageError, OcrUnavailable
 INSTALL = ("--ocr needs the Tesseract program: install it (Debian/Ubuntu: apt-get install "
            "tesseract-ocr; macOS: brew install tesseract), or index without --ocr")
 PROGRAM = "tesseract"
-MIN_CONFIDENCE = 60  # percent; Tesseract's word confidence below which words are noise
+# percent: Tesseract's word confidence below which a word is noise. bench/ocr_floor.py, with
+# `is_word`: 70 kept 1 junk word on 40 photos without text (60: 5 words on 3 photos) and as
+# many planted screenshot tokens as 80 did (269 of 307); 80 kept no junk there, but dropped a
+# receipt's "INV-58777", read right at 75%, on another seed's screenshot: 70 is the floor.
+MIN_CONFIDENCE = 70
+# A lone letter or digit is never kept (a photo's twigs and gravel read as "A", "7"; and
+# alone it finds nothing); two-character words are kept when common or digits ("42", "OK").
+SHORT_WORDS = frozenset((
+    "am", "an", "as", "at", "be", "by", "do", "go", "he", "hi", "id", "if", "in", "is", "it",
+    "me", "my", "no", "of", "oh", "ok", "on", "or", "so", "to", "up", "us", "we"))
 MAX_SIDE = 3000  # px: larger images are shrunk first (OCR time grows with the pixel count)
 # seconds one image may take: a 3000 px page takes Tesseract 2-10 s on one core; the indexer
 # gives a whole file (decode + OCR) DEFAULT_READ_TIMEOUT = 60 s
@@ -47,9 +59,27 @@ def check_tesseract() -> None:
         raise OcrUnavailable(INSTALL) from None
 
 
-def read_words(image: Image.Image, min_confidence: int = MIN_CONFIDENCE,
-               timeout: float = TIMEOUT) -> str:
-    """The confident words of an RGB image, a line of text per line found ('' for none).
+@dataclass(frozen=True)
+class Word:
+    """A word as Tesseract read it."""
+
+    text: str
+    confidence: float  # percent
+    line: tuple[int, int, int]  # (block, paragraph, line) numbers: reading order
+
+
+def is_word(text: str) -> bool:
+    """Whether `text` looks like a word worth storing: three or more letters or digits, or
+    two digits, or a common two-letter word; punctuation around it aside."""
+    core = text.strip(".,;:!?'\"()[]{}<>«»“”‘’*-_~|/\\")
+    letters = sum(c.isalnum() for c in core)
+    if letters < 2 or letters * 2 < len(core):  # one character, or mostly symbols: "=|-a~"
+        return False
+    return letters >= 3 or core.isdigit() or core.lower() in SHORT_WORDS
+
+
+def scan_words(image: Image.Image, timeout: float = TIMEOUT) -> list[Word]:
+    """Every word Tesseract reads in an RGB image, with its confidence, in reading order.
     Raises `ImageError` when Tesseract fails on it, `TimeoutError` when it runs past `timeout`
     seconds (stopped: a failure of the moment, tried again next run)."""
     if max(image.size) > MAX_SIDE:
@@ -57,14 +87,21 @@ def read_words(image: Image.Image, min_confidence: int = MIN_CONFIDENCE,
         image.thumbnail((MAX_SIDE, MAX_SIDE))
     png = io.BytesIO()
     image.save(png, "PNG", compress_level=1)  # the pipe is local: speed over size
-    lines: dict[tuple[str, str, str], list[str]] = {}
-    for row in _tsv(run_tesseract(png.getvalue(), timeout)):
-        word = row["text"].strip()
-        if word and float(row["conf"]) >= min_confidence:
-            key = (row["block_num"], row["par_num"], row["line_num"])
-            lines.setdefault(key, []).append(word)
-    kept = (" ".join(words) for _, words in sorted(lines.items(), key=_reading_order))
-    return "\n".join(line for line in kept if any(c.isalnum() for c in line))
+    words = [Word(row["text"].strip(), float(row["conf"]),
+                  (int(row["block_num"]), int(row["par_num"]), int(row["line_num"])))
+             for row in _tsv(run_tesseract(png.getvalue(), timeout)) if row["text"].strip()]
+    return sorted(words, key=lambda w: w.line)  # stable: word order kept within a line
+
+
+def read_words(image: Image.Image, min_confidence: float = MIN_CONFIDENCE,
+               timeout: float = TIMEOUT) -> str:
+    """The words worth keeping in an RGB image (confident, `is_word`), a line of text per line
+    found ('' for none). Raises as `scan_words` does."""
+    lines: dict[tuple[int, int, int], list[str]] = {}
+    for word in scan_words(image, timeout):
+        if word.confidence >= min_confidence and is_word(word.text):
+            lines.setdefault(word.line, []).append(word.text)
+    return "\n".join(" ".join(words) for words in lines.values())
 
 
 def run_tesseract(png: bytes, timeout: float) -> str:
@@ -102,7 +139,3 @@ def _tsv(text: str) -> list[dict[str, str]]:
     """Tesseract's TSV rows (one per page, block, paragraph, line and word) as dicts."""
     rows = [line.split("\t") for line in text.splitlines()[1:]]  # [0]: the column names
     return [dict(zip(TSV_COLUMNS, row, strict=True)) for row in rows if len(row) == 12]
-
-
-def _reading_order(item: tuple[tuple[str, str, str], list[str]]) -> tuple[int, ...]:
-    return tuple(int(part) for part in item[0])

@@ -1,4 +1,6 @@
-"""Finding media: walk folders for images and text documents.
+"""Finding media: walk folders for images, videos and text documents (TEXT_SUFFIXES: plain
+text, PDF, DOCX, ODT, EPUB, HTML, RTF). Files of other types are counted by extension
+(`ScanResult.not_indexed`), so a run says what it left out.
 
 A text file beside an image with the same stem (`photo.jpg` + `photo.txt`) is that image's
 sidecar caption: it is indexed as a text document like any other, and its content is also
@@ -27,7 +29,11 @@ from retriever.media.images import IMAGE_SUFFIXES
 from retriever.media.paths import path_key, shown  # noqa: F401  (re-exported)
 from retriever.media.video import VIDEO_SUFFIXES
 
-TEXT_SUFFIXES = frozenset({".txt", ".md"})
+# text documents (the TEXT kind), read by retriever.media.documents; kept here, below it
+TEXT_SUFFIXES = frozenset({".txt", ".md", ".rst", ".org", ".csv", ".pdf", ".docx", ".odt",
+                           ".epub", ".html", ".htm", ".rtf"})
+SIDECAR_SUFFIXES = frozenset({".txt", ".md"})  # an image's caption file: photo.jpg + photo.txt
+NO_SUFFIX = "(none)"  # how a file without extension is counted in `not_indexed`
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,8 @@ class ScanResult:
     # folders (a root included) that could not be listed in this run (permission denied, I/O
     # error): what lies below them is unknown, not gone
     unreadable: list[Path] = field(default_factory=list)
+    # files of types not indexed, by lowercased extension: {".pages": 14, "(none)": 2}
+    not_indexed: dict[str, int] = field(default_factory=dict)
 
     @property
     def images(self) -> list[MediaFile]:
@@ -85,7 +93,7 @@ def scan(roots: Sequence[Path], exclude: Sequence[str] = (),
             if path in seen:
                 continue
             seen.add(path)
-            media = _media_file(path, inside, result.failures)
+            media = _media_file(path, inside, result)
             if media is not None:
                 result.files.append(media)
     _attach_sidecars(result.files)
@@ -152,15 +160,18 @@ def _skipped(path: Path, root: Path, exclude: Sequence[str]) -> bool:
     return any(fnmatch.fnmatch(relative, g) or fnmatch.fnmatch(path.name, g) for g in exclude)
 
 
-def _media_file(path: Path, inside: list[str] | None,
-                failures: list[ScanFailure]) -> MediaFile | None:
-    """`path` as a media file, or None (not media, or refused: then added to `failures`).
-    `inside`: the resolved roots a symlink's target must lie in; None allows any target."""
+def _media_file(path: Path, inside: list[str] | None, result: ScanResult) -> MediaFile | None:
+    """`path` as a media file, or None (not media: counted in `result.not_indexed`; or
+    refused: added to `result.failures`). `inside`: the resolved roots a symlink's target must
+    lie in; None allows any target."""
     suffix = path.suffix.lower()
     kind = (IMAGE if suffix in IMAGE_SUFFIXES else TEXT if suffix in TEXT_SUFFIXES
             else VIDEO if suffix in VIDEO_SUFFIXES else None)
     if kind is None:
+        key = suffix or NO_SUFFIX
+        result.not_indexed[key] = result.not_indexed.get(key, 0) + 1
         return None
+    failures = result.failures
     try:
         st = path.stat()  # follows symlinks: a broken one fails here
         refused = _refusal(path, st.st_mode, inside)
@@ -207,7 +218,8 @@ def open_regular(path: Path) -> BinaryIO:
 
 
 def _attach_sidecars(files: list[MediaFile]) -> None:
-    texts = {f.path.with_suffix(""): f.path for f in files if f.kind == TEXT}
+    texts = {f.path.with_suffix(""): f.path for f in files
+             if f.kind == TEXT and f.path.suffix.lower() in SIDECAR_SUFFIXES}
     for i, f in enumerate(files):
         if f.kind == IMAGE and f.path.with_suffix("") in texts:
             files[i] = MediaFile(f.path, f.kind, f.size, f.mtime, texts[f.path.with_suffix("")])

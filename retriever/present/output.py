@@ -2,6 +2,7 @@
 
 Text from files (paths, captions, passages) is shown, never interpreted: C0/C1 controls, DEL and
 Unicode line/bidi controls become escapes (\\n, \\x1b), and rich never reads it as markup.
+A result's text is its snippet (retriever.search.highlight) with the query's words in MARK.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 SECTION_TITLES = {"images": "images", "texts": "passages (and photos found by their captions)"}
+MARK = "bold reverse"  # the style of a query's word inside a snippet
 FOLDER_ROOM = 40  # characters of a path's folder part shown before it is shortened (never the name)
 
 
@@ -35,6 +37,17 @@ def visible(text: str) -> str:
 def plain(text: str | None) -> Text:
     """A table cell of text from a file: never read as markup, controls made visible."""
     return Text(visible(text or ""))
+
+
+def marked(text: str, marks: Sequence[tuple[int, int]]) -> Text:
+    """`text` as `plain` shows it, with the spans `marks` (offsets into `text`) in MARK."""
+    out, at = Text(), 0
+    for start, end in marks:
+        out.append(visible(text[at:start]))
+        out.append(visible(text[start:end]), style=MARK)
+        at = end
+    out.append(visible(text[at:]))
+    return out
 
 
 def short_path(path: str, room: int = FOLDER_ROOM) -> str:
@@ -55,6 +68,10 @@ def where(r: Result) -> str:
 
     if r.time is not None:
         return f"{short_path(r.path)} @ {clock(r.time)}"
+    if r.page is not None:  # a document's page (PDF) or heading: where to open it
+        return f"{short_path(r.path)} p. {r.page}"
+    if r.section is not None:
+        return f"{short_path(r.path)} § {r.section}"
     if r.kind == "text":
         return f"{short_path(r.path)} #{r.position}"
     if r.kind == "image-text":
@@ -66,17 +83,17 @@ def results_tables(results: Sequence[Result]) -> list[Table]:
     """One table per section present (images, then passages), each without empty columns."""
     tables = []
     for section, title in SECTION_TITLES.items():
-        rows = [r for r in results if r.section == section]
+        rows = [r for r in results if r.found_in == section]
         if not rows:
             continue
-        texts = [r.caption or r.passage for r in rows]
+        texts = [marked(r.snippet, r.marks) if r.snippet else None for r in rows]
         columns = ["id", "score", "path"] + (["caption / passage"] if any(texts) else [])
-        both = len({r.section for r in results}) > 1
+        both = len({r.found_in for r in results}) > 1
         table = Table(*columns, title=title if both else None, title_justify="left")
         table.columns[2].overflow = "fold"  # a long name wraps; it is never cut
         for r, text in zip(rows, texts, strict=True):
             cells: list[str | Text] = [str(r.id), f"{r.score:.3f}", plain(where(r))]
-            table.add_row(*cells, *([plain(text)] if any(texts) else []))
+            table.add_row(*cells, *([text or Text()] if any(texts) else []))
         tables.append(table)
     return tables
 

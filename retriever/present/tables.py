@@ -41,6 +41,15 @@ def shown_metrics(metrics: dict) -> dict[str, dict[str, str]]:
     return shown
 
 
+def before_after(before: dict, after: dict) -> str:
+    """`train`'s one line: each direction's held-out R@1 (and classification top-1) before ->
+    after, e.g. "held-out: text->image R@1 3.0% -> 41.0%, image->text R@1 2.5% -> 38.0%"."""
+    first, last = shown_metrics(before), shown_metrics(after)
+    parts = [f"{task} {metric} {rows[metric]} -> {last.get(task, {}).get(metric, '-')}"
+             for task, rows in first.items() for metric in ("R@1", "top-1") if metric in rows]
+    return "held-out: " + (", ".join(parts) or "nothing measured")
+
+
 def duplicates_table(groups: Sequence[Any]) -> Table:
     """`retriever duplicates`: each group's copies, best first, with what tells them apart
     (retriever.library.duplicates' groups)."""

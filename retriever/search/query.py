@@ -16,6 +16,15 @@ Filters run where they are cheap: the folder (that folder and below it, on a pat
 `--in X/2024` is not `X/2024-old`), the date range and a tag are one SQL query
 whose ids become a FAISS id selector (evaluated inside the index, not by scanning rows in Python);
 `min_score` cuts the ranked list.
+
+A query in words is also matched by keyword (`match`): the store's keyword hits (every word
+typed, in a passage, the words read in an image, a caption or a file name) and the cosine
+ranking are fused per section by reciprocal rank (retriever.search.fusion), so an exact token
+a model cannot read (INV-48213) finds its file first and a paraphrase still finds its meaning.
+`semantic` is the cosine ranking alone, `keyword` the keyword hits alone (in keyword order);
+the score shown is always the cosine. A query by an image or an item has no words: cosine only.
+Each result carries a snippet of its text with the query's words marked (retriever.search.
+highlight).
 """
 
 from __future__ import annotations
@@ -29,8 +38,10 @@ from typing import TYPE_CHECKING
 from index.kinds import IMAGE, IMAGE_TEXT, TEXT, VIDEO
 from retriever.encoding.specs import ModelSpec
 from retriever.encoding.tokenizer import CHARS_PER_TOKEN  # as every text a model reads
-from retriever.errors import ItemNotFound, UsageError
+from retriever.errors import IndexStillBuilding, ItemNotFound, UsageError
 from retriever.media.paths import folder_key, key_path
+from retriever.search.fusion import DEFAULT_FUSION, Fusion, fused
+from retriever.search.highlight import NO_WORDS, Highlighter
 
 if TYPE_CHECKING:  # Query and Result are on the CLI's path to a running server: keep it light
     import numpy as np
@@ -43,10 +54,15 @@ if TYPE_CHECKING:  # Query and Result are on the CLI's path to a running server:
 # texts: passages of documents and words read in images (--ocr); videos: video frames
 TARGETS = {"images": (IMAGE,), "texts": (TEXT, IMAGE_TEXT), "videos": (VIDEO,),
            "all": (IMAGE, TEXT, VIDEO, IMAGE_TEXT)}
-TARGET_ALIASES = {"image": "images", "text": "texts", "video": "videos"}  # --type's words
+# --type's words, and the web UI's "photos"
+TARGET_ALIASES = {"image": "images", "text": "texts", "video": "videos", "photos": "images"}
 DEFAULT_TARGET = "images"  # words and images alike find photos unless told otherwise
 SECTION_OF = {IMAGE: "images", VIDEO: "images", TEXT: "texts", IMAGE_TEXT: "texts"}
 MAX_ID = 2**63 - 1  # item ids are SQLite integers
+MATCHES = ("hybrid", "semantic", "keyword")  # --match: both fused, cosine only, keywords only
+DEFAULT_MATCH = "hybrid"  # bench/hybrid.py: best recall@1 over exact tokens and paraphrases
+FUSION_DEPTH = 50  # candidates each ranking gives the fusion (at least k)
+MAX_PARTIAL_WORDS = 8  # words looked up one by one for Fusion.partial
 
 
 @dataclass(frozen=True)
@@ -90,6 +106,7 @@ class Query:
     min_score: float | None = None  # drop results with a lower cosine score
     video_frames: bool = False  # target "images": video frames are found too
     tag: str | None = None  # only images tagged with this label (`retriever tag`)
+    match: str = DEFAULT_MATCH  # "hybrid", "semantic" or "keyword" (words only: see MATCHES)
 
     @property
     def main(self) -> Term:
@@ -100,6 +117,11 @@ class Query:
         if self.target not in TARGETS:
             raise UsageError(f"unknown target {self.target!r}: use images, texts, videos or "
                              f"all")
+        if self.match not in MATCHES:
+            raise UsageError(f"--match {self.match!r} is not a way to match: use hybrid, "
+                             f"semantic or keyword")
+        if self.match == "keyword" and self.text is None:
+            raise UsageError("--match keyword needs words to look for, not an image or item")
         if self.k < 1:
             raise UsageError(f"-k must be at least 1, not {self.k}")
         if self.min_score is not None and not math.isfinite(self.min_score):
@@ -122,8 +144,12 @@ class Result:
     caption: str | None  # the sidecar caption, for images
     time: float | None = None  # a video frame's moment, seconds from the start
     tags: tuple[str, ...] = ()  # labels `retriever tag` gave it
-    section: str = "images"  # "images" or "texts": what kind of vector matched (see `all`)
+    found_in: str = "images"  # "images" or "texts": the section, what kind of vector matched
     taken_at: float | None = None  # the file's EXIF date, else its mtime (unix seconds)
+    page: int | None = None  # a document passage's page, 1-based (PDF)
+    section: str | None = None  # a document passage's heading or chapter
+    snippet: str | None = None  # <= ~200 chars of passage or caption (retriever.search.highlight)
+    marks: tuple[tuple[int, int], ...] = ()  # [start, end) of each query word in `snippet`
 
     @property
     def file(self) -> Path:
@@ -131,7 +157,7 @@ class Result:
         return key_path(self.path)
 
     def to_json(self) -> dict:
-        return {**asdict(self), "tags": list(self.tags)}
+        return {**asdict(self), "tags": list(self.tags), "marks": [list(m) for m in self.marks]}
 
 
 def search_index(index_dir: Path, query: Query, asked: ModelSpec | None = None,
@@ -148,24 +174,25 @@ def search_index(index_dir: Path, query: Query, asked: ModelSpec | None = None,
     from retriever.library.pinned_encoder import pinned_encoder
 
     collection = Collection.open(index_dir, configured(settings), store_url, reading=True)
+    if collection.being_written() and collection.reads.counts().files == 0:  # a first run
+        raise IndexStillBuilding(collection.directory)
     encoder = pinned_encoder(collection, asked, backend, quick_start=True, progress=progress,
                              settings=settings)
     return search(collection, encoder, query)
 
 
-def search(collection: Collection, encoder: Encoder, query: Query) -> list[Result]:
+def search(collection: Collection, encoder: Encoder, query: Query,
+           fusion: Fusion = DEFAULT_FUSION) -> list[Result]:
+    """The best `query.k` results, sections interleaved by rank (the module's docstring);
+    `fusion`: how a hybrid match weighs its two rankings (bench/hybrid.py compares choices)."""
     query.check()
     vector = query_vector(collection, encoder, query)  # (1, dim)
-    sections: dict[str, list[tuple[float, int]]] = {}
-    for kind in _kinds(query):
-        hits = _search_kind(collection, kind, vector, query)
-        if kind == TEXT:
-            hits = _captions_as_photos(collection, hits)
-        sections.setdefault(SECTION_OF[kind], []).extend(hits)
+    sections = {section: _ranked(collection, kinds, vector, query, fusion)
+                for section, kinds in _sections(query).items()}
     ranked = _interleaved(sections)[: query.k]
     if query.min_score is not None:
         ranked = [hit for hit in ranked if hit[1] >= query.min_score]
-    return _results(collection, ranked)
+    return _results(collection, ranked, Highlighter.of(query.text))
 
 
 def recent_images(collection: Collection, k: int) -> list[Result]:
@@ -173,44 +200,120 @@ def recent_images(collection: Collection, k: int) -> list[Result]:
     return _results(collection, [(i, 0.0, "images") for i in collection.reads.recent_images(k)])
 
 
-def _results(collection: Collection, ranked: list[tuple[int, float, str]]) -> list[Result]:
-    """(id, score, section) -> Results, in that order (items deleted meanwhile left out)."""
+def _results(collection: Collection, ranked: list[tuple[int, float, str]],
+             words: Highlighter = NO_WORDS) -> list[Result]:
+    """(id, score, found_in) -> Results, in that order (items deleted meanwhile left out), each
+    with its snippet and the spans of `words` in it."""
     ids = [i for i, _, _ in ranked]
     views, tags = collection.reads.items(ids), collection.reads.tags(ids)
-    return [Result(i, v.path, score, v.kind, v.position, v.passage, v.caption, v.time,
-                   tuple(tags.get(i, ())), section, v.taken_at)
-            for i, score, section in ranked if (v := views.get(i)) is not None]
+    results = []
+    for i, score, found_in in ranked:
+        if (v := views.get(i)) is None:
+            continue
+        snippet, marks = words.snippet(v.passage or v.caption)
+        results.append(Result(i, v.path, score, v.kind, v.position, v.passage, v.caption,
+                              v.time, tuple(tags.get(i, ())), found_in, v.taken_at, v.page,
+                              v.section, snippet, tuple(marks)))
+    return results
 
 
-def _search_kind(collection: Collection, kind: str, vector: np.ndarray,
-                 query: Query) -> list[tuple[float, int]]:
-    """(score, item id) of the best `query.k` items of one kind, best first."""
+def _sections(query: Query) -> dict[str, tuple[str, ...]]:
+    """The groups a query ranks on their own (images, texts) and the kinds each searches."""
+    sections: dict[str, tuple[str, ...]] = {}
+    for kind in _kinds(query):
+        sections[SECTION_OF[kind]] = (*sections.get(SECTION_OF[kind], ()), kind)
+    return sections
+
+
+def _ranked(collection: Collection, kinds: tuple[str, ...], vector: np.ndarray, query: Query,
+            fusion: Fusion) -> list[tuple[int, float]]:
+    """(id, cosine) of one section's items, best first, each once: by `query.match`."""
+    words = query.text if query.match != "semantic" else None
+    depth = query.k if words is None else max(query.k, FUSION_DEPTH)
+    semantic = [] if query.match == "keyword" else _nearest(collection, kinds, vector, query,
+                                                            depth)
+    if words is None:
+        return fused(semantic, [], {})
+    keyword, cosines = _keyword(collection, kinds, vector, query, depth, words)
+    if query.match == "keyword":
+        return fused([(i, cosines[i]) for i in keyword], [], {})
+    partial: list[int] = []
+    if fusion.partial > 0:
+        partial, more = _partial(collection, kinds, vector, query, depth)
+        cosines = {**more, **cosines}
+    return fused(semantic, keyword, cosines, fusion, partial)
+
+
+def _partial(collection: Collection, kinds: tuple[str, ...], vector: np.ndarray,
+             query: Query, depth: int) -> tuple[list[int], dict[int, float]]:
+    """Items holding some of the query's words (ids: most words first, then best ranks)
+    and each one's cosine; nothing for a query of one word."""
+    words = list(dict.fromkeys((query.text or "").split()))[:MAX_PARTIAL_WORDS]
+    if len(words) < 2:
+        return [], {}
+    held: dict[int, tuple[int, float]] = {}  # id -> (words held, sum of 1/rank)
+    cosines: dict[int, float] = {}
+    for word in words:
+        ids, found = _keyword(collection, kinds, vector, query, depth, word)
+        cosines.update(found)
+        for rank, i in enumerate(ids, 1):
+            count, ranks = held.get(i, (0, 0.0))
+            held[i] = (count + 1, ranks + 1 / rank)
+    order = sorted(held, key=lambda i: (-held[i][0], -held[i][1]))
+    return order[:depth], cosines
+
+
+def _nearest(collection: Collection, kinds: tuple[str, ...], vector: np.ndarray,
+             query: Query, depth: int) -> list[tuple[int, float]]:
+    """(id, cosine) of the `depth` nearest items of each kind, best first."""
+    hits = [hit for kind in kinds for hit in _search_kind(collection, kind, vector, query, depth)]
+    return sorted(_captions_as_photos(collection, hits), key=lambda hit: -hit[1])
+
+
+def _keyword(collection: Collection, kinds: tuple[str, ...], vector: np.ndarray,
+             query: Query, depth: int, words: str) -> tuple[list[int], dict[int, float]]:
+    """The store's hits of `kinds` holding every one of `words` (ids, best first), with
+    `query`'s filters, and each one's cosine."""
+    folder = folder_key(query.path_prefix) if query.path_prefix else None
+    hits = collection.reads.keyword_hits(words, kinds, depth, folder, query.after,
+                                         query.before, query.tag)
+    ids = [i for i, _ in hits]
+    if not ids:
+        return [], {}
+    found, vectors = collection.reads.vectors_of(ids)
+    cosine = dict(zip(found.tolist(), (vectors @ vector[0]).tolist(), strict=True))
+    cosines: dict[int, float] = {}
+    for i, score in _captions_as_photos(collection, [(i, cosine[i]) for i in ids if i in cosine]):
+        cosines.setdefault(i, score)  # a photo found by two passages: its best (first) one
+    return list(cosines), cosines
+
+
+def _search_kind(collection: Collection, kind: str, vector: np.ndarray, query: Query,
+                 depth: int) -> list[tuple[int, float]]:
+    """(item id, score) of the best `depth` items of one kind, best first."""
     if not collection.reads.has_items(kind):  # no FAISS file to load for a kind never indexed
         return []
-    scores, ids = collection.nearest(kind, vector, query.k, _allowed(collection, kind, query))
-    return [(float(s), int(i)) for s, i in zip(scores[0], ids[0], strict=True) if i >= 0]
+    scores, ids = collection.nearest(kind, vector, depth, _allowed(collection, kind, query))
+    return [(int(i), float(s)) for s, i in zip(scores[0], ids[0], strict=True) if i >= 0]
 
 
 def _captions_as_photos(collection: Collection,
-                        hits: list[tuple[float, int]]) -> list[tuple[float, int]]:
+                        hits: list[tuple[int, float]]) -> list[tuple[int, float]]:
     """Passages of a sidecar caption become hits on the photo it captions."""
-    views = collection.reads.items([i for _, i in hits])
-    owners = collection.caption_owners(sorted({v.path for v in views.values()}))
-    return [(score, owners.get(views[i].path, i) if i in views else i) for score, i in hits]
+    views = collection.reads.items([i for i, _ in hits])
+    texts = sorted({v.path for v in views.values() if v.kind == TEXT})
+    owners = collection.caption_owners(texts) if texts else {}
+    return [(owners.get(views[i].path, i) if i in views and views[i].kind == TEXT else i, score)
+            for i, score in hits]
 
 
-def _interleaved(sections: dict[str, list[tuple[float, int]]]) -> list[tuple[int, float, str]]:
-    """(id, score, section), each id once: every section ranked by score, then merged by rank
-    (ties at a rank by score). One section is simply its ranking."""
-    ranked: list[tuple[int, float, float, int, str]] = []  # (rank, -score, ...) sorts fairly
-    for section, hits in sections.items():
-        seen: set[int] = set()
-        for score, i in sorted(hits, reverse=True):
-            if i not in seen:
-                seen.add(i)
-                ranked.append((len(seen), -score, score, i, section))
+def _interleaved(sections: dict[str, list[tuple[int, float]]]) -> list[tuple[int, float, str]]:
+    """(id, score, found_in), each id once: the sections' rankings merged by rank (ties at a
+    rank by score). One section is simply its ranking."""
+    ranked = sorted((rank, -score, i, score, section) for section, hits in sections.items()
+                    for rank, (i, score) in enumerate(hits, 1))
     merged, taken = [], set()
-    for _, _, score, i, section in sorted(ranked):
+    for _, _, i, score, section in ranked:
         if i not in taken:  # a photo found by its pixels and by its caption: its best place
             taken.add(i)
             merged.append((i, score, section))

@@ -6,7 +6,11 @@
     POST /api/search                 a JSON body (adds `add`/`sub` terms), or multipart with an
                                      `image` file to search by
     GET  /api/items/{id}/thumbnail   JPEG thumbnail of an image item
-    GET  /api/items/{id}/file        the indexed file itself
+    GET  /api/items/{id}/file        the indexed file itself (one `Range: bytes=a-b` answered 206:
+                                     a video plays from a moment)
+    GET  /api/tags                   {"tags": [{"label": "cat", "count": 12}, ...]}, by label
+    POST /api/download               {"ids": [12, 40]}: those items' files as one zip
+                                     (retriever.server.download)
     GET  /api/ping                   {"retriever": true}: a live server (retriever.server.remote)
 
 The request fields are typed in retriever.server.requests; the process's life (its sockets,
@@ -61,6 +65,15 @@ from retriever.library.thumbnails import (
     thumbnail,
 )
 from retriever.search.query import Query, Result, recent_images, search
+from retriever.server.download import (
+    DownloadTooLarge,
+    RangeNotSatisfiable,
+    byte_range,
+    item_ids,
+    plan,
+    ranged_chunks,
+    zip_chunks,
+)
 from retriever.server.requests import JsonSearch, SearchFields, json_object, whole_number
 
 WEB = Path(__file__).parent / "web"
@@ -83,6 +96,8 @@ class UploadTooLarge(UsageError):
 # First match wins: subclasses before their bases.
 STATUS: tuple[tuple[type[RetrieverError], int], ...] = (
     (UploadTooLarge, 413),
+    (DownloadTooLarge, 413),
+    (RangeNotSatisfiable, 416),
     (ItemNotFound, 404),
     (IndexNotFound, 404),
     (UsageError, 400),
@@ -98,6 +113,8 @@ class ServerSettings:
     max_k: int = 1000  # FAISS allocates k slots per query up front: cap what a URL can ask for
     thumbnail_size: int = DEFAULT_SIZE  # longest side of grid thumbnails, in pixels
     allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS  # Host headers answered (DNS rebinding)
+    max_download_items: int = 1000  # ids one zip download may name (a page of results is k)
+    max_download_bytes: int = 4 * 2**30  # stored size of one zip's files: a few videos
 
     @classmethod
     def for_host(cls, host: str) -> ServerSettings:
@@ -151,6 +168,8 @@ def create_app(
         Route("/api/search", api.search_post, methods=["POST"]),
         Route("/api/items/{item}/thumbnail", api.thumbnail),
         Route("/api/items/{item}/file", api.file),
+        Route("/api/tags", api.tags),
+        Route("/api/download", api.download, methods=["POST"]),
     ]
     hosts = Middleware(TrustedHostMiddleware, allowed_hosts=list(api.settings.allowed_hosts),
                        www_redirect=False)
@@ -164,6 +183,7 @@ class Api:
     def __init__(self, live: LiveCollection, settings: ServerSettings) -> None:
         self.live = live
         self.settings = settings
+        self.hashed: set[tuple] = set()  # files the file route checked (open_indexed)
 
     def info(self, request: Request) -> JSONResponse:
         with self.live.current() as collection:
@@ -205,13 +225,45 @@ class Api:
 
     def file(self, request: Request) -> StreamingResponse:
         """The checked, open file (retriever.library.thumbnails.open_indexed), not its path
-        reopened."""
+        reopened; one byte range of it when asked (a <video> seeking)."""
         view, handle = open_indexed(self.live.collection,
-                                    whole_number(request.path_params["item"], "item"))
+                                    whole_number(request.path_params["item"], "item"),
+                                    self.hashed)
         size = os.fstat(handle.fileno()).st_size
         media_type = mimetypes.guess_type(view.path)[0] or "application/octet-stream"
-        return StreamingResponse(_chunks(handle), media_type=media_type,
-                                 headers={**FILE_HEADERS, "Content-Length": str(size)})
+        headers = {**FILE_HEADERS, "Accept-Ranges": "bytes"}
+        try:
+            part = byte_range(request.headers.get("range"), size)
+        except RangeNotSatisfiable:
+            handle.close()
+            raise
+        if part is None:
+            return StreamingResponse(_chunks(handle), media_type=media_type,
+                                     headers={**headers, "Content-Length": str(size)})
+        start, end = part
+        return StreamingResponse(
+            ranged_chunks(handle, start, end), status_code=206, media_type=media_type,
+            headers={**headers, "Content-Length": str(end - start + 1),
+                     "Content-Range": f"bytes {start}-{end}/{size}"})
+
+    def tags(self, request: Request) -> JSONResponse:
+        """Every tag in the index with how many items carry it: the page's tag menu."""
+        counts = self.live.collection.reads.tag_counts()
+        return JSONResponse({"tags": [{"label": label, "count": count}
+                                      for label, count in counts.items()]})
+
+    async def download(self, request: Request) -> StreamingResponse:
+        """The files of the items a JSON body names, as one zip streamed as it is made."""
+        request = _capped(request, self.settings.max_json_bytes, "select fewer results")
+        ids = item_ids(await json_object(request, 'item ids: {"ids": [12, 40]}'),
+                       self.settings.max_download_items)
+        collection = self.live.collection
+        entries = await run_in_threadpool(plan, collection, ids,
+                                          self.settings.max_download_bytes)
+        name = "retriever-files.zip"
+        return StreamingResponse(zip_chunks(collection, entries), media_type="application/zip",
+                                 headers={**FILE_HEADERS,
+                                          "Content-Disposition": f'attachment; filename="{name}"'})
 
     async def _search_upload(self, request: Request) -> JSONResponse:
         async with request.form(max_files=1, max_fields=len(SearchFields.ALLOWED)) as form:
@@ -285,7 +337,10 @@ def _capped(request: Request, limit: int, fix: str) -> Request:
 async def _library_error(request: Request, error: Exception) -> Response:
     status = next(code for kind, code in STATUS if isinstance(error, kind))
     public = next(k for k in type(error).__mro__ if k.__module__ == RetrieverError.__module__)
-    return JSONResponse({"error": str(error), "type": public.__name__}, status_code=status)
+    headers = ({"Content-Range": f"bytes */{error.size}"}
+               if isinstance(error, RangeNotSatisfiable) else None)
+    return JSONResponse({"error": str(error), "type": public.__name__}, status_code=status,
+                        headers=headers)
 
 
 async def _http_error(request: Request, error: Exception) -> Response:

@@ -39,7 +39,7 @@ if TYPE_CHECKING:  # only for types: retriever.search.query imports SQLAlchemy a
     from retriever.search.query import Query, Result, Term
 
 RESULT_FIELDS = ("id", "path", "score", "kind", "position", "passage", "caption", "time",
-                 "tags", "section", "taken_at")
+                 "tags", "found_in", "taken_at", "page", "section", "snippet", "marks")
 CONNECT_TIMEOUT = 2.0  # seconds; a live server accepts at once and answers a ping in ~1 ms
 PING = "/api/ping"
 
@@ -118,9 +118,25 @@ def search_server(index_dir: Path, query: Query, runtime_dir: str = "") -> list[
 
     try:
         fields, upload = request_for(query)
-        return [Result(**row) for row in remote_search(address, fields, upload)]
-    except ServerUnavailable:
+        return [Result(**{**row, "tags": tuple(row["tags"]),
+                          "marks": tuple((int(a), int(b)) for a, b in row["marks"])})
+                for row in remote_search(address, fields, upload)]
+    except (ServerUnavailable, TypeError, ValueError):  # no answer, or rows of another shape
         return None
+    except errors.ImageError as error:
+        raise _named(error, query.image) from None
+
+
+def _named(error: errors.ImageError, image: Path | None) -> errors.ImageError:
+    """The server's error about "uploaded file 'notes.md'" naming the file as given here, as a
+    local search would: "notes.md: not a readable image ..."."""
+    sent = f"uploaded file {image.name!r}: " if image is not None else None
+    message = str(error)
+    if sent is None or not message.startswith(sent):
+        return error
+    # the server calls its temporary copy 'upload' (app.py's _search_upload)
+    reason = message[len(sent):].replace(repr("upload"), repr(str(image)))
+    return errors.ImageError(f"{image}: {reason}")
 
 
 def request_for(query: Query) -> tuple[dict[str, Any], Path | None]:
@@ -134,7 +150,7 @@ def request_for(query: Query) -> tuple[dict[str, Any], Path | None]:
         # as the local search does: `in` is a folder relative to this process's cwd
         "in": folder_key(query.path_prefix) if query.path_prefix else None,
         "after": query.after, "before": query.before, "min_score": query.min_score,
-        "tag": query.tag, "video_frames": query.video_frames or None,
+        "tag": query.tag, "video_frames": query.video_frames or None, "match": query.match,
         "add": [_term(t) for t in query.add] or None, "sub": [_term(t) for t in query.sub] or None,
     }
     return {name: value for name, value in fields.items() if value is not None}, query.image

@@ -32,7 +32,14 @@ from starlette.requests import Request
 
 from retriever.errors import UsageError
 from retriever.media.paths import key_path
-from retriever.search.query import Query, Term, parse_date, resolve_target
+from retriever.search.query import (
+    DEFAULT_MATCH,
+    MATCHES,
+    Query,
+    Term,
+    parse_date,
+    resolve_target,
+)
 
 UNIX_TIME = re.compile(r"-?[0-9]+(\.[0-9]*)?")  # after/before: else a date, as the CLI takes
 WHOLE = re.compile(r"-?[0-9]{1,18}")  # a whole number as text, in SQLite's 64-bit range
@@ -55,7 +62,7 @@ class SearchFields(BaseModel):
     # the names a request may use, in the order a refusal lists them
     ALLOWED: ClassVar[tuple[str, ...]] = (
         "text", "item", "target", "k", "in", "after", "before", "min_score", "tag",
-        "video_frames")
+        "video_frames", "match")
 
     # k first: the first refusal names a bad k before any other field
     k: int = Field(10, validate_default=True)
@@ -68,6 +75,7 @@ class SearchFields(BaseModel):
     min_score: float | None = None
     tag: str | None = None
     video_frames: bool = False
+    match: str = DEFAULT_MATCH  # "hybrid", "semantic" or "keyword" (Query.match)
 
     @classmethod
     def parse(cls, values: Mapping[str, Any], max_k: int) -> SearchFields:
@@ -85,7 +93,7 @@ class SearchFields(BaseModel):
             text=self.text, image=image, item=self.item, target=self.target, k=self.k,
             path_prefix=self.folder, add=self._terms("add"), sub=self._terms("sub"),
             after=self.after, before=self.before, min_score=self.min_score, tag=self.tag,
-            video_frames=self.video_frames)
+            video_frames=self.video_frames, match=self.match)
 
     def _terms(self, name: str) -> tuple[Term, ...]:
         terms: tuple[TermFields, ...] = getattr(self, name, ())
@@ -151,6 +159,15 @@ class SearchFields(BaseModel):
             raise UsageError(f"tag must be a label (text), not {value!r}")
         return value
 
+    @field_validator("match", mode="before")
+    @classmethod
+    def _match(cls, value: Any) -> str:
+        if value in (None, ""):
+            return DEFAULT_MATCH
+        if not isinstance(value, str) or value not in MATCHES:
+            raise UsageError(f"match must be one of {', '.join(MATCHES)}, not {value!r}")
+        return value
+
     @field_validator("video_frames", mode="before")
     @classmethod
     def _video_frames(cls, value: Any) -> bool:
@@ -170,17 +187,17 @@ class JsonSearch(SearchFields):
         return terms(value, str(info.field_name))
 
 
-async def json_object(request: Request) -> dict:
-    """The request's body, which must be a JSON object."""
+async def json_object(request: Request, what: str = "search parameters") -> dict:
+    """The request's body, which must be a JSON object (of `what`, as refusals say)."""
     try:
         body = json.loads(await request.body())
     except (ValueError, UnicodeDecodeError) as error:
         raise UsageError(f"the request body is not valid JSON: {error}") from None
     except RecursionError:  # [[[[...]]]] nested deeper than the parser recurses
-        raise UsageError("the request body nests too deeply: send a flat JSON object of "
-                         "search parameters") from None
+        raise UsageError(f"the request body nests too deeply: send a flat JSON object of "
+                         f"{what}") from None
     if not isinstance(body, dict):
-        raise UsageError("the request body must be a JSON object of search parameters")
+        raise UsageError(f"the request body must be a JSON object of {what}")
     return body
 
 
@@ -211,16 +228,17 @@ def optional_number(value: Any, name: str) -> float | None:
     return number
 
 
-def folder(value: Any) -> str | None:
-    """The `in` filter: a folder (or file) as result paths show it (a key, retriever.media.
-    paths), as the path `Query` takes. It is compared with stored paths in SQL, never opened;
-    a relative one would mean the server's cwd."""
+def folder(value: Any, name: str = "in") -> str | None:
+    """The `in` filter (`name`: what the caller calls it): a folder (or file) as result paths
+    show it (a key, retriever.media.paths), as the path `Query` takes. It is compared with
+    stored paths in SQL, never opened; a relative one would mean the server's cwd."""
     if value in (None, ""):
         return None
     if not isinstance(value, str) or not os.path.isabs(value):
-        raise UsageError(f"in must be an absolute folder as result paths show it, not {value!r}")
+        raise UsageError(f"{name} must be an absolute folder as result paths show it, not "
+                         f"{value!r}")
     if ".." in PurePosixPath(value).parts:
-        raise UsageError(f"in must not contain '..': pass the folder itself, not {value!r}")
+        raise UsageError(f"{name} must not contain '..': pass the folder itself, not {value!r}")
     return str(key_path(value))
 
 
