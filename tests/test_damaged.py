@@ -165,8 +165,19 @@ def garbage_header(path: Path) -> None:
         fh.write(b"not a database, not at all")
 
 
+def flip_middle_page(path: Path) -> None:
+    """The first 64 bytes of the page in the middle of a SQLite file inverted: that b-tree
+    page's header and cell pointers, which every read of the page checks (bytes inside a
+    value are not checked by anything: SQLite keeps no checksums)."""
+    data = bytearray(path.read_bytes())
+    page_size = int.from_bytes(data[16:18], "big") or 65536  # 1 in the header: 64 KiB
+    start = len(data) // 2 // page_size * page_size
+    data[start:start + 64] = bytes(b ^ 0xFF for b in data[start:start + 64])
+    path.write_bytes(bytes(data))
+
+
 STORE_DAMAGES = {"truncated": truncate, "garbage header": garbage_header,
-                 "damaged page": flip_middle}
+                 "damaged page": flip_middle_page}
 
 
 BIGGER = 1000  # passages in `bigger_store`
@@ -174,8 +185,8 @@ BIGGER = 1000  # passages in `bigger_store`
 
 def bigger_store(directory: Path) -> Path:
     """A store of 2.6 MB (80 pages of 32 KiB: long passages), so damage in the middle of the
-    file lands inside its data; in a smaller one it lands in the first page of some empty
-    table, which nothing reads."""
+    file lands inside its data (the passages, their vectors, or their keyword index); in a
+    smaller one it lands in the first page of some empty table, which nothing reads."""
     store = Store(f"sqlite:///{directory / 'store.db'}")
     store.write_files([(FileRecord(f"/m/t{i}", TEXT, f"t{i}", 1, 1.0),
                         [ItemRecord(TEXT, 0, "words " * 300, unit(np.random.default_rng(i), 1)[0])])
@@ -192,6 +203,7 @@ def test_a_damaged_store_is_one_line_naming_integrity_check(tmp_path, damage, cl
         collection = Collection.open(db)
         collection.store.vectors(TEXT)
         collection.store.items(list(range(1, BIGGER + 1)))
+        collection.store.keyword_hits("words", [TEXT], BIGGER)  # the FTS5 index's pages
     assert str(db / "store.db") in str(raised.value)
     assert "PRAGMA integrity_check" in str(raised.value)
     if damage == "damaged page":
