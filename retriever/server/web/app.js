@@ -39,11 +39,17 @@ function setStatus(text, isError = false) {
   $("status").classList.toggle("error", isError);
 }
 
+// Answers can come back in another order than their searches started (a choice changed, then
+// a click at once): only the last search started may fill the page.
+let latest = 0;
+
 async function run(label, request, item = null) {
+  const mine = ++latest;
   setStatus(`Searching ${label}…`);
   try {
     const response = await request;
     const body = await response.json();
+    if (mine !== latest) return;
     if (!response.ok) throw new Error(body.error || response.statusText);
     lastItem = item;
     results = body.results;
@@ -51,7 +57,7 @@ async function run(label, request, item = null) {
     const count = body.results.length;
     setStatus(count ? `${count} result${count === 1 ? "" : "s"} for ${label}` : `No results for ${label}: loosen a filter?`);
   } catch (error) {
-    setStatus(error.message, true);
+    if (mine === latest) setStatus(error.message, true);
   }
 }
 
@@ -433,8 +439,10 @@ function chooseTag(tag) {
 // Before any search: the newest photos, so the page is never empty.
 async function showRecent() {
   showQuery(null, "");
+  const mine = ++latest;
   try {
     const body = await (await fetch("/api/recent?k=24")).json();
+    if (mine !== latest) return; // a search started meanwhile: its answer is the page's
     lastItem = null;
     results = body.results;
     show("Recent photos");
