@@ -183,7 +183,7 @@ class Api:
     def __init__(self, live: LiveCollection, settings: ServerSettings) -> None:
         self.live = live
         self.settings = settings
-        self.hashed: set[tuple] = set()  # files the file route checked (open_indexed)
+        self.hashed: set[tuple] = set()  # files the file and zip routes checked (open_indexed)
 
     def info(self, request: Request) -> JSONResponse:
         with self.live.current() as collection:
@@ -261,9 +261,9 @@ class Api:
         entries = await run_in_threadpool(plan, collection, ids,
                                           self.settings.max_download_bytes)
         name = "retriever-files.zip"
-        return StreamingResponse(zip_chunks(collection, entries), media_type="application/zip",
-                                 headers={**FILE_HEADERS,
-                                          "Content-Disposition": f'attachment; filename="{name}"'})
+        headers = {**FILE_HEADERS, "Content-Disposition": f'attachment; filename="{name}"'}
+        return StreamingResponse(zip_chunks(collection, entries, self.hashed),
+                                 media_type="application/zip", headers=headers)
 
     async def _search_upload(self, request: Request) -> JSONResponse:
         async with request.form(max_files=1, max_fields=len(SearchFields.ALLOWED)) as form:

@@ -85,14 +85,16 @@ def plan(collection: Collection, ids: list[int], max_bytes: int) -> list[Entry]:
     return [Entry(item, path, names[path], sizes[path]) for path, item in first.items()]
 
 
-def zip_chunks(collection: Collection, entries: list[Entry]) -> Iterator[bytes]:
-    """The zip of `entries`' files, in pieces as written."""
+def zip_chunks(collection: Collection, entries: list[Entry],
+               checked: set[tuple] | None = None) -> Iterator[bytes]:
+    """The zip of `entries`' files, in pieces as written; `checked`: the files the server
+    has hashed already (open_indexed), so a file it served unchanged is not read whole twice."""
     sink = _Sink()
     left_out: list[str] = []
     with zipfile.ZipFile(sink, "w", zipfile.ZIP_STORED) as archive:  # type: ignore[call-overload]
         for entry in entries:
             try:
-                _, handle = open_indexed(collection, entry.item)
+                _, handle = open_indexed(collection, entry.item, checked)
             except ItemNotFound as error:
                 left_out.append(f"{entry.name}: {error}")
                 continue
