@@ -90,6 +90,13 @@ def encoded(log: Path) -> int:
     return sum(int(n) for n in re.findall(r"encoded (\d+),", log.read_text()))
 
 
+def told(log: Path, files: int) -> bool:
+    """The watcher's last run line says `files` files are indexed: the store commits before the
+    line is printed, so a count read before it misses the run that stored them."""
+    runs = re.findall(r"; (\d+) files indexed", log.read_text())
+    return bool(runs) and int(runs[-1]) == files
+
+
 @pytest.mark.slow
 def test_copies_renames_and_deletions_show_in_searches(tmp_path, tiny_encoder):
     media, db, log = tmp_path / "media", tmp_path / "db", tmp_path / "watch.log"
@@ -104,6 +111,7 @@ def test_copies_renames_and_deletions_show_in_searches(tmp_path, tiny_encoder):
         everything = keys(first, red, green, note, video)
         wait_until(lambda: stored(db) == everything, "the copied files indexed", log)
         wait_until(lambda: found(db, tiny_encoder) == everything, "searches find them", log)
+        wait_until(lambda: told(log, len(everything)), "the run's line", log)
         before = encoded(log)
 
         moved = media / "kept" / "green-renamed.jpg"
@@ -113,6 +121,7 @@ def test_copies_renames_and_deletions_show_in_searches(tmp_path, tiny_encoder):
         after = keys(first, red, moved, video)
         wait_until(lambda: stored(db) == after, "the rename and the deletion", log)
         wait_until(lambda: found(db, tiny_encoder) == after, "searches show them", log)
+        wait_until(lambda: told(log, len(after)), "the run's line", log)
         assert encoded(log) == before  # the renamed photo's vectors were reused, not re-made
         assert process.poll() is None
 
