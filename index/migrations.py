@@ -202,6 +202,13 @@ KEYWORD_ACCENTED = "".join(chr(c) for c in range(0xC0, 0x250)
 KEYWORD_UNACCENTED = "".join(unicodedata.normalize("NFD", c)[0] for c in KEYWORD_ACCENTED)
 
 
+def _v10_vector_precision(conn: Connection) -> None:
+    # The arithmetic that made the index's vectors: "fp32" (torch or ONNX fp32 on CPU), "int8"
+    # (ONNX int8 image tower), "fp16" (torch autocast on CUDA). NULL for stores made before:
+    # their vectors were fp32 (int8 was never the default then).
+    conn.execute(text("ALTER TABLE collection_model ADD COLUMN vector_precision TEXT"))
+
+
 def _v8_keywords(conn: Connection) -> None:
     if conn.dialect.name == "postgresql":
         _v8_keywords_postgresql(conn)
@@ -246,6 +253,7 @@ MIGRATIONS: list[Migration] = [
     (7, "items.page, items.section (document passages)", _v7_item_page_section),
     (8, "keywords: full-text rows of passages, captions, file names", _v8_keywords),
     (9, "files.words_read (images whose words --ocr read)", _v9_words_read),
+    (10, "collection_model.vector_precision (fp32, int8, fp16)", _v10_vector_precision),
 ]
 LATEST = MIGRATIONS[-1][0]  # a current store's schema version
 APPLIED = "SELECT version FROM schema_migrations"  # the versions a store has

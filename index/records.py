@@ -18,6 +18,9 @@ class ModelRecord:
     pretrained: str
     dim: int
     fingerprint: str | None = None  # sha256 of config + weights; None in stores before v4
+    # "fp32" | "int8" | "fp16": the arithmetic that made the vectors; None in stores before v10
+    # (those were fp32)
+    precision: str | None = None
 
 
 @dataclass(frozen=True)

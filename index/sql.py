@@ -14,12 +14,14 @@ from collections.abc import Iterator, Mapping, Sequence
 
 # --- the model, the generation, runs and failures -----------------------------------------
 
-MODEL = "SELECT name, pretrained, dim, fingerprint FROM collection_model WHERE id = 1"
+MODEL = ("SELECT name, pretrained, dim, fingerprint, vector_precision FROM collection_model "
+         "WHERE id = 1")
 SET_MODEL = (
-    "INSERT INTO collection_model (id, name, pretrained, dim, fingerprint, created_at) "
-    "VALUES (1, :name, :pretrained, :dim, :fingerprint, :created_at) ON CONFLICT (id) DO UPDATE "
-    "SET name = excluded.name, pretrained = excluded.pretrained, dim = excluded.dim, "
-    "fingerprint = excluded.fingerprint, created_at = excluded.created_at")
+    "INSERT INTO collection_model (id, name, pretrained, dim, fingerprint, vector_precision, "
+    "created_at) VALUES (1, :name, :pretrained, :dim, :fingerprint, :precision, :created_at) "
+    "ON CONFLICT (id) DO UPDATE SET name = excluded.name, pretrained = excluded.pretrained, "
+    "dim = excluded.dim, fingerprint = excluded.fingerprint, "
+    "vector_precision = excluded.vector_precision, created_at = excluded.created_at")
 GENERATION = "SELECT store_state.generation FROM store_state"
 # Every write transaction that changes what FAISS holds runs this (a FAISS file saved at
 # another generation is stale).

@@ -123,6 +123,7 @@ class Store(Queries):
         with self.executor.begin() as tx:
             tx.rows(sql.SET_MODEL, {"name": record.name, "pretrained": record.pretrained,
                                     "dim": record.dim, "fingerprint": record.fingerprint,
+                                    "precision": record.precision,
                                     "created_at": time.time()})
 
     def write_files(self, batch: Sequence[tuple[FileRecord, Sequence[ItemRecord]]]) -> WriteResult:
