@@ -109,8 +109,9 @@ SearchPretrainedOpt = Annotated[str | None, typer.Option(
 JsonOpt = Annotated[bool, typer.Option(
     "--json", help="JSON Lines: one JSON object per line (per result, for search).")]
 BackendOpt = Annotated[str, typer.Option(
-    "--backend", help="auto (torch on a CUDA GPU, else ONNX Runtime), torch, onnx, or onnx-int8 "
-    "(faster image encoding, slightly different vectors).", envvar="RETRIEVER_BACKEND",
+    "--backend", help="auto (a new index: torch fp16 on a CUDA GPU, else ONNX Runtime with "
+    "int8 images; an existing index: the precision it recorded), torch, onnx (fp32), or "
+    "onnx-int8 (faster image encoding, slightly different vectors).", envvar="RETRIEVER_BACKEND",
     show_envvar=True)]
 
 
@@ -141,7 +142,8 @@ def worded(error: RetrieverError) -> str:
         return f"{flag(error.setting)} {error.value}: {error.problem}"
     if isinstance(error, AskedModelDiffers):
         asked = flag(error.setting)
-        fix = (f"pass --reindex to re-encode everything with it, or drop {asked}"
+        fix = (f"pass --switch to build its vectors while searches keep the old ones, or "
+               f"--reindex to start over with it, or drop {asked}"
                if error.purpose == "index"
                else f"drop {asked} to use the index's model, or pass another --db")
         return (f"{asked} {error.asked} differs from {error.recorded}, which {error.directory} "
@@ -183,6 +185,11 @@ FollowSymlinksOpt = Annotated[bool, typer.Option(
 ReindexOpt = Annotated[bool, typer.Option(
     help="Drop everything indexed and re-encode with --model/--pretrained (tags are kept, "
     "on the same files).")]
+SwitchOpt = Annotated[bool, typer.Option(
+    "--switch", help="Build --model's vectors beside the index's while searches keep the old "
+    "ones, then switch in one step (resumable: run it again after a stop).")]
+SwitchCancelOpt = Annotated[bool, typer.Option(
+    "--switch-cancel", help="Drop a pending --switch (the new model's vectors built so far).")]
 WaitOpt = Annotated[bool, typer.Option(
     help="If another run is writing this index, wait for it instead of exiting.")]
 IndexTypeOpt = Annotated[str, typer.Option(
@@ -218,7 +225,8 @@ def index(
     video_every: VideoEveryOpt = DEFAULT_EVERY,
     video_max_frames: VideoMaxFramesOpt = DEFAULT_MAX_FRAMES, ocr: OcrOpt = False,
     backend: BackendOpt = "auto", json_out: JsonOpt = False, engine: EngineOpt = "local",
-    ray_address: RayAddressOpt = None,
+    ray_address: RayAddressOpt = None, switch: SwitchOpt = False,
+    switch_cancel: SwitchCancelOpt = False,
 ) -> None:
     """Embed every image, video frame and text passage under FOLDERS; again, only what changed.
 
@@ -238,8 +246,12 @@ def index(
     started = time.monotonic()
     outcome = ingest_folders(replace(request, index_dir=db, model=ModelSpec(model, pretrained),
                                      backend=backend, reindex=reindex, wait=wait,
-                                     store_url=store, engine=engine, ray_address=ray_address),
+                                     store_url=store, engine=engine, ray_address=ray_address,
+                                     switch=switch, switch_cancel=switch_cancel),
                              RichProgress())
+    if switch_cancel and not switch:  # nothing indexed: what was dropped
+        stdout.print(visible("; ".join(outcome.report.notes)), markup=False)
+        return
     _print_indexed(outcome, json_out, time.monotonic() - started)
 
 
@@ -483,16 +495,32 @@ def info(db: DbOpt = None, json_out: JsonOpt = False, store: StoreOpt = None) ->
 
     Example: retriever info --json
     """
+    from retriever.encoding.backends import made_by
+
     collection, env = _opened(db, store)
     summary, places = collection.summary(), collection.locations(env)
+    vectors = made_by(summary.model.precision) if summary.model else None  # precision, backend
+    measured = collection.reads.duplicate_threshold()  # `duplicates`' threshold, if measured
     if json_out:
-        stdout.print(json.dumps({**summary.to_json(), "locations": places}), markup=False)
+        from dataclasses import asdict
+
+        stdout.print(json.dumps({**summary.to_json(), "vectors": vectors, "locations": places,
+                                 "duplicate_threshold": measured and asdict(measured)}),
+                     markup=False)
         return
     record, run = summary.model, summary.last_run
     model = f"{record.name} ({record.pretrained}, {record.dim}-d)" if record else "none yet"
     lines = [f"index     {summary.directory}", f"model     {model}",
              f"files     {summary.files}", f"images    {summary.images}",
              f"texts     {summary.texts} passages"]
+    if vectors:
+        lines.append(f"vectors   {vectors['precision']}, made by {vectors['backend']}"
+                     + ("" if vectors["recorded"] else " (not recorded: made before)"))
+    if measured:
+        from retriever.present.duplicates_page import measured_words
+
+        lines.append(f"threshold {measured.threshold:.4f} for duplicates, "
+                     f"{measured_words(measured)}")
     if run:
         done = {k: v for k, v in run.stats.items()
                 if k not in ("failures", "not_indexed", "notes") and v}
@@ -504,6 +532,31 @@ def info(db: DbOpt = None, json_out: JsonOpt = False, store: StoreOpt = None) ->
     lines += [f"failed    {f.reason if f.reason.startswith(f.path) else f'{f.path}: {f.reason}'}"
               for f in summary.failures]
     stdout.print("\n".join(visible(line) for line in lines), markup=False)
+
+
+@app.command()
+@reports_errors
+def check(db: DbOpt = None, store: StoreOpt = None, wait: Annotated[bool, typer.Option(
+        help="If `retriever index` is writing the index, wait for it.")] = False) -> None:
+    """Read every saved index file whole against its checksum; rebuild the damaged ones.
+
+    One line per file found damaged, missing or stale; exit status 1 when it found (and
+    rebuilt) any. Example: retriever check --db ~/Pictures
+    """
+    from retriever.library.check import check_saved
+
+    collection, _ = _opened(db, store)
+    report = check_saved(collection, wait)
+    fix = "rebuilt from the store" if report.rebuilt else "run `retriever check` where the " \
+        "index is writable to rebuild it"
+    for finding in report.findings:
+        stdout.print(visible(f"{finding.path}: {finding.problem}; {fix}"), markup=False)
+    if report.sound:
+        stdout.print(visible(f"{collection.directory}: every saved index file matches its "
+                             f"checksum"), markup=False)
+    collection.close()
+    if not report.sound:
+        raise typer.Exit(1)
 
 
 ForgetOpt = Annotated[Path | None, typer.Option(
@@ -546,6 +599,32 @@ def indexes(json_out: JsonOpt = False, forget: ForgetOpt = None,
     if not known:
         stderr.print(f"no indexes registered in {visible(str(registry_path(data_dir)))}: run "
                      f"`retriever index FOLDER`", markup=False)
+
+
+FamilyOpt = Annotated[str | None, typer.Option(
+    "--family", help="Only this family: clip, siglip, siglip2, multilingual, mobileclip, "
+    "mobileclip2 or eva.")]
+CachedOpt = Annotated[bool, typer.Option(
+    "--cached", help="Only the pretrained tags whose weights are on this machine.")]
+
+
+@app.command()
+@reports_errors
+def models(json_out: JsonOpt = False, family: FamilyOpt = None,
+           cached: CachedOpt = False) -> None:
+    """List the model architectures by family, their pretrained tags (for --model and
+    --pretrained), which are cached on this machine and their sizes. Offline; builds nothing.
+
+    Example: retriever models --family mobileclip2; retriever models --cached --json
+    """
+    from retriever.encoding.catalogue import catalogue, default_caches, describe, summary
+
+    caches = default_caches()
+    entries = catalogue(caches, family, cached)
+    for entry in entries:
+        stdout.print(json.dumps(entry.to_json()) if json_out else visible(describe(entry)),
+                     markup=False)
+    stderr.print(visible(summary(entries, caches)), markup=False)
 
 
 # `train`'s options, one per TrainConfig field of the same name
@@ -789,7 +868,8 @@ def serve(
     collection, env = _opened(db, store)
     sock = listen(host, port)  # a port in use fails before the model loads
     encoder = pinned_encoder(collection, backend=backend, progress=RichProgress(), settings=env)
-    app_ = create_app(collection, encoder, ServerSettings.for_host(host))
+    app_ = create_app(collection, encoder, ServerSettings.for_host(host),
+                      reload=lambda now: pinned_encoder(now, backend=backend, settings=env))
     if host not in LOOPBACK_HOSTS:
         stderr.print(f"warning: --host {host} serves your indexed files to the network",
                      markup=False)
@@ -842,38 +922,53 @@ def mcp_server(db: DbOpt = None, store: StoreOpt = None, backend: BackendOpt = "
     encoder = pinned_encoder(collection, backend=backend, progress=RichProgress(), settings=env)
     stderr.print(visible(f"retriever mcp: serving {collection.directory} on stdin/stdout"),
                  markup=False)
-    serve_stdio(collection, encoder)
+    serve_stdio(collection, encoder,
+                reload=lambda now: pinned_encoder(now, backend=backend, settings=env))
 
 
 ThresholdOpt = Annotated[float | None, typer.Option(
     "--threshold", help="Cosine at or above which two images are near-identical (default: "
-    "measured, see README).")]
+    "measured on this index's model and photos, recorded, see README).")]
 FolderOpt = Annotated[str | None, typer.Option("--in", help="Only images under this folder.")]
 DuplicatesHtmlOpt = Annotated[Path | None, typer.Option(
     "--html", help="Write a self-contained page showing each group side by side.")]
+DuplicatesPrecisionOpt = Annotated[float, typer.Option(
+    "--precision", help="Share of the pairs found that should be true copies: the measured "
+    "threshold is the lowest cosine that reaches it.")]
+RecalibrateOpt = Annotated[bool, typer.Option(
+    "--recalibrate", help="Measure the threshold again even if the recorded one still holds.")]
 
 
 @app.command()
 @reports_errors
 def duplicates(threshold: ThresholdOpt = None, under: FolderOpt = None,
                html_file: DuplicatesHtmlOpt = None, json_out: JsonOpt = False,
-               db: DbOpt = None, store: StoreOpt = None) -> None:
+               db: DbOpt = None, store: StoreOpt = None, precision: DuplicatesPrecisionOpt = 0.95,
+               recalibrate: RecalibrateOpt = False, backend: BackendOpt = "auto") -> None:
     """List groups of near-identical images (best copy first); same bytes are marked.
 
     Nothing is deleted. Example: retriever duplicates --in ~/Pictures/2024 --html dups.html
     """
     from retriever.errors import UsageError
+    from retriever.library.calibration import check_precision, duplicate_threshold
     from retriever.library.duplicates import DEFAULT_THRESHOLD, find_duplicates
+    from retriever.library.pinned_encoder import pinned_encoder
+    from retriever.present.duplicates_page import threshold_words
 
-    threshold = DEFAULT_THRESHOLD if threshold is None else threshold
-    if not -1 <= threshold <= 1:  # NaN fails this too
+    if threshold is not None and not -1 <= threshold <= 1:  # NaN fails this too
         raise UsageError(f"--threshold {threshold} is not a cosine: pass one in [-1, 1]")
+    check_precision(precision)
     if html_file is not None:
         from retriever.present.duplicates_page import write_duplicates_html
         from retriever.present.html_page import check_target
 
         check_target(html_file)  # before any work: a bad --html wastes nothing
-    collection, _ = _opened(db, store)
+    collection, env = _opened(db, store)
+    measured = None if threshold is not None else duplicate_threshold(
+        collection, lambda: pinned_encoder(collection, backend=backend, settings=env),
+        precision, recalibrate)
+    if threshold is None:  # fewer than two images: nothing to measure on, nor to group
+        threshold = measured.threshold if measured else DEFAULT_THRESHOLD
     groups = find_duplicates(collection, threshold, os.path.abspath(under) if under else None)
     if html_file is not None:
         written = write_duplicates_html(groups, html_file, threshold, collection)
@@ -882,14 +977,14 @@ def duplicates(threshold: ThresholdOpt = None, under: FolderOpt = None,
         for group in groups:
             stdout.print(json.dumps(group.to_json()), markup=False)
         return
-    _print_groups(groups)
+    _print_groups(groups, threshold_words(threshold, measured))
 
 
-def _print_groups(groups: list[Any]) -> None:
+def _print_groups(groups: list[Any], threshold: str) -> None:
     unbounded(stdout).print(duplicates_table(groups))
     copies = sum(len(g.copies) - 1 for g in groups)
-    stdout.print(f"{len(groups)} groups, {copies} copies beyond the best; nothing was deleted",
-                 markup=False)
+    stdout.print(f"{len(groups)} groups, {copies} copies beyond the best at {threshold}; "
+                 f"nothing was deleted", markup=False)
 
 
 PromptOpt = Annotated[list[str] | None, typer.Option(

@@ -4,7 +4,8 @@
 
 Each picture is a smooth colour gradient with a low-frequency wave, a few filled shapes and
 mild sensor-like noise: JPEG has real work to do, so files come out at camera-ish sizes
-(a few hundred KB at 1024x768, quality 90) rather than the few KB of a flat synthetic image.
+(a few hundred KB at 1024x768, ~2.8 MB at 12 MP, quality 90) rather than the few KB of a flat
+synthetic image.
 Picture i of a folder depends only on (seed, i) and the size, so every tool sees the same bytes.
 """
 
@@ -18,7 +19,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 WORK = Path(__file__).with_name(".work")
-SIZES = {"large": (1024, 768), "small": (320, 240)}
+# 12mp: a phone's 4:3 photo (4032x3024, ~2.8 MB here); large: a camera JPEG resized for the
+# web or a messaging app; small: a web thumbnail
+SIZES = {"12mp": (4032, 3024), "large": (1024, 768), "small": (320, 240)}
 QUALITY = 90
 NOISE = 7.0  # std of the per-pixel noise, in 0-255 levels
 DONE = ".complete"  # written last: a folder without it was interrupted and is regenerated

@@ -209,6 +209,22 @@ def _v10_vector_precision(conn: Connection) -> None:
     conn.execute(text("ALTER TABLE collection_model ADD COLUMN vector_precision TEXT"))
 
 
+def _v11_duplicate_threshold(conn: Connection) -> None:
+    # `retriever duplicates`' threshold as measured on this model and collection
+    # (retriever.library.calibration): one row, reused while the model (fingerprint) and the
+    # precision asked are the same and the collection has not doubled since.
+    _execute(conn, """CREATE TABLE duplicate_threshold (
+        id {int} PRIMARY KEY CHECK (id = 1),
+        threshold FLOAT NOT NULL,
+        target_precision FLOAT NOT NULL,
+        sample {int} NOT NULL,
+        images {int} NOT NULL,
+        recall FLOAT NOT NULL,
+        fingerprint TEXT,
+        measured_at FLOAT NOT NULL
+    )""")
+
+
 def _v8_keywords(conn: Connection) -> None:
     if conn.dialect.name == "postgresql":
         _v8_keywords_postgresql(conn)
@@ -254,6 +270,7 @@ MIGRATIONS: list[Migration] = [
     (8, "keywords: full-text rows of passages, captions, file names", _v8_keywords),
     (9, "files.words_read (images whose words --ocr read)", _v9_words_read),
     (10, "collection_model.vector_precision (fp32, int8, fp16)", _v10_vector_precision),
+    (11, "duplicate_threshold (measured on the model and collection)", _v11_duplicate_threshold),
 ]
 LATEST = MIGRATIONS[-1][0]  # a current store's schema version
 APPLIED = "SELECT version FROM schema_migrations"  # the versions a store has

@@ -13,8 +13,11 @@ the mapped part by an IDSelector inside FAISS. A search quantises the queries on
 parts for their top k in the same nprobe lists, and keeps the best k of the two ("shards merged
 at query time"). That is exactly the whole index loaded with its deltas applied: the same
 lists probed, the same codes scored, so the union of the two is the one index's candidates.
-Only ties may come out in another order. Opening still reads the files whole once, for their
-checksums (index.checksums): a damaged file is rebuilt from the store as before.
+Only ties may come out in another order. Opening reads only the file's head (header,
+centroids, list sizes: `lists_start`), checked against the CRC-32 the writer stamped it with
+(index.checksums), while the file's stat still matches that stamp; else it is read whole once
+against its checksum. A damaged file is rebuilt from the store as before; `retriever check`
+reads the lists too.
 
 When: `AnnConfig.on_disk` ($RETRIEVER_INDEX_ON_DISK): yes, no, or auto, on disk once the saved
 file is over ON_DISK_SHARE of the memory available (bench/RESULTS.md, "Scale: an IVF searched
@@ -26,6 +29,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
@@ -133,6 +137,15 @@ def _mapped(path: Path) -> faiss.IndexIVF:
     if not isinstance(index, faiss.IndexIVF):
         raise ValueError(f"{path}: a {kind_of(index)} index has no lists to map")
     return index
+
+
+def lists_start(path: Path) -> int:
+    """Where the inverted lists of the IVF saved in `path` begin: the bytes before them are
+    what opening it reads (index.checksums' head). ValueError: not an IVF."""
+    index = _mapped(path)  # kept alive while its lists are read
+    # mapped lists are OnDiskInvertedLists (faiss's stubs know neither it nor `lists`)
+    lists: Any = faiss.downcast_InvertedLists(index.invlists)  # type: ignore[arg-type]
+    return int(lists.lists.at(0).offset) if lists.nlist else path.stat().st_size
 
 
 def _emptied(index: faiss.IndexIVF) -> faiss.IndexIVF:

@@ -24,6 +24,7 @@ from index.records import (
     ModelRecord,
     PlacedTag,
     RunRecord,
+    ThresholdRecord,
     decode,
     stacked,
 )
@@ -50,6 +51,10 @@ class Queries:
     def model(self) -> ModelRecord | None:
         rows = self._rows(sql.MODEL)
         return ModelRecord(*rows[0]) if rows else None
+
+    def duplicate_threshold(self) -> ThresholdRecord | None:
+        rows = self._rows(sql.DUPLICATE_THRESHOLD)
+        return ThresholdRecord(*rows[0]) if rows else None
 
     def generation(self) -> int:
         """Count of write transactions so far: a FAISS file saved at another one is stale."""
@@ -78,12 +83,18 @@ class Queries:
         """content hash -> some stored file with those bytes (the first stored), with its items
         ordered by (kind, position) and their vectors; hashes not stored are left out. One
         query per 10,000 hashes."""
-        found: dict[str, tuple[FileRecord, list[ItemRecord]]] = {}
-        for row in self._listed(sql.ITEMS_WITH_HASHES, sorted(set(hashes)), "hashes"):
-            _, items = found.setdefault(row[2], (FileRecord(*row[:9]), []))
-            if row[9] is not None:  # a file without items: one row, its item columns NULL
-                items.append(ItemRecord(row[9], row[10], row[11], decode(row[12]), *row[13:16]))
-        return found
+        rows = self._listed(sql.ITEMS_WITH_HASHES, sorted(set(hashes)), "hashes")
+        return {file.content_hash: (file, items) for file, items in _file_items(rows).values()}
+
+    def files_after(self, after: int, limit: int
+                    ) -> dict[int, tuple[FileRecord, list[ItemRecord]]]:
+        """file id -> the file with its items and vectors, for the first `limit` files whose id
+        is above `after`, in id order: every file, a page at a time."""
+        return _file_items(self._rows(sql.FILES_AFTER, {"after": after, "limit": limit}))
+
+    def images_with_words(self) -> list[str]:
+        """Images whose words `--ocr` has read (files.words_read)."""
+        return [row[0] for row in self._rows(sql.WORDS_READ)]
 
     def file_states(self) -> dict[str, FileState]:
         return {p: FileState(size, mtime, h) for p, size, mtime, h in self._rows(sql.FILE_STATES)}
@@ -229,6 +240,16 @@ class Queries:
         database = self._rows(sql.PG_DATABASE)[0][0]
         return (database.get("datlocprovider", "c") == "c"  # not ICU's or another's
                 and database["datcollate"] in ("C", "POSIX"))
+
+
+def _file_items(rows: Iterable[Sequence]) -> dict[int, tuple[FileRecord, list[ItemRecord]]]:
+    """sql.FILE_ITEMS' rows -> file id -> (file, its items with their vectors)."""
+    found: dict[int, tuple[FileRecord, list[ItemRecord]]] = {}
+    for row in rows:
+        _, items = found.setdefault(row[16], (FileRecord(*row[:9]), []))
+        if row[9] is not None:  # a file without items: one row, its item columns NULL
+            items.append(ItemRecord(row[9], row[10], row[11], decode(row[12]), *row[13:16]))
+    return found
 
 
 def _labels_by_item(rows: Iterable[Sequence]) -> dict[int, list[str]]:

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
         ModelRecord,
         PlacedTag,
         RunRecord,
+        ThresholdRecord,
     )
 
 
@@ -32,6 +33,9 @@ class StoreReads(Protocol):
     """The store's reads (index.store.Store has each, with these signatures)."""
 
     def model(self) -> ModelRecord | None: ...
+
+    def duplicate_threshold(self) -> ThresholdRecord | None:
+        """`duplicates`' threshold as last measured (retriever.library.calibration), or None."""
 
     def generation(self) -> int:
         """Bumped by every write: a reader that saw another one is looking at older data."""

@@ -74,6 +74,19 @@ class ImageFile:
 
 
 @dataclass(frozen=True)
+class ThresholdRecord:
+    """`retriever duplicates`' threshold as measured (retriever.library.calibration)."""
+
+    threshold: float  # cosine at or above which two images are copies
+    target_precision: float  # the share of reported pairs asked to be true copies
+    sample: int  # images sampled (each copied in memory the ways copies happen)
+    images: int  # images in the collection when measured
+    recall: float  # share of the in-memory copies at or above `threshold`
+    fingerprint: str | None  # the model's (ModelRecord.fingerprint) it was measured with
+    measured_at: float  # unix time
+
+
+@dataclass(frozen=True)
 class TagRecord:
     item_id: int
     label: str

@@ -5,7 +5,8 @@
                         IVF, index.ann); texts.faiss, videos.faiss, image-texts.faiss the same
         images.faiss.json   {"generation": g, "count": n, "mirror": bool,
                         "checksums": {file name: "crc32:<8 hex>"}, "deltas": [names],
-                        "delta_rows": n} of the saved files
+                        "delta_rows": n, "stamps": {file name: index.checksums.stamp}}
+                        of the saved files
         images.faiss.delta1, ...   an IVF's changes since saved whole (index.deltas)
         images.ids.npy, images.vectors.npy     a flat index's vectors again, for searches
                                                without FAISS (index.exact)
@@ -13,6 +14,9 @@
 The store is the source of truth. Saved files are trusted only if their .faiss.json names the
 store's generation and item count now and every file it lists has the bytes it was saved with
 (index.checksums); else the index is rebuilt from the stored vectors, streamed in batches.
+A file still as its stamp recorded it (same inode, size, mtime and ctime) is checked by its
+head alone, the part FAISS parses at open: an IVF searched from disk opens reading ~1% of its
+file (bench/RESULTS.md); `verify` (`retriever check`) reads every file whole.
 FAISS itself is imported only when an index is loaded, built or saved.
 """
 
@@ -21,11 +25,12 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from index.ann import AnnConfig, choose, nlist_for
-from index.checksums import verified
+from index.checksums import checksum, stamp, trusted
 from index.exact import ExactIndex, mirror_paths, remove_mirror, save_mirror
 from index.kinds import IMAGE, IMAGE_TEXT, TEXT, VIDEO
 from retriever.atomic import replacing
@@ -43,6 +48,7 @@ BUILD_BATCH = 10_000  # vectors a rebuild reads from the store at a time (20 MB 
 # an IVF's changes go into delta files until there are MAX_DELTAS of them or they hold more
 # than 1/DELTA_SHARE of its vectors; the next save then writes it whole again
 MAX_DELTAS, DELTA_SHARE = 8, 8
+HEAD_BLOCK = 1 << 16  # the head checked at open of a large file that is not an IVF: its headers
 T = TypeVar("T")
 
 
@@ -141,6 +147,55 @@ class SavedIndex:
 
         return self._current(lambda meta: [self.path.name, *_deltas(meta)], load)
 
+    def verify(self, restamp: bool = True) -> list[Finding]:
+        """Every file this kind's .faiss.json lists, read whole against its checksum
+        (`retriever check`): what is damaged or stale, [] when sound or nothing was saved.
+        With `restamp` (the writer's lock held), sound files whose stat no longer matches
+        their stamp (copied, restored, chmod) are stamped again: readers stop reading them
+        whole."""
+        meta_path = self.path.with_name(f"{self.path.name}.json")
+        try:
+            meta = read_json(meta_path)
+            if not isinstance(meta, dict) or not isinstance(meta.get("checksums"), dict):
+                raise ValueError("not a .faiss.json of retriever's")
+            names = [self.path.name, *_deltas(meta), *(
+                [p.name for p in mirror_paths(self.path)] if meta.get("mirror") else [])]
+        except FileNotFoundError:
+            return [] if self.store.count_items(self.kind) == 0 else [
+                Finding(meta_path, "missing")]
+        except (OSError, ValueError, SmallFileError) as error:
+            return [Finding(meta_path, f"damaged ({error})")]
+        found = [Finding(self.path.with_name(n), problem)
+                 for n in names if (problem := _whole(self.path.with_name(n), meta))]
+        if meta.get("generation") != self.store.generation() \
+                or meta.get("count") != self.store.count_items(self.kind):
+            found.append(Finding(meta_path, "stale: saved before the store's last change"))
+        if not found and restamp:
+            self._restamp(meta, names)
+        return found
+
+    def _restamp(self, meta: dict, names: list[str]) -> None:
+        """Stamp again the files of `meta` (all read whole and sound) whose stat changed."""
+        stamps = meta.get("stamps")
+        stamps = stamps if isinstance(stamps, dict) else {}
+        fresh = {n: stamp(self.path.with_name(n), self._head(meta) if n == self.path.name
+                          else HEAD_BLOCK) for n in names}
+        if fresh != {n: stamps.get(n) for n in names}:
+            meta["stamps"] = fresh
+            with replacing(self.path.with_name(f"{self.path.name}.json")) as tmp:
+                Path(tmp).write_text(json.dumps(meta))
+
+    def _head(self, meta: dict) -> int:
+        """Bytes opening the saved FAISS file parses: an IVF's all but its lists."""
+        from index.ondisk import lists_start
+
+        if meta.get("mirror"):  # a flat index: saved with its mirror, loaded whole
+            return HEAD_BLOCK
+        try:
+            return lists_start(self.path)
+        except (ValueError, RuntimeError):  # not an IVF after all
+            return HEAD_BLOCK
+
     def remove(self) -> None:
         """Delete every file saved for this kind (the store was cleared)."""
         for path in (self.path, self.path.with_name(f"{self.path.name}.json")):
@@ -157,7 +212,9 @@ class SavedIndex:
             checksums.update(save_mirror(self.path, *index.flat_arrays()))
         else:
             remove_mirror(self.path)
-        return {"mirror": mirror, "checksums": checksums, "deltas": [], "delta_rows": 0}
+        stamps = {name: _stamp(index, self.path.with_name(name)) for name in checksums}
+        return {"mirror": mirror, "checksums": checksums, "deltas": [], "delta_rows": 0,
+                "stamps": stamps}
 
     def _save_delta(self, index: VectorIndex) -> dict | None:
         """The saved files plus one delta of the changes since, or None: save it whole."""
@@ -170,13 +227,18 @@ class SavedIndex:
         if len(deltas) >= MAX_DELTAS or rows * DELTA_SHARE > len(index):
             return None
         checksums = dict(saved["checksums"])
+        stamps = saved.get("stamps")  # kept: those files are as loaded (and checked) then
+        stamps = {n: s for n, s in stamps.items() if n in checksums} \
+            if isinstance(stamps, dict) else {}
         added, added_vectors, removed = journal.arrays(index.dim)
         if len(added) or len(removed):
             name = f"{self.path.name}.delta{len(deltas) + 1}"
             checksums[name] = save_delta(self.path.with_name(name),
                                          (added, added_vectors, removed))
+            stamps[name] = stamp(self.path.with_name(name), HEAD_BLOCK)
             deltas.append(name)
-        return {"mirror": False, "checksums": checksums, "deltas": deltas, "delta_rows": rows}
+        return {"mirror": False, "checksums": checksums, "deltas": deltas, "delta_rows": rows,
+                "stamps": stamps}
 
     def _current(self, files: Callable[[dict], list[str]], load: Callable[[dict], T]
                  ) -> T | None:
@@ -189,15 +251,53 @@ class SavedIndex:
                     or meta.get("count") != self.store.count_items(self.kind):
                 return None
             checksums = meta.get("checksums")  # none: saved before checksums, not trusted
+            stamps = meta.get("stamps")  # none: saved before stamps, read whole
             if not isinstance(checksums, dict):
                 return None
+            stamps = stamps if isinstance(stamps, dict) else {}
             with ExitStack() as checked:
                 for name in files(meta):
-                    checked.enter_context(verified(self.path.with_name(name),
-                                                   checksums.get(name)))
+                    checked.enter_context(trusted(self.path.with_name(name),
+                                                  checksums.get(name), stamps.get(name)))
                 return load(meta)
         except (OSError, ValueError, RuntimeError, SmallFileError):  # missing, torn, damaged
             return None  # rebuilt from the store
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A saved file `retriever check` found wrong: its path and what (damaged, missing, stale)."""
+
+    path: Path
+    problem: str
+
+
+def _whole(path: Path, meta: dict) -> str | None:
+    """What is wrong with `path` read whole against its checksum in `meta`, else None."""
+    expected = meta["checksums"].get(path.name)
+    try:
+        found = checksum(path)
+    except FileNotFoundError:
+        return "missing"
+    except OSError as error:
+        return f"unreadable ({error.strerror})"
+    if expected is None:
+        return "no checksum recorded"
+    return None if found == expected else f"damaged (checksum {found}, saved as {expected})"
+
+
+def _stamp(index: VectorIndex, path: Path) -> dict:
+    return stamp(path, _head_of(index, path))
+
+
+def _head_of(index: VectorIndex, path: Path) -> int:
+    """Bytes a reader parses at open of `path`, just saved for `index`: of an IVF file, all
+    but its inverted lists (each vector's code and id, at the end: mapped by index.ondisk);
+    of another, its first block (npy and FAISS headers; small files are checked whole)."""
+    if index.kind == "flat" or not path.name.endswith(".faiss"):
+        return HEAD_BLOCK
+    lists = len(index) * (int(index.faiss_index.code_size) + 8)  # type: ignore[attr-defined]
+    return path.stat().st_size - lists
 
 
 def _load_saved(path: Path, meta: dict) -> VectorIndex:

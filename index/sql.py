@@ -27,7 +27,18 @@ GENERATION = "SELECT store_state.generation FROM store_state"
 # another generation is stale).
 BUMP = "UPDATE store_state SET generation = store_state.generation + 1 WHERE store_state.id = 1"
 CLEAR = tuple(f"DELETE FROM {table}" for table in (
-    "tags", "vectors", "items", "files", "failures", "collection_model"))
+    "tags", "vectors", "items", "files", "failures", "collection_model", "duplicate_threshold"))
+# `retriever duplicates`' measured threshold (retriever.library.calibration), one row
+DUPLICATE_THRESHOLD = (
+    "SELECT threshold, target_precision, sample, images, recall, fingerprint, measured_at "
+    "FROM duplicate_threshold WHERE id = 1")
+SET_DUPLICATE_THRESHOLD = (
+    "INSERT INTO duplicate_threshold (id, threshold, target_precision, sample, images, recall, "
+    "fingerprint, measured_at) VALUES (1, :threshold, :target_precision, :sample, :images, "
+    ":recall, :fingerprint, :measured_at) ON CONFLICT (id) DO UPDATE SET "
+    "threshold = excluded.threshold, target_precision = excluded.target_precision, "
+    "sample = excluded.sample, images = excluded.images, recall = excluded.recall, "
+    "fingerprint = excluded.fingerprint, measured_at = excluded.measured_at")
 
 INTERRUPT_RUNS = "UPDATE runs SET status = 'interrupted' WHERE runs.status = 'running'"
 START_RUN = ("INSERT INTO runs (started_at, status, stats) VALUES (:started_at, 'running', '{}') "
@@ -57,16 +68,23 @@ COUNT_FILES = "SELECT count(files.id) FROM files"
 UNREAD_IMAGES = ("SELECT files.path FROM files WHERE files.kind = 'image' "
                  "AND files.words_read IS NULL")
 MARK_WORDS_READ = "UPDATE files SET words_read = 1 WHERE files.path = :path"
-# Some file per hash (the first stored) with its items and vectors, in (kind, position) order;
-# a file without items comes as one row of NULL item columns.
-ITEMS_WITH_HASHES = (
+# Files with their items and vectors, in (file id, kind, position) order; a file without items
+# comes as one row of NULL item columns. `{files}`: which files' ids.
+FILE_ITEMS = (
     "SELECT files.path, files.kind, files.content_hash, files.size, files.mtime, files.width, "
     "files.height, files.caption, files.taken_at, items.kind, items.position, items.passage, "
-    "vectors.data, items.time, items.page, items.section FROM files "
+    "vectors.data, items.time, items.page, items.section, files.id FROM files "
     "LEFT JOIN items ON items.file_id = files.id "
     "LEFT JOIN vectors ON vectors.item_id = items.id WHERE files.id IN "
-    "(SELECT min(files.id) FROM files WHERE files.content_hash IN :hashes "
-    "GROUP BY files.content_hash) ORDER BY files.id, items.kind, items.position")
+    "({files}) ORDER BY files.id, items.kind, items.position")
+# Some file per hash (the first stored)
+ITEMS_WITH_HASHES = FILE_ITEMS.format(files=(
+    "SELECT min(files.id) FROM files WHERE files.content_hash IN :hashes "
+    "GROUP BY files.content_hash"))
+# Every file, a page at a time by id (`index --switch` copies a staged store whole)
+FILES_AFTER = FILE_ITEMS.format(files=(
+    "SELECT files.id FROM files WHERE files.id > :after ORDER BY files.id LIMIT :limit"))
+WORDS_READ = "SELECT files.path FROM files WHERE files.words_read = 1"
 ITEMS = ("SELECT items.id, files.path, items.kind, items.position, items.passage, "
          "files.caption, items.time, files.taken_at, items.page, items.section FROM items "
          "JOIN files ON "

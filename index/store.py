@@ -23,6 +23,7 @@ import time
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
+from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -40,6 +41,7 @@ from index.records import (
     ModelRecord,
     PlacedTag,
     TagRecord,
+    ThresholdRecord,
     WriteResult,
     encode,
 )
@@ -121,10 +123,12 @@ class Store(Queries):
 
     def set_model(self, record: ModelRecord) -> None:
         with self.executor.begin() as tx:
-            tx.rows(sql.SET_MODEL, {"name": record.name, "pretrained": record.pretrained,
-                                    "dim": record.dim, "fingerprint": record.fingerprint,
-                                    "precision": record.precision,
-                                    "created_at": time.time()})
+            tx.rows(sql.SET_MODEL, _model_params(record))
+
+    def set_duplicate_threshold(self, record: ThresholdRecord) -> None:
+        """Record `duplicates`' measured threshold (replacing the one before)."""
+        with self.executor.begin() as tx:
+            tx.rows(sql.SET_DUPLICATE_THRESHOLD, asdict(record))
 
     def write_files(self, batch: Sequence[tuple[FileRecord, Sequence[ItemRecord]]]) -> WriteResult:
         """Insert or replace each file with its items and vectors, all in one transaction.
@@ -224,18 +228,30 @@ class Store(Queries):
     def place_tags(self, tags: Sequence[PlacedTag]) -> int:
         """Put each tag on the item now at its place, in one transaction; a tag whose place
         holds no item any more is dropped. Returns how many were put back."""
-        where: dict[tuple[str, str, int], int] = {}
         with self.executor.begin() as tx:
-            for statement, params in sql.with_list(sql.ITEMS_AT, sorted({t.path for t in tags}),
-                                                   "paths"):
-                where.update(((path, kind, position), item_id)
-                             for path, kind, position, item_id in tx.rows(statement, params))
-            placed = {(where[t.path, t.kind, t.position], t.label_set, t.label): t.score
-                      for t in tags if (t.path, t.kind, t.position) in where}
-            tx.many(sql.ADD_TAG, [{"item_id": item_id, "label_set": label_set, "label": label,
-                                   "score": score}
-                                  for (item_id, label_set, label), score in placed.items()])
-        return len(placed)
+            return _place_tags(tx, tags)
+
+    def replace_all(self, batches: Iterable[Sequence[tuple[FileRecord, Sequence[ItemRecord]]]],
+                    model: ModelRecord, failures: Sequence[FailureRecord],
+                    words_read: Sequence[str]) -> None:
+        """In ONE transaction: every file, item, vector, failure and the model become those
+        given (`index --switch`: a staged store's, `batches` of files read from it as this
+        runs); the tags go back on the items at their places, the images whose words were
+        read stay so marked. New ids, as `write_files` gives them; the generation is bumped."""
+        tags = self.placed_tags()  # the writer holds the lock: no tag changes meanwhile
+        with self.executor.begin() as tx:
+            keywords.clear(tx, self.postgresql)
+            for statement in sql.CLEAR:
+                tx.rows(statement)
+            for batch in batches:
+                insert_rows(tx.connection, batch,
+                            [encode(it.vector) for _, its in batch for it in its], self.name)
+            tx.rows(sql.SET_MODEL, _model_params(model))
+            tx.many(sql.MARK_WORDS_READ, [{"path": path} for path in words_read])
+            tx.many(sql.RECORD_FAILURE, [{"path": f.path, "size": f.size, "mtime": f.mtime,
+                                          "reason": f.reason, "run_id": 0} for f in failures])
+            _place_tags(tx, tags)
+            tx.rows(sql.BUMP)
 
 
 def open_store(url: str, read_only: bool = False, reading: bool = False) -> Store:
@@ -243,6 +259,27 @@ def open_store(url: str, read_only: bool = False, reading: bool = False) -> Stor
     read (`reading`: a one-off search), a current SQLite store read through sqlite3 alone."""
     plain = open_plain(url, read_only) if reading else None
     return Store.on(plain) if plain is not None else Store(url, read_only)
+
+
+def _model_params(record: ModelRecord) -> dict[str, object]:
+    return {"name": record.name, "pretrained": record.pretrained, "dim": record.dim,
+            "fingerprint": record.fingerprint, "precision": record.precision,
+            "created_at": time.time()}
+
+
+def _place_tags(tx: CoreTransaction, tags: Sequence[PlacedTag]) -> int:
+    """`Store.place_tags` in the transaction `tx`."""
+    where: dict[tuple[str, str, int], int] = {}
+    for statement, params in sql.with_list(sql.ITEMS_AT, sorted({t.path for t in tags}),
+                                           "paths"):
+        where.update(((path, kind, position), item_id)
+                     for path, kind, position, item_id in tx.rows(statement, params))
+    placed = {(where[t.path, t.kind, t.position], t.label_set, t.label): t.score
+              for t in tags if (t.path, t.kind, t.position) in where}
+    tx.many(sql.ADD_TAG, [{"item_id": item_id, "label_set": label_set, "label": label,
+                           "score": score}
+                          for (item_id, label_set, label), score in placed.items()])
+    return len(placed)
 
 
 def _writer_keys(session: CoreTransaction) -> dict[str, int]:

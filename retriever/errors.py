@@ -34,6 +34,26 @@ class WeightsUnavailable(RetrieverError):
     """Pretrained weights are neither cached nor downloadable (offline, unknown tag)."""
 
 
+class TextSourceUnavailable(WeightsUnavailable):
+    """A model's Hugging Face tokenizer or text-model config (its config's text_cfg
+    hf_tokenizer_name / hf_model_name) is neither a local folder nor cached, and cannot be
+    fetched: `source` a hub id or folder, `role` "tokenizer" or "text model", `model` the
+    architecture, `reason` why it cannot be fetched now."""
+
+    def __init__(self, source: str, role: str, model: str, reason: str) -> None:
+        super().__init__(source, role, model, reason)
+        self.source, self.role, self.model, self.reason = source, role, model, reason
+
+    def __str__(self) -> str:
+        if self.reason == "missing folder":
+            return (f"the {self.role} folder {self.source} of {self.model} does not exist: "
+                    f"name an existing folder in the model config's text_cfg")
+        return (f"the {self.role} {self.source} of {self.model} is not cached and "
+                f"{self.reason}: on a connected machine run `hf download {self.source}` and "
+                f"copy ~/.cache/huggingface here, or pass a model config whose text_cfg names "
+                f"a local folder")
+
+
 class CheckpointError(RetrieverError):
     """A checkpoint file cannot be read or does not fit the model."""
 
@@ -80,6 +100,45 @@ class AskedModelDiffers(ModelMismatch):
     def __str__(self) -> str:
         return (f"{self.setting} {self.asked} differs from {self.recorded}, which "
                 f"{self.directory} was built with")
+
+
+class PrecisionMismatch(ModelMismatch):
+    """The index's image vectors were made in `recorded` precision ("fp32", "int8", "fp16") and
+    this command would encode in `made`, of the other kind (int8 against fp32/fp16: see
+    `retriever.encoding.backends`), by `backend` as asked (None: not known where refused).
+    `purpose`: "index" (adding to the index) or "search". Raised before anything is encoded."""
+
+    exit_code = 2
+
+    def __init__(self, directory: Path, recorded: str, made: str, backend: str | None,
+                 purpose: str) -> None:
+        super().__init__(directory, recorded, made, backend, purpose)
+        self.directory, self.recorded, self.made = directory, recorded, made
+        self.backend, self.purpose = backend, purpose
+
+    def __str__(self) -> str:
+        by = f"--backend {self.backend}" if self.backend else "this run"
+        fix = (f"retriever index --reindex --backend {self.backend or 'auto'}"
+               if self.purpose == "search" else "--reindex")
+        return (f"{self.directory} holds {self.recorded} image vectors and {by} encodes "
+                f"{self.made} ones, which would not match them: drop --backend (auto follows "
+                f"the index), or re-encode everything with {fix}")
+
+
+class SwitchPending(ModelMismatch):
+    """`index --switch --model ASKED` while `directory`'s switch to `pending` (another model)
+    is under way (retriever.ingest.switch): finish that one, or cancel it first."""
+
+    exit_code = 2
+
+    def __init__(self, directory: Path, pending: str, asked: str) -> None:
+        super().__init__(directory, pending, asked)
+        self.directory, self.pending, self.asked = directory, pending, asked
+
+    def __str__(self) -> str:
+        return (f"{self.directory} is switching to {self.pending}, not {self.asked}: run "
+                f"`retriever index --switch` without --model to finish that switch, or pass "
+                f"--switch-cancel to drop it first")
 
 
 class IndexNotFound(RetrieverError):

@@ -109,11 +109,13 @@ def known_collection(root: Path) -> tuple[Path, list[list[str]]]:
     return db, planted
 
 
-def test_planted_groups_are_found_at_the_default_threshold(tmp_path, cli):
+def test_planted_groups_are_found_at_the_threshold_given(tmp_path, cli):
+    """The vectors are constructed, not the model's: the threshold is given (a measured one
+    is tests/test_calibration.py's)."""
     db, planted = known_collection(tmp_path)
     assert DEFAULT_THRESHOLD < 0.995  # what the planted copies are built to clear
     before = sorted(p for p in tmp_path.rglob("*.jpg"))
-    result = cli("duplicates", "--db", db, "--json")
+    result = cli("duplicates", "--db", db, "--json", "--threshold", DEFAULT_THRESHOLD)
     assert result.exit_code == 0, result.output
     groups = [json.loads(line)["copies"] for line in result.stdout.splitlines()]
     precision, recall = pair_scores([[c["path"] for c in g] for g in groups],
@@ -135,10 +137,11 @@ def test_planted_groups_are_found_at_the_default_threshold(tmp_path, cli):
 def test_in_restricts_to_a_folder_and_html_shows_groups_side_by_side(tmp_path, cli):
     db, planted = known_collection(tmp_path)
     page = tmp_path / "out" / "dups.html"
-    result = cli("duplicates", "--db", db, "--in", tmp_path / "photos", "--html", page)
+    given = ("--threshold", DEFAULT_THRESHOLD)  # constructed vectors: no measuring
+    result = cli("duplicates", "--db", db, "--in", tmp_path / "photos", "--html", page, *given)
     assert result.exit_code == 0, result.output
     assert "0 groups" in result.stdout  # each planted group has one member under photos/
-    both = cli("duplicates", "--db", db, "--in", tmp_path, "--html", page)
+    both = cli("duplicates", "--db", db, "--in", tmp_path, "--html", page, *given)
     assert both.exit_code == 0 and "8 groups, 24 copies beyond the best" in both.stdout
     html = page.read_text()
     assert html.count('class="group"') == 8 and html.count("data:image/jpeg;base64,") == 32
@@ -175,3 +178,30 @@ def test_the_trained_tiny_model_finds_planted_copies_among_distinct_photos(
     found = [[c["path"] for c in json.loads(line)["copies"]] for line in result.stdout.splitlines()]
     precision, recall = pair_scores(found, planted)
     assert precision >= 0.95 and recall >= 0.95, (precision, recall, found)
+
+
+def test_groups_never_chain_every_copy_is_within_the_threshold_of_its_best(tmp_path, cli):
+    """Five images on an arc, each at cosine 0.995 from the next (so 0.980 from the one after):
+    union-find over pairs >= 0.99 made them one group. Now the best copy (the largest, a)
+    takes only what is within 0.99 of it (b); the next free image (c) leads the next group."""
+    collection = Collection.open(tmp_path / "index")
+    collection.bind_model(ModelRecord("retriever-tiny", "none", DIM))
+    step = np.arccos(0.995)
+    batch = []
+    for n, name in enumerate("abcde"):
+        vector = np.zeros(DIM, np.float32)
+        vector[:2] = np.cos(n * step), np.sin(n * step)
+        size = (160, 120) if name == "a" else (80, 60)
+        path = write_photo(tmp_path / "photos" / f"{name}.jpg", (40 * n, 90, 200), size)
+        record = FileRecord(str(path), IMAGE, hashlib.sha256(path.read_bytes()).hexdigest(),
+                            path.stat().st_size, 1.0, *size)
+        batch.append((record, [ItemRecord(IMAGE, 0, None, vector)]))
+    collection.write_files(batch)
+    collection.close()
+    result = cli("duplicates", "--db", tmp_path / "index", "--json", "--threshold", "0.99")
+    groups = [[(Path(c["path"]).stem, c["score"]) for c in json.loads(line)["copies"]]
+              for line in result.stdout.splitlines()]
+    assert [[name for name, _ in g] for g in groups] == [["a", "b"], ["c", "d"]]
+    assert all(score >= 0.99 for g in groups for _, score in g)
+    unchained = cli("duplicates", "--db", tmp_path / "index", "--json", "--threshold", "0.97")
+    assert [len(json.loads(line)["copies"]) for line in unchained.stdout.splitlines()] == [3, 2]

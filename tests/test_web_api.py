@@ -179,10 +179,12 @@ def test_a_file_is_hashed_once_for_many_ranges_and_again_once_rewritten(
                 part = client.get(f"/api/items/{item}/file",
                                   headers={"Range": f"bytes={first}-{first + 9}"})
                 assert part.status_code == 206 and part.content == data[first:first + 10]
-            assert len(hashed) == 1
+            # in place with its stored size and mtime: not hashed (tests/test_serve_once.py
+            # hashes a file reached through a linked folder once for many ranges)
+            assert len(hashed) == 0
             photo.write_bytes(bytes(len(data)))  # same size, other bytes
             changed = client.get(f"/api/items/{item}/file", headers={"Range": "bytes=0-9"})
     finally:
         collection.close()
     assert "changed since it was indexed" in refusal(changed, 404)
-    assert len(hashed) == 2
+    assert len(hashed) == 1

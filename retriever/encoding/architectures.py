@@ -4,21 +4,24 @@ registering a config with open_clip under a plain name.
 A `--model` is an open_clip name (ViT-B-32), or a model-config JSON file, registered under its
 file's stem; the bundled configs (retriever-tiny, in model_configs/) are registered once per
 process. A config is checked before anything is built: the keys of an open_clip config, sizes
-that are whole numbers, and at most MAX_PARAMETERS parameters.
+that are whole numbers, and at most MAX_PARAMETERS parameters. A config file in the shape of a
+hub's open_clip_config.json ({"model_cfg": ..., "preprocess_cfg": ...}) also gives the model's
+preprocessing (`file_preprocess`). open_clip (and torch) is imported where it is used:
+`estimated_parameters` serves `retriever models`, which builds nothing.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import tempfile
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-import open_clip
-
+from retriever.encoding.hf_sources import source_problem
 from retriever.errors import BadSetting, ModelNotFound
 from retriever.jsonfile import read_json
 
@@ -36,11 +39,15 @@ MAX_PARAMETERS = 9_000_000_000
 def register_bundled_configs() -> None:
     """Make open_clip know the bundled architectures (retriever-tiny) by name. `load_model`
     calls it; call it before asking open_clip itself about them. Once per process."""
+    import open_clip
+
     open_clip.add_model_config(_BUNDLED_CONFIGS)
 
 
 def resolve_arch(model: str) -> tuple[str, Path | None]:
     """open_clip architecture name for `model`; config files are registered under their stem."""
+    import open_clip
+
     if model.endswith(".json") or Path(model).is_file():
         path = Path(model).expanduser().resolve()
         if not path.is_file():
@@ -56,10 +63,7 @@ def resolve_arch(model: str) -> tuple[str, Path | None]:
 
 
 def _read_config(path: Path) -> dict[str, Any]:
-    try:
-        cfg = read_json(path)
-    except OSError as err:
-        raise ModelNotFound(f"model config {path} is not readable ({err})") from err
+    cfg = _json_file(path)
     if isinstance(cfg, dict):
         cfg = cfg.get("model_cfg", cfg)
     problem = config_problem(cfg)
@@ -68,11 +72,47 @@ def _read_config(path: Path) -> dict[str, Any]:
     return cfg
 
 
+def file_preprocess(path: Path) -> dict[str, Any] | None:
+    """The "preprocess_cfg" of a model-config file in open_clip_config.json's shape (mean, std,
+    interpolation, resize_mode; the size is the model's), or None when it has none. BadSetting
+    naming the file for values retriever cannot run (`PixelConfig`'s)."""
+    from retriever.encoding.pixels import RESAMPLE, RESIZE_MODES
+
+    data = _json_file(path)
+    pp = data.get("preprocess_cfg") if isinstance(data, dict) and "model_cfg" in data else None
+    if pp is None:
+        return None
+    problem = "is not a JSON object" if not isinstance(pp, dict) else None
+    for key in ("mean", "std") if problem is None else ():
+        value = pp.get(key)
+        if value is not None and not (isinstance(value, list) and len(value) == 3 and all(
+                isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+                and (key == "mean" or v > 0) for v in value)):
+            problem = f"{key} {str(value)[:40]!r} is not 3 numbers (std above 0)"
+    if problem is None and pp.get("interpolation", "bicubic") not in RESAMPLE:
+        problem = f"interpolation {str(pp['interpolation'])[:40]!r} is not one of {list(RESAMPLE)}"
+    if problem is None and pp.get("resize_mode", "shortest") not in RESIZE_MODES:
+        problem = f"resize_mode {str(pp['resize_mode'])[:40]!r} is not one of {list(RESIZE_MODES)}"
+    if problem is not None:
+        raise BadSetting("model", str(path), f"preprocess_cfg {problem}")
+    return {k: pp[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in pp}
+
+
+def _json_file(path: Path) -> Any:
+    try:
+        return read_json(path)
+    except OSError as err:
+        raise ModelNotFound(f"model config {path} is not readable ({err})") from err
+
+
 def config_problem(cfg: Any) -> str | None:
     """Why `cfg` cannot be built (not an open_clip model config, or too large), or None."""
     if not (isinstance(cfg, dict) and "embed_dim" in cfg and isinstance(cfg.get("vision_cfg"), dict)
             and isinstance(cfg.get("text_cfg"), dict)):
         return "lacks the embed_dim, vision_cfg and text_cfg of an open_clip model config"
+    hf_problem = source_problem(cfg)
+    if hf_problem is not None:
+        return hf_problem
     try:
         n = estimated_parameters(cfg)
     except ValueError as err:
@@ -146,6 +186,8 @@ def register_arch(arch: str, cfg: dict[str, Any]) -> str:
     which is written in a temporary folder of retriever's own."""
     if not ARCH_NAME.fullmatch(arch):
         raise ValueError(f"{arch[:40]!r} is not a plain architecture name")
+    import open_clip
+
     known = open_clip.get_model_config(arch)
     if known == cfg:
         return arch

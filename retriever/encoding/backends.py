@@ -1,17 +1,25 @@
 """Which runtime encodes: torch, or the model exported to ONNX Runtime (fp32, or int8 images).
 
-    auto       torch with fp16 autocast when a CUDA GPU is present; else ONNX Runtime, which
-               encodes images 1.2x faster than torch eager on CPU, a 5-word query in ~12 ms
-               (the text tower runs to the query's length only), and starts a text query
-               without importing torch (bench/RESULTS.md)
-    torch      open_clip in torch (`retriever.encoding.clip_encoder`)
+    auto       a new index: torch with fp16 autocast when a CUDA GPU is present (precision
+               "fp16"); else ONNX Runtime with the int8 image tower ("int8"), or fp32 ("fp32")
+               for a family in AUTO_FP32 and for a model ONNX cannot run (then torch). An
+               existing index: the precision it recorded (`choose`), so its vectors never mix
+    torch      open_clip in torch (`retriever.encoding.clip_encoder`): fp32, fp16 on CUDA
     onnx       the towers exported to ONNX, fp32: vectors equal torch's (cosine >= 0.9999,
                tested)
     onnx-int8  the image tower with int8 matrix products (7-bit weights: the same vectors on
                every x86 kernel): 2.55x faster image encoding on a 2-core Xeon with VNNI;
-               on a trained model, held-out recall within 0.1 point of fp32 and top-10
-               agreement 0.993 (bench/RESULTS.md). `auto` does not pick it: an index does not
-               record which precision made its vectors, so it would mix them (README, Speed)
+               on trained models (3 seeds), held-out recall within 0.3 point of fp32 and
+               top-10 agreement 0.989-0.991 (bench/RESULTS.md, "int8 image vectors on a
+               trained model")
+
+Texts are encoded in fp32 (or fp16 on CUDA) whatever the precision: int8 is the image tower's
+alone. An index records the precision that made its vectors (`precision_of`; a store made
+before it was recorded holds fp32 ones). int8 vectors and float ones (fp32, fp16) are not
+mixed: a backend of the other kind on an existing index is refused (`PrecisionMismatch`,
+whose fix is --reindex), and an image query is encoded as the index's images were, so a photo
+finds itself. fp16 and fp32 vectors are one kind, within rounding of each other (bench/gpu.py
+measures the cosine), so an index made on a GPU is kept current on a CPU and back.
 
 Exports are cached per user, shared by every index, never in a media or index folder:
 $XDG_CACHE_HOME/retriever/onnx/<key>/ (`retriever.userdirs`), where key hashes the model name,
@@ -36,6 +44,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from retriever.encoding.encoders import Encoder
+from retriever.encoding.families import family_of
 from retriever.encoding.ort_encoder import (
     FORMAT,
     META,
@@ -47,7 +56,7 @@ from retriever.encoding.ort_encoder import (
 )
 from retriever.encoding.specs import ModelId, ModelSpec
 from retriever.encoding.weights import check_available
-from retriever.errors import BadSetting, SmallFileError
+from retriever.errors import BadSetting, PrecisionMismatch, SmallFileError
 from retriever.jsonfile import read_json
 from retriever.progress import NullProgress, Progress
 
@@ -57,24 +66,35 @@ if TYPE_CHECKING:
 
 BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
 EXPORTS_DIRNAME = "onnx"
+PRECISIONS = ("fp32", "int8", "fp16")  # what an index records (index.records.ModelRecord)
+# The policy hook: families (`family_of`) for which `auto` makes a new index's vectors in fp32
+# on a CPU, not int8, because int8 image vectors cost them more than one point of held-out
+# recall (bench/int8_quality.py; its table in bench/RESULTS.md). family -> the measurement.
+# "clip" is measured and stays int8: retriever-tiny trained on 3 seeds loses at most 0.3 point
+# (R@5, seed 0), top-10 agreement >= 0.989. A family not measured yet is not listed: add it
+# with its number once it is (`python -m bench.int8_quality --model CONFIG`).
+AUTO_FP32: dict[str, str] = {}
 
 
 def open_encoder(model: ModelSpec | ModelId, backend: str, exports: Path,
                  batch_size: int | None = None, quick_start: bool = False,
-                 progress: Progress | None = None, gpu: bool = False) -> Encoder:
+                 progress: Progress | None = None, gpu: bool = False,
+                 recorded: str | None = None) -> Encoder:
     """An encoder for `model` (what was asked, or what an index recorded) on `backend`.
 
     `exports`: the export cache (the user's: `user_exports`); `gpu`: this machine shows CUDA a
-    GPU (`Settings.gpu`), where "auto" encodes in torch; `batch_size`: images or texts per
-    call, None for this CPU's (`retriever.encoding.cpu.plan`; torch: 64); `quick_start`: a
-    one-off query (see `OrtEncoder`); `progress` shows the export and quantization steps,
-    which take seconds."""
+    GPU (`Settings.gpu`); `recorded`: the precision of the index's vectors, which "auto"
+    keeps (None: a new index, "auto" picks by `auto_precision`; see `choose`); `batch_size`:
+    images or texts per call, None for this CPU's (`retriever.encoding.cpu.plan`; torch: 64);
+    `quick_start`: a one-off query (see `OrtEncoder`); `progress` shows the export and
+    quantization steps, which take seconds."""
     check_backend(backend)
     progress = progress or NullProgress()
-    chosen = "torch" if backend == "auto" and gpu else backend
-    folder = export_dir(exports, model) if isinstance(model, ModelId) else None
-    if folder is not None and chosen != "torch" and export_problem(folder) is None:
-        return _ort_encoder(folder, chosen, batch_size, quick_start, progress)
+    if isinstance(model, ModelId):
+        chosen = choose(backend, model.name, gpu, recorded)
+        folder = export_dir(exports, model)
+        if chosen != "torch" and export_problem(folder) is None:
+            return _ort_encoder(folder, chosen, batch_size, quick_start, progress)
     # no sound export (or torch was asked for): the model is loaded in torch, unless its
     # weights cannot be had (offline), which is told before importing torch
     check_available(ModelSpec(model.name, model.pretrained) if isinstance(model, ModelId)
@@ -86,12 +106,85 @@ def open_encoder(model: ModelSpec | ModelId, backend: str, exports: Path,
     with progress.task("loading the model in torch", None):
         loaded = load_model(ModelSpec(model.name, model.pretrained)
                             if isinstance(model, ModelId) else model)
-    if chosen == "torch" or (chosen == "auto" and supported(loaded) is not None):
+    chosen = choose(backend, loaded.model_id.name, gpu, recorded)
+    # "auto" runs a model ONNX cannot (another tokenizer) in torch, fp32
+    if chosen == "torch" or (backend == "auto" and supported(loaded) is not None):
         return ClipEncoder(loaded, batch_size or 64)
     folder = export_dir(exports, loaded.model_id)
     if not _exported(loaded, folder, progress):
         return ClipEncoder(loaded, batch_size or 64)
     return _ort_encoder(folder, chosen, batch_size, quick_start, progress)
+
+
+def choose(backend: str, name: str, gpu: bool, recorded: str | None) -> str:
+    """What runs `backend` for the model architecture `name`: "torch", "onnx" or "onnx-int8".
+    "auto" keeps the `recorded` precision of an index (int8: ONNX int8; fp32 or fp16: torch
+    on a GPU, else ONNX fp32), and for a new index (`recorded` None) makes
+    `auto_precision`'s."""
+    if backend != "auto":
+        return backend
+    precision = recorded or auto_precision(name, gpu)
+    if precision == "int8":
+        return "onnx-int8"
+    return "torch" if gpu else "onnx"
+
+
+def auto_precision(name: str, gpu: bool) -> str:
+    """The precision "auto" makes a new index's vectors in: fp16 on a GPU (torch autocast);
+    on a CPU, int8 unless the model's family is in AUTO_FP32."""
+    if gpu:
+        return "fp16"
+    return "fp32" if family_of(name) in AUTO_FP32 else "int8"
+
+
+def backend_precision(backend: str, gpu: bool) -> str | None:
+    """The precision `backend` encodes images in; None for "auto" (it follows the index)."""
+    return {"torch": "fp16" if gpu else "fp32", "onnx": "fp32", "onnx-int8": "int8"}.get(backend)
+
+
+def mix(a: str, b: str) -> bool:
+    """Whether vectors of precisions `a` and `b` may share an index: int8 with int8, and the
+    float ones (fp32, fp16) with each other."""
+    return (a == "int8") == (b == "int8")
+
+
+def check_precision(directory: Path, backend: str, gpu: bool, recorded: str,
+                    purpose: str) -> None:
+    """Refuse (`PrecisionMismatch`), before a model loads, an explicit `backend` whose
+    vectors would not mix with the index's `recorded` ones; `purpose`: "index" or "search"."""
+    check_backend(backend)
+    made = backend_precision(backend, gpu)
+    if made is not None:
+        check_mix(directory, recorded, made, backend, purpose)
+
+
+def check_mix(directory: Path, recorded: str, made: str, backend: str | None = None,
+              purpose: str = "index") -> None:
+    """`PrecisionMismatch` when vectors `made` would not mix with the index's `recorded` ones
+    (`mix`): the index's last line of defence, whatever chose the encoder."""
+    if not mix(made, recorded):
+        raise PrecisionMismatch(directory, recorded, made, backend, purpose)
+
+
+def precision_of(encoder: Encoder) -> str:
+    """The precision `encoder` makes image vectors in, what an index records: "int8" (the
+    ONNX int8 image tower), "fp16" (torch on CUDA, autocast) or "fp32" (the rest)."""
+    if isinstance(encoder, OrtEncoder):
+        return "int8" if encoder.int8 else "fp32"
+    if "retriever.encoding.clip_encoder" in sys.modules:  # else no ClipEncoder exists
+        from retriever.encoding.clip_encoder import ClipEncoder
+
+        if isinstance(encoder, ClipEncoder) and encoder.loaded.device.type == "cuda":
+            return "fp16"
+    return "fp32"
+
+
+def made_by(recorded: str | None) -> dict[str, str | bool]:
+    """What `retriever info` shows of an index's vectors: their precision (fp32 for a store
+    made before it was recorded: `recorded` False), and the backend that makes such vectors."""
+    backend = {"int8": "onnx-int8", "fp16": "torch on a CUDA GPU"}.get(
+        recorded or "fp32", "onnx or torch")
+    return {"precision": recorded or "fp32", "backend": backend, "recorded": bool(recorded)}
 
 
 def _exported(loaded: LoadedModel, folder: Path, progress: Progress) -> bool:

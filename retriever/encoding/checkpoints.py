@@ -43,6 +43,8 @@ def model_fingerprint(loaded: LoadedModel) -> str:
     make the same vectors. An index records it, so a config or weights file edited in place
     (same name, same path) is refused instead of mixing two spaces. ~0.4 s for ViT-B-32."""
     digest = hashlib.sha256(json.dumps(loaded.config, sort_keys=True).encode())
+    if loaded.file_preprocess:  # a config file's preprocess_cfg changes the vectors too
+        digest.update(json.dumps(loaded.file_preprocess, sort_keys=True).encode())
     for name, tensor in sorted(loaded.model.state_dict().items()):
         data = tensor.detach().cpu().contiguous()
         digest.update(f"{name}:{data.dtype}:{tuple(data.shape)}".encode())

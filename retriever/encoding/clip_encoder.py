@@ -13,6 +13,7 @@ import torch
 
 from retriever.encoding.checkpoints import model_fingerprint
 from retriever.encoding.encoders import Encoder
+from retriever.encoding.hf_text import token_counter
 from retriever.encoding.models import LoadedModel
 from retriever.encoding.pixels import PixelConfig
 
@@ -24,6 +25,7 @@ class ClipEncoder(Encoder):
         self.dim = loaded.dim
         self.context_length = loaded.context_length
         self.batch_size = batch_size
+        self._hf_counter: Callable[[str], int] | None = None
         self.batches_run = 0  # forward passes so far; tests count batching with it
         self.pixels = PixelConfig.from_open_clip(open_clip.get_model_preprocess_cfg(loaded.model))
 
@@ -40,10 +42,16 @@ class ClipEncoder(Encoder):
         return self._encode(tokens, self.loaded.model.encode_text)
 
     def count_tokens(self, text: str) -> int:
-        return _count_tokens(self.loaded.tokenizer, text)
+        return self.token_counter()(text)
 
     def token_counter(self) -> Callable[[str], int]:
-        return partial(_count_tokens, self.loaded.tokenizer)
+        tokenizer = self.loaded.tokenizer
+        if hasattr(tokenizer, "encode"):  # open_clip's SimpleTokenizer: BPE ids without markers
+            return partial(_count_tokens, tokenizer)
+        if self._hf_counter is None:  # HF: on a copy of its own (hf_text.token_counter)
+            self._hf_counter = token_counter(tokenizer.tokenizer.backend_tokenizer,
+                                             tokenizer.clean_fn)
+        return self._hf_counter
 
     def _encode(self, inputs: list[torch.Tensor], forward) -> np.ndarray:
         out = np.empty((len(inputs), self.dim), dtype=np.float32)
@@ -58,9 +66,7 @@ class ClipEncoder(Encoder):
 
 
 def _count_tokens(tokenizer: Any, text: str) -> int:
-    if hasattr(tokenizer, "encode"):  # open_clip's SimpleTokenizer: BPE ids without markers
-        return len(tokenizer.encode(text))
-    return len(tokenizer.tokenizer(text, add_special_tokens=False)["input_ids"])  # HF
+    return len(tokenizer.encode(text))
 
 
 def _batches(items: list, size: int) -> Iterator[tuple[int, list]]:

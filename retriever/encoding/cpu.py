@@ -25,6 +25,9 @@ ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "a
 # against 23.8 at 8): bench/RESULTS.md, "Encoder alone against indexing end to end"
 IMAGE_WORKING_SET_KB = 512
 MIN_BATCH, MAX_BATCH = 4, 64
+# Reader threads at most: past this, the Python between their GIL-free calls (opening a file,
+# building its record) queues on the GIL
+MAX_READERS = 16
 
 
 @dataclass(frozen=True)
@@ -72,17 +75,25 @@ def cpu_info() -> CpuInfo:
 
 
 def plan(info: CpuInfo | None = None) -> Plan:
-    """The encoder takes every core: it is the bottleneck (decoding a 1024x768 JPEG at reduced
-    scale costs a few ms, encoding it with ViT-B-32 tens of ms). Its idle threads sleep rather
-    than spin, so the readers run in the gaps; more readers than cores would only take cores
-    from the encoder mid-batch, and readers stay at most two chunks ahead anyway.
+    """A pure function of the CPU, chosen at run time from `cpu_info()`.
+
+    The encoder takes every core (ONNX Runtime intra-op threads, or int8's one single-threaded
+    session per core). Its idle threads sleep rather than spin, so the readers (hashing,
+    reading, decoding: PIL and hashlib release the GIL) run in the gaps: the cores are shared,
+    not split. There are as many readers as cores (at most MAX_READERS), so reading never waits
+    for a free reader, only for a core: decoding a 12 MP JPEG even at 1/8 scale costs about as
+    much core time as encoding ViT-B-32 with the int8 tower (~30 ms of one core each: 31 ms
+    decoding on an EPYC, 63 images/s on 2 Xeon cores; `python -m bench.pipeline` prints both
+    for the machine at hand): one reader would cap a 4-core
+    machine at half its encoder's rate (`--readers 1` there measures this choice). Readers
+    stay at most two chunks ahead of the encoder, so more of them hold no more files.
 
     The batch: what fits the cores' L2 (IMAGE_WORKING_SET_KB per image), 4 per core when the
     cache sizes are unknown. Batch size and threads never change the vectors (tested)."""
     info = info or cpu_info()
     fits = info.cores * info.l2_kb // IMAGE_WORKING_SET_KB if info.l2_kb else 4 * info.cores
     batch = max(MIN_BATCH, min(MAX_BATCH, fits))
-    return Plan(batch, info.cores, max(1, min(8, info.cores // 2)))
+    return Plan(batch, info.cores, max(1, min(MAX_READERS, info.cores)))
 
 
 def _cpuinfo_fields() -> dict[str, str]:

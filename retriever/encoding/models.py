@@ -29,7 +29,12 @@ from typing import Any
 import open_clip
 import torch
 
-from retriever.encoding.architectures import register_arch, register_bundled_configs, resolve_arch
+from retriever.encoding.architectures import (
+    file_preprocess,
+    register_arch,
+    register_bundled_configs,
+    resolve_arch,
+)
 from retriever.encoding.checkpoints import (
     CHECKPOINT_FIX,
     CHECKPOINT_FORMAT,
@@ -39,6 +44,7 @@ from retriever.encoding.checkpoints import (
     read_weights,
     state_dict_problem,
 )
+from retriever.encoding.hf_sources import require_sources
 from retriever.encoding.specs import ModelId, ModelSpec
 from retriever.encoding.weights import (
     DEFAULT_MODEL,
@@ -71,6 +77,9 @@ class LoadedModel:
     model_id: ModelId
     device: torch.device
     extra: dict[str, Any] = field(default_factory=dict)  # checkpoint metadata (training record)
+    # the preprocess_cfg of the model's config file (architectures.file_preprocess), if it has
+    # one: part of the model's fingerprint, as the config is
+    file_preprocess: dict[str, Any] | None = None
 
     @property
     def dim(self) -> int:
@@ -112,9 +121,11 @@ def load_model(spec: ModelSpec, device: torch.device | None = None,
         pretrained = (default_tag(arch, open_clip.list_pretrained_tags_by_model(arch))
                       if config_path is None else RANDOM)
     if pretrained == RANDOM:
+        # a tokenizer that cannot be had is the one line told, before the note
+        require_sources(open_clip.get_model_config(arch) or {}, arch)
         note(f"{name} built with random weights (--pretrained none)")
         with _seeded(RANDOM_SEED):
-            return _build(arch, ModelId(name, RANDOM), device)
+            return _build_configured(arch, ModelId(name, RANDOM), device, config_path)
     return _load_tag(arch, pretrained, device)
 
 
@@ -141,6 +152,15 @@ def _seeded(seed: int) -> Iterator[None]:
 # --- builders ---------------------------------------------------------------------------------
 
 
+def _build_configured(arch: str, model_id: ModelId, device: torch.device,
+                      config_path: Path | None, weights: str | None = None) -> LoadedModel:
+    """`_build` with the preprocessing of the model's config file, if it gives one."""
+    pp = file_preprocess(config_path) if config_path is not None else None
+    loaded = _build(arch, model_id, device, weights, pp)
+    loaded.file_preprocess = pp
+    return loaded
+
+
 def _build(
     arch: str,
     model_id: ModelId,
@@ -149,6 +169,7 @@ def _build(
     preprocess_cfg: dict[str, Any] | None = None,
 ) -> LoadedModel:
     pp = preprocess_cfg or {}
+    require_sources(open_clip.get_model_config(arch) or {}, arch)  # its HF tokenizer, offline
     model, train_pp, val_pp = open_clip.create_model_and_transforms(
         arch,
         pretrained=weights,
@@ -158,6 +179,9 @@ def _build(
         image_interpolation=pp.get("interpolation"),
         image_resize_mode=pp.get("resize_mode"),
         weights_only=True,
+        # a Hugging Face text tower is built from its config alone: its weights are the open_clip
+        # checkpoint's (or random), never a second download of the text model's own
+        pretrained_text=False,
     )
     model.eval()
     config = open_clip.get_model_config(arch)
@@ -221,7 +245,8 @@ def _load_state_file(model: str | None, path: Path, device: torch.device) -> Loa
 
     arch, config_path = resolve_arch(model or DEFAULT_MODEL)
     try:
-        return _build(arch, ModelId(str(config_path or arch), str(path)), device, weights=str(path))
+        return _build_configured(arch, ModelId(str(config_path or arch), str(path)), device,
+                                 config_path, weights=str(path))
     except (*MISFITS, SafetensorError, StopIteration) as err:
         raise CheckpointError(
             f"weights {path} do not fit {model or DEFAULT_MODEL}: pass the matching --model "

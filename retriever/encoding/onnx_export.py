@@ -5,7 +5,8 @@ One export is a folder (see `retriever.encoding.backends` for where it lives):
 
     visual.onnx  + visual.onnx.data     image tower: (n, 3, S, S) float32 -> (n, dim)
     textual.onnx + textual.onnx.data    text tower:  (n, L) int64 token ids -> (n, dim)
-    tokenizer.json                      the CLIP BPE for `retriever.encoding.tokenizer`, no torch
+    tokenizer.json                      the CLIP BPE for `retriever.encoding.tokenizer`, or a
+                                        Hugging Face tokenizer's for `.hf_text`: no torch
     meta.json                           model id, dim, context length, pixel config, each file's
                                         CRC-32 and its own (`ort_encoder.export_problem`)
     verified.json                       when each file's checksum was last found right
@@ -37,6 +38,7 @@ import torch
 
 from index.checksums import checksum
 from retriever.encoding.checkpoints import model_fingerprint
+from retriever.encoding.hf_text import HF_KIND
 from retriever.encoding.models import LoadedModel
 from retriever.encoding.ort_encoder import (
     EXPORT_FILES,
@@ -91,9 +93,13 @@ class _FullText(torch.nn.Module):
 def supported(loaded: LoadedModel) -> str | None:
     """None when the model can be exported, else why not."""
     tokenizer = loaded.tokenizer
-    if not isinstance(tokenizer, open_clip.tokenizer.SimpleTokenizer):
-        return f"its tokenizer is {type(tokenizer).__name__}, not the CLIP BPE tokenizer"
-    if getattr(tokenizer, "reduction_fn", None) is not None or \
+    if isinstance(tokenizer, open_clip.tokenizer.HFTokenizer):
+        why = _hf_problem(tokenizer)
+        if why is not None:
+            return why
+    elif not isinstance(tokenizer, open_clip.tokenizer.SimpleTokenizer):
+        return f"its tokenizer is {type(tokenizer).__name__}, not CLIP's BPE nor a Hugging Face one"
+    elif getattr(tokenizer, "reduction_fn", None) is not None or \
             getattr(tokenizer.clean_fn, "__name__", "") != "_clean_lower":
         return "its tokenizer cleans or reduces text differently from CLIP's"
     try:
@@ -113,25 +119,21 @@ def export(loaded: LoadedModel, directory: Path) -> Path:
                          f"pass --backend torch")
     directory.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".export-", dir=directory.parent))
-    simple = loaded.tokenizer
     training = loaded.model.training
     try:
         model = loaded.model.float().cpu().eval()
         pixels = PixelConfig.from_open_clip(open_clip.get_model_preprocess_cfg(model))
-        variable = _causal_argmax(model)
         context = loaded.context_length
         s = pixels.size
         _export(_Visual(model), torch.randn(2, 3, s, s), work / VISUAL)
-        ids = torch.zeros(2, 8 if variable else context, dtype=torch.long)
-        ids[:, 0], ids[:, 1:5], ids[:, 5] = simple.sot_token_id, 320, simple.eot_token_id  # "a"
-        text = _Text(model) if variable else _FullText(model)
+        text, ids, variable = _text_tower(loaded.tokenizer, model)
         _export(text, ids, work / TEXTUAL, context if variable else None)
-        merges = [pair for pair, _ in sorted(simple.bpe_ranks.items(), key=lambda kv: kv[1])]
-        (work / TOKENIZER).write_text(tokenizer_json(simple.encoder, merges))
+        framing = _write_tokenizer(loaded.tokenizer, work / TOKENIZER)
         meta = {"format": FORMAT, "model": loaded.model_id.name,
                 "pretrained": loaded.model_id.pretrained, "dim": loaded.dim,
                 "fingerprint": model_fingerprint(loaded),
                 "context_length": context, "variable_length": variable,
+                **({"tokenizer": framing} if framing else {}),
                 "pixels": pixels.to_json(), "opset": OPSET,
                 "torch": torch.__version__, "open_clip": open_clip.__version__,
                 "files": {name: checksum(work / name) for name in EXPORT_FILES}}
@@ -147,6 +149,51 @@ def export(loaded: LoadedModel, directory: Path) -> Path:
         loaded.model.to(loaded.device).train(training)
         shutil.rmtree(work, ignore_errors=True)
     return directory
+
+
+def _text_tower(tokenizer: Any, model: Any) -> tuple[torch.nn.Module, torch.Tensor, bool]:
+    """The text tower to export, example ids (2, L), and whether L may vary (see the module
+    docstring). A Hugging Face tokenizer's towers read every position (SigLIP pools the last,
+    a transformers tower masks by the padding id): the full context, padded as open_clip pads."""
+    if isinstance(tokenizer, open_clip.tokenizer.HFTokenizer):
+        return _FullText(model), tokenizer(["a photo of a cat", "a"]), False
+    variable = _causal_argmax(model)
+    ids = torch.zeros(2, 8 if variable else tokenizer.context_length, dtype=torch.long)
+    ids[:, 0], ids[:, 1:5], ids[:, 5] = tokenizer.sot_token_id, 320, tokenizer.eot_token_id  # "a"
+    return (_Text(model) if variable else _FullText(model)), ids, variable
+
+
+# open_clip's clean functions (`get_clean_fn`) by name -> hf_text.CLEANERS' names
+_CLEAN_NAMES = {"_clean_canonicalize": "canonicalize", "_clean_lower": "lower",
+                "_clean_whitespace": "whitespace"}
+
+
+def _hf_problem(tokenizer: Any) -> str | None:
+    """Why `retriever.encoding.hf_text` cannot tokenize as this HFTokenizer does, or None."""
+    hf = tokenizer.tokenizer
+    if tokenizer.tokenizer_mode:
+        return f"its tokenizer mode {tokenizer.tokenizer_mode!r} frames texts its own way"
+    if getattr(hf, "backend_tokenizer", None) is None:
+        return f"its tokenizer {type(hf).__name__} has no fast (tokenizers) definition"
+    if getattr(tokenizer.clean_fn, "__name__", "") not in _CLEAN_NAMES:
+        return "its tokenizer cleans text in a way retriever does not know"
+    if hf.pad_token_id is None or (hf.padding_side, hf.truncation_side) != ("right", "right"):
+        return "its tokenizer pads or cuts texts other than at their end"
+    return None
+
+
+def _write_tokenizer(tokenizer: Any, path: Path) -> dict[str, Any] | None:
+    """Write the tokenizer.json that `ort_encoder` reads; meta.json's "tokenizer" for a Hugging
+    Face tokenizer (`retriever.encoding.hf_text`), None for CLIP's BPE."""
+    if isinstance(tokenizer, open_clip.tokenizer.SimpleTokenizer):
+        merges = [pair for pair, _ in sorted(tokenizer.bpe_ranks.items(), key=lambda kv: kv[1])]
+        path.write_text(tokenizer_json(tokenizer.encoder, merges))
+        return None
+    hf = tokenizer.tokenizer
+    path.write_text(hf.backend_tokenizer.to_str(), encoding="utf-8")
+    return {"kind": HF_KIND, "clean": _CLEAN_NAMES[tokenizer.clean_fn.__name__],
+            "pad_id": int(hf.pad_token_id),
+            "strip_sep_id": hf.sep_token_id if tokenizer.strip_sep_token else None}
 
 
 def _remove(path: Path) -> None:

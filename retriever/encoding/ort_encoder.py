@@ -32,6 +32,7 @@ import numpy as np
 from index.checksums import checksum
 from retriever.encoding.cpu import plan
 from retriever.encoding.encoders import Encoder
+from retriever.encoding.hf_text import HfTokenizer, spec_problem
 from retriever.encoding.pixels import PixelConfig
 from retriever.encoding.specs import ModelId
 from retriever.encoding.tokenizer import ClipTokenizer
@@ -97,6 +98,8 @@ def read_meta(directory: Path) -> dict[str, Any]:
     if not isinstance(files, dict) or not set(EXPORT_FILES) <= set(files) <= {
             *EXPORT_FILES, VISUAL_INT8}:
         raise SmallFileError(path, "does not list the export's files")
+    if "tokenizer" in meta and spec_problem(meta["tokenizer"]) is not None:
+        raise SmallFileError(path, f"tokenizer: {spec_problem(meta['tokenizer'])}")
     return meta
 
 
@@ -156,12 +159,17 @@ class OrtEncoder(Encoder):
         self.int8 = int8
         self.quick_start = quick_start
         self._sessions: dict[str, Any] = {}
-        self._tokenizer: ClipTokenizer | None = None
+        # absent: CLIP's BPE; else a Hugging Face tokenizer's framing (`hf_text`)
+        self.tokenizer_spec: dict[str, Any] | None = meta.get("tokenizer")
+        self._tokenizer: ClipTokenizer | HfTokenizer | None = None
         self._pool: ThreadPoolExecutor | None = None  # the int8 tower's side-by-side calls
 
     @property
-    def tokenizer(self) -> ClipTokenizer:
-        if self._tokenizer is None:
+    def tokenizer(self) -> ClipTokenizer | HfTokenizer:
+        if self._tokenizer is None and self.tokenizer_spec is not None:
+            self._tokenizer = HfTokenizer(self.directory / TOKENIZER, self.context_length,
+                                          self.tokenizer_spec)
+        elif self._tokenizer is None:
             self._tokenizer = ClipTokenizer(self.directory / TOKENIZER, self.context_length)
         return self._tokenizer
 
@@ -201,9 +209,9 @@ class OrtEncoder(Encoder):
         ids = self.tokenizer(self.cut_texts(texts))
         for start in range(0, len(ids), self.batch_size):
             batch = ids[start : start + self.batch_size]
-            # (n, L) zero-padded; L = longest in the batch when the export allows it
+            # (n, L) padded; L = longest in the batch when the export allows it
             width = max(map(len, batch)) if self.variable_length else self.context_length
-            tokens = np.zeros((len(batch), width), dtype=np.int64)
+            tokens = np.full((len(batch), width), self.tokenizer.pad_id, dtype=np.int64)
             for row, seq in enumerate(batch):
                 tokens[row, : len(seq)] = seq
             out[start : start + len(batch)] = session.run(None, {"input": tokens})[0]
@@ -289,7 +297,7 @@ def max_pair_sum(model_path: Path) -> int:
     return worst
 
 
-def _count_tokens(tokenizer: ClipTokenizer, text: str) -> int:
+def _count_tokens(tokenizer: ClipTokenizer | HfTokenizer, text: str) -> int:
     return len(tokenizer.encode(text))
 
 

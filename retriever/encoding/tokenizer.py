@@ -58,6 +58,8 @@ def cut_text(text: str, context_length: int) -> str:
 
 
 class ClipTokenizer:
+    pad_id = 0  # what fills a row after the end-of-text id
+
     def __init__(self, path: Path, context_length: int) -> None:
         """`path`: an export's tokenizer.json."""
         self.path = path

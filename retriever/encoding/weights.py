@@ -30,6 +30,8 @@ TAGS_FILE = Path(__file__).with_name("pretrained_tags.json")
 DEFAULT_MODEL = "ViT-B-32"
 DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
 RANDOM = "none"
+# where open_clip's download_pretrained_from_url keeps weights it fetched by URL
+CLIP_CACHE = "~/.cache/clip"
 # A weights host that does not answer within this is treated as offline: fail in seconds, not
 # after huggingface_hub's minute of retries.
 PROBE_TIMEOUT_S = 3.0
@@ -62,8 +64,11 @@ def check_available(spec: ModelSpec) -> None:
     require_online(weights_url(cfg), f"{arch} {tag}")
 
 
-def cached_weights(cfg: dict[str, Any]) -> Path | None:
-    """Local path of a tag's weights if huggingface_hub or open_clip's URL cache holds them."""
+def cached_weights(cfg: dict[str, Any], hub_cache: Path | None = None,
+                   clip_cache: Path | None = None) -> Path | None:
+    """Local path of a tag's weights if huggingface_hub or open_clip's URL cache holds them.
+    `hub_cache`: None for huggingface_hub's own (HF_HUB_CACHE, HF_HOME, XDG_CACHE_HOME, as it
+    reads them); `clip_cache`: None for CLIP_CACHE. Looks at files only, never the network."""
     hub = cfg.get("hf_hub", "")
     if hub:
         from huggingface_hub import try_to_load_from_cache
@@ -72,12 +77,12 @@ def cached_weights(cfg: dict[str, Any]) -> Path | None:
         names = [filename] if filename else ["open_clip_model.safetensors",
                                              "open_clip_pytorch_model.bin"]
         for name in names:
-            hit = try_to_load_from_cache(repo, name)
+            hit = try_to_load_from_cache(repo, name, cache_dir=hub_cache)
             if isinstance(hit, str):
                 return Path(hit)
     url = cfg.get("url", "")
     if url:
-        local = Path("~/.cache/clip").expanduser() / os.path.basename(url)
+        local = (clip_cache or Path(CLIP_CACHE).expanduser()) / os.path.basename(url)
         if local.is_file():
             return local
     return None

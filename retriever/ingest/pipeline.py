@@ -42,6 +42,7 @@ import numpy as np
 
 from index.kinds import IMAGE
 from index.records import FailureRecord, FileRecord, FileState, ItemRecord, ModelRecord
+from retriever.encoding.backends import precision_of
 from retriever.encoding.encoders import Encoder
 from retriever.errors import NonFiniteVectors
 from retriever.ingest.handlers import HANDLERS, PreparedFile, encode_now
@@ -79,9 +80,9 @@ def ingest_media(
         _check_output(encoder)  # runs are pinned to it by its fingerprint (bind_model)
     if options.ocr:
         check_tesseract()
-    collection.bind_model(
+    collection.bind_model(  # with the precision its vectors are made in (backends)
         ModelRecord(encoder.model_id.name, encoder.model_id.pretrained, encoder.dim,
-                    encoder.fingerprint)
+                    encoder.fingerprint, precision_of(encoder))
     )
     run_id = runs.start_run()
     with progress.task("scanning the folders", None):

@@ -57,7 +57,7 @@ from typing import Any, cast
 import numpy as np
 
 from index.records import FailureRecord
-from retriever.encoding.backends import open_encoder, user_exports
+from retriever.encoding.backends import mix, open_encoder, precision_of, user_exports
 from retriever.encoding.encoders import Encoder
 from retriever.encoding.specs import ModelId
 from retriever.errors import ModelMismatch, RayUnavailable
@@ -104,7 +104,8 @@ class RayEngine:
 
     def __init__(self, encoder: Encoder, backend: str, address: str | None,
                  limit: float, wall: float = DEFAULT_READ_WALL_TIMEOUT) -> None:
-        self._model = _ModelCopy(encoder.model_id, encoder.fingerprint, backend)
+        self._model = _ModelCopy(encoder.model_id, encoder.fingerprint, backend,
+                                 precision_of(encoder))
         self._address, self._limits = address, _Limits(limit, wall)
         self._started = False  # this engine started or joined a Ray: it stops or leaves it
 
@@ -228,7 +229,8 @@ class _ModelCopy:
 
     model_id: ModelId  # the names the driver's model was built from
     fingerprint: str  # of the driver's config and weights: the actor's must equal it
-    backend: str  # --backend as given ("auto": each actor picks for its own machine)
+    backend: str  # --backend as given ("auto": each actor picks for its own machine, ...
+    precision: str  # ... in the precision of the driver's encoder, the index's (backends)
 
 
 class _EncoderActor:
@@ -242,12 +244,15 @@ class _EncoderActor:
         here = Settings.from_environ(os.environ)
         # the encoder's batch: None, from this machine's CPU plan, as the driver's own
         self._encoder = open_encoder(model.model_id, model.backend, user_exports(here), None,
-                                     gpu=here.gpu)
+                                     gpu=here.gpu, recorded=model.precision)
         self._refusal = "" if self._encoder.fingerprint == model.fingerprint else (
             f"{model.model_id.name} ({model.model_id.pretrained}) on Ray worker "
             f"{os.uname().nodename} is not the driver's model (fingerprint "
             f"{self._encoder.fingerprint[:12]}, not {model.fingerprint[:12]}): give every "
             f"machine the same config and weights files")
+        made = precision_of(self._encoder)  # fp32 where its int8 tower cannot be written
+        if not self._refusal and not mix(made, model.precision):
+            self._refusal = f"Ray worker {os.uname().nodename}: {made}, not {model.precision}"
 
     def encode(self, files: list[PreparedFile]) -> tuple[list[PreparedFile], str]:
         """The files with their items (`encoded`) and ""; or none, and why not."""

@@ -58,16 +58,17 @@ class LocalEngine:
     """Files read in threads here, up to two chunks ahead of the encoder (`_read_ahead`),
     each within `limit` CPU seconds and `wall` seconds (`_ReaderThreads`), noted in `journal`
     while they are read; the caller encodes them. As many threads as
-    `retriever.encoding.cpu.plan` leaves beside the encoder."""
+    `retriever.encoding.cpu.plan` gives (`workers`: another count, for bench/pipeline.py)."""
 
     def __init__(self, limit: float, wall: float = DEFAULT_READ_WALL_TIMEOUT,
-                 journal: InFlight | None = None) -> None:
+                 journal: InFlight | None = None, workers: int | None = None) -> None:
         self._limit, self._wall, self._journal = limit, wall, journal
+        self._workers = workers
         self._readers: _ReaderThreads | None = None
 
     def __enter__(self) -> LocalEngine:
-        self._readers = _ReaderThreads(plan().reader_threads, self._limit, self._wall,
-                                       self._journal)
+        self._readers = _ReaderThreads(self._workers or plan().reader_threads, self._limit,
+                                       self._wall, self._journal)
         return self
 
     def __exit__(self, *exc: object) -> None:

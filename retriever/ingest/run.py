@@ -16,7 +16,7 @@ from index.records import Counts
 from retriever.encoding.backends import open_encoder, user_exports
 from retriever.encoding.encoders import Encoder
 from retriever.encoding.specs import ModelSpec
-from retriever.errors import BadSetting, IndexBusy, RetrieverError
+from retriever.errors import BadSetting, IndexBusy, RetrieverError, UsageError
 from retriever.ingest.options import IngestOptions, IngestReport
 from retriever.ingest.pipeline import ingest_media
 from retriever.ingest.readers import Engine
@@ -42,6 +42,9 @@ class IngestRequest:
     store_url: str | None = None  # --store or $RETRIEVER_STORE_URL; None: <index_dir>/store.db
     engine: str = "local"  # where files are read and encoded: ENGINES (see ray_engine)
     ray_address: str | None = None  # engine "ray": the cluster; None: a local Ray for the run
+    # build `model`'s vectors beside the index's, then swap them in (retriever.ingest.switch)
+    switch: bool = False
+    switch_cancel: bool = False  # drop a pending switch first (its staged folder)
     # the user's folders (registry, export cache) and GPU: the CLI's, read once
     settings: Settings = field(kw_only=True)
 
@@ -63,6 +66,9 @@ def ingest_folders(request: IngestRequest, progress: Progress | None = None) -> 
         collection = Collection.open(directory, request.ann, request.store_url)
         opened.append(collection)
         with collection.writing(request.wait):
+            if request.switch or request.switch_cancel:
+                return _switched(collection, request, replace(request.options,
+                                                              roots=tuple(roots)), progress)
             encoder = run_encoder(collection, request, progress)  # fails: no reset
             # --reindex keeps the tags: each goes back on the item re-made at its place
             tags = collection.reads.placed_tags() if request.reindex else []
@@ -70,7 +76,7 @@ def ingest_folders(request: IngestRequest, progress: Progress | None = None) -> 
                 collection.reset()
             report = ingest_media(collection, encoder,
                                  replace(request.options, roots=tuple(roots)), progress,
-                                 _engine(request, encoder))
+                                 engine_for(request, encoder))
             if tags:
                 collection.place_tags(tags)
     # `search` from inside any of the roots finds it
@@ -137,13 +143,32 @@ def check_engine(request: IngestRequest) -> None:
         raise BadSetting("ray_address", request.ray_address, "it needs --engine ray")
 
 
-def _engine(request: IngestRequest, encoder: Encoder) -> Engine | None:
+def engine_for(request: IngestRequest, encoder: Encoder) -> Engine | None:
     if request.engine == "local":
         return None  # readers.LocalEngine
     from retriever.ingest.ray_engine import RayEngine
 
     return RayEngine(encoder, request.backend, request.ray_address,
                      request.options.read_timeout, request.options.read_wall_timeout)
+
+
+def _switched(collection: Collection, request: IngestRequest, options: IngestOptions,
+              progress: Progress | None) -> IngestOutcome:
+    """`--switch-cancel`, then `--switch` (retriever.ingest.switch); the index is registered
+    already (it holds a model)."""
+    from retriever.ingest.switch import cancel_switch, switch_model
+
+    if request.reindex:
+        raise UsageError("--switch and --reindex: pass one (--reindex starts over at once)")
+    report = IngestReport()
+    if request.switch_cancel:
+        cancelled = cancel_switch(collection)
+        report.notes.append(f"switch to {cancelled} cancelled" if cancelled
+                            else "no switch was pending")
+    if request.switch:
+        report = switch_model(collection, request, options, progress,
+                              lambda encoder: engine_for(request, encoder))
+    return IngestOutcome(collection.directory, collection.reads.counts(), report)
 
 
 def run_encoder(collection: Collection, request: IngestRequest,

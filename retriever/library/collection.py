@@ -46,6 +46,7 @@ from index.records import (
     PlacedTag,
     RunRecord,
     TagRecord,
+    ThresholdRecord,
 )
 from index.saved import SavedIndex
 from index.store import Store, open_store
@@ -158,6 +159,12 @@ class Collection:
             raise IndexReadOnly(read_only_message(self.directory))
         self.store.replace_tags(label_set, item_ids, tags)
 
+    def record_duplicate_threshold(self, record: ThresholdRecord) -> None:
+        """Keep `duplicates`' measured threshold (no vector changes; no writer lock needed)."""
+        if self.read_only:
+            raise IndexReadOnly(read_only_message(self.directory))
+        self.store.set_duplicate_threshold(record)
+
     def locations(self, settings: Settings) -> dict[str, str]:
         """Where each part of the collection lives (`info`): roots, store, export, registry
         (the last two under the user's folders in `settings`)."""
@@ -175,13 +182,16 @@ class Collection:
 
     def bind_model(self, record: ModelRecord) -> None:
         """Record the collection's model, or refuse one that is not the recorded (see
-        `check_model`). A store made before fingerprints records the first one it is given."""
+        `check_model`). A store made before fingerprints records the first one it is given;
+        one made before precisions, the precision of the (fp32) run it is given."""
         current = self.store.model()
         if current is None or (current.fingerprint is None and _names(current) == _names(record)
                                and current.dim == record.dim):
             self.store.set_model(record)
-        else:
-            self.check_model(record)
+            return
+        self.check_model(record)
+        if current.precision is None and record.precision is not None:
+            self.store.set_model(replace(current, precision=record.precision))
 
     def check_model(self, record: ModelRecord) -> None:
         """Refuse a model other than the one every stored vector was made with: another name
@@ -193,8 +203,9 @@ class Collection:
         if _names(current) != _names(record):
             raise ModelMismatch(
                 f"{self.directory} was built with {current.name} ({current.pretrained}), not "
-                f"{record.name} ({record.pretrained}): pass --reindex to re-encode everything "
-                f"with the new model, or use the index's model"
+                f"{record.name} ({record.pretrained}): pass --switch to build the new "
+                f"model's vectors while searches keep the old ones, or --reindex to start over "
+                f"with it, or use the index's model"
             )
         if current.dim != record.dim or None not in (current.fingerprint, record.fingerprint) \
                 and current.fingerprint != record.fingerprint:
@@ -205,6 +216,10 @@ class Collection:
                 f"{str(current.fingerprint)[:12]}): restore them, or pass --reindex to "
                 f"re-encode everything with the changed model"
             )
+        if record.precision is not None:  # int8 and float vectors do not mix (backends)
+            from retriever.encoding.backends import check_mix
+
+            check_mix(self.directory, current.precision or "fp32", record.precision)
 
     def being_written(self) -> bool:
         """Whether a writer holds the lock now. SQLite: probed by a shared lock on the lock
@@ -260,6 +275,30 @@ class Collection:
         shutil.rmtree(self.directory / THUMBS_DIRNAME, ignore_errors=True)
         for saved in self._saved.values():
             saved.remove()
+
+    def take_over(self, staged: Collection, batch_size: int = 1000) -> None:
+        """Everything this collection holds (files, vectors, the model) becomes what `staged`
+        holds, in one store transaction (`index --switch`); tags stay on the items at their
+        places. The FAISS files and thumbnails (by item id) go, and the indexes are built
+        again from the new vectors. Hold `writing()`."""
+        if self.read_only:
+            raise IndexReadOnly(read_only_message(self.directory))
+        model = staged.store.model()
+        if model is None:
+            raise UsageError(f"{staged.directory} holds no model yet: nothing to switch to")
+        self.store.replace_all(_pages(staged.store, batch_size), model,
+                               list(staged.store.failures().values()),
+                               staged.store.images_with_words())
+        self._vectors.clear()
+        self._readers.clear()
+        shutil.rmtree(self.directory / THUMBS_DIRNAME, ignore_errors=True)
+        for saved in self._saved.values():
+            saved.remove()
+        self.save()
+
+    def saved(self, kind: str) -> SavedIndex:
+        """`kind`'s saved FAISS files (index.saved), read whole by `retriever check`."""
+        return self._saved[kind]
 
     def vectors(self, kind: str) -> VectorIndex:
         """The FAISS index for `kind`, loaded from disk or rebuilt from the store."""
@@ -335,6 +374,14 @@ class Collection:
                 if kind in self._vectors or not saved.is_current():
                     self._vectors[kind] = saved.fitted(self.vectors(kind))
                     saved.save(self._vectors[kind], generation)
+
+
+def _pages(store: Store, size: int) -> Iterator[list[tuple[FileRecord, list[ItemRecord]]]]:
+    """Every file of `store` with its items and vectors, `size` files at a time."""
+    after = 0
+    while page := store.files_after(after, size):
+        yield list(page.values())
+        after = max(page)
 
 
 def _busy(store: str, holder: str) -> IndexBusy:

@@ -1,11 +1,14 @@
 """Groups of near-identical images, from the vectors already stored: `retriever duplicates`.
 
-Two images are near-identical when the cosine of their stored vectors is at least the threshold;
-FAISS finds those pairs (`index.neighbours.close_pairs`, a range search), and a group is a
-connected set of such pairs (union-find), so a chain a~b~c is one group even if a and c are
-further apart. Files with the same bytes (same content hash) are grouped whatever their cosine
-and marked as exact copies. Each group lists its best copy first: most pixels, then largest
-file, then path. Nothing is deleted or changed.
+Two images are near-identical when the cosine of their stored vectors is at least the threshold
+(measured on the model and the collection: retriever.library.calibration); FAISS finds those
+pairs (`index.neighbours.close_pairs`, a range search). Groups never chain: images are taken
+best copy first (most pixels, then largest file, then path), and each image not yet in a group
+leads one holding the images still free that are within the threshold of it. So every member
+is within the threshold of its group's best copy, which it lists first; a chain a~b~c with a
+and c further apart is two groups at most, never one. Files with the same bytes (same content
+hash) are grouped whatever their cosine and marked as exact copies. The order is
+deterministic. Nothing is deleted or changed.
 """
 
 from __future__ import annotations
@@ -20,10 +23,9 @@ from index.records import ImageFile
 from retriever.library.collection import Collection
 from retriever.media.paths import folder_key
 
-# Measured on retriever-tiny trained on the shape scenes (bench/duplicates.py, bench/RESULTS.md):
-# the lowest threshold with pair precision >= 0.95 on both picture sets (0.976 and 1.0). It finds
-# every resized, re-encoded and byte-identical copy there; that model moves crops and brightness
-# changes further (it encodes place and colour), so other models may want --threshold.
+# The fixed threshold of callers that measure none (MCP without a recorded one, the library's
+# default): measured once on retriever-tiny trained on the shape scenes. `retriever duplicates`
+# measures its own (retriever.library.calibration; bench/RESULTS.md compares the two).
 DEFAULT_THRESHOLD = 0.99
 
 
@@ -53,28 +55,44 @@ class Group:
 
 def find_duplicates(collection: Collection, threshold: float = DEFAULT_THRESHOLD,
                     prefix: str | None = None) -> list[Group]:
-    """Groups of two or more images in the folder `prefix` (all when None; see `folder_key`)
-    whose vectors are within `threshold` cosine of each other (chained) or whose bytes are
-    identical; ordered by their best copy's path."""
+    """Groups of two or more images in the folder `prefix` (all when None; see `folder_key`),
+    each a best copy with the images within `threshold` cosine of it or with its bytes (see
+    the module docstring); ordered by their best copy's path."""
     from index.neighbours import close_pairs
 
     folder = folder_key(prefix) if prefix else None
     ids, vectors = collection.reads.vectors(IMAGE, folder)
-    files = {f.id: f for f in collection.reads.image_files(folder)}
+    by_id = {f.id: f for f in collection.reads.image_files(folder)}
     rows, cols, _ = close_pairs(vectors, threshold)
-    parent = np.arange(len(ids))
+    near: dict[int, set[int]] = {}  # row -> rows within the threshold
     for a, b in zip(rows.tolist(), cols.tolist(), strict=True):
-        _union(parent, a, b)
-    first_with_hash: dict[str, int] = {}
+        near.setdefault(a, set()).add(b)
+        near.setdefault(b, set()).add(a)
+    same: dict[str, list[int]] = {}  # content hash -> rows with those bytes
     for row, item_id in enumerate(ids.tolist()):
-        other = first_with_hash.setdefault(files[item_id].content_hash, row)
-        _union(parent, other, row)
-    members: dict[int, list[int]] = {}
-    for row in range(len(ids)):
-        members.setdefault(_root(parent, row), []).append(row)
-    groups = [_group([files[int(ids[r])] for r in rs], vectors[rs])
-              for rs in members.values() if len(rs) > 1]
+        same.setdefault(by_id[item_id].content_hash, []).append(row)
+    taken: set[int] = set()
+    groups = []
+    for leader in sorted(range(len(ids)), key=lambda r: _rank(by_id[int(ids[r])])):
+        if leader in taken:
+            continue
+        members = _members(leader, near, same, by_id[int(ids[leader])].content_hash, taken)
+        taken.update(members)
+        if len(members) > 1:
+            groups.append(_group([by_id[int(ids[r])] for r in members], vectors[members]))
     return sorted(groups, key=lambda g: g.copies[0].path)
+
+
+def _members(leader: int, near: dict[int, set[int]], same: dict[str, list[int]],
+             content_hash: str, taken: set[int]) -> list[int]:
+    """The leader, then the rows not yet in a group that have its bytes or are within the
+    threshold of it, in row order."""
+    joined = [leader, *same[content_hash], *sorted(near.get(leader, ()))]
+    members: dict[int, None] = {}
+    for row in joined:
+        if row not in taken:
+            members[row] = None
+    return list(members)
 
 
 def _group(files: Sequence[ImageFile], vectors: np.ndarray) -> Group:
@@ -94,16 +112,3 @@ def _group(files: Sequence[ImageFile], vectors: np.ndarray) -> Group:
 def _rank(f: ImageFile) -> tuple[int, int, str]:
     """Best copy first: most pixels, then the largest file, then the path."""
     return -(f.width or 0) * (f.height or 0), -f.size, f.path
-
-
-def _root(parent: np.ndarray, i: int) -> int:
-    while parent[i] != i:
-        parent[i] = parent[parent[i]]  # path halving
-        i = int(parent[i])
-    return i
-
-
-def _union(parent: np.ndarray, a: int, b: int) -> None:
-    ra, rb = _root(parent, a), _root(parent, b)
-    if ra != rb:
-        parent[max(ra, rb)] = min(ra, rb)

@@ -28,9 +28,10 @@ def pinned_encoder(
     *,
     settings: Settings,
 ) -> Encoder:
-    """The encoder `collection` was built with, on `backend`; `asked` (a model or weights the
-    caller expects) must agree, else `AskedModelDiffers` for `purpose` ("search" or "index").
-    `settings`: this machine's export cache and GPU."""
+    """The encoder `collection` was built with, on `backend`, in the precision its vectors
+    were made in; `asked` (a model or weights the caller expects) must agree, else
+    `AskedModelDiffers` for `purpose` ("search" or "index"), and an explicit `backend` of
+    another precision is `PrecisionMismatch`. `settings`: this machine's export cache and GPU."""
     record = collection.reads.model()
     if record is None:
         raise IndexNotFound(f"{collection.directory} holds no index yet: run `retriever index`")
@@ -39,11 +40,15 @@ def pinned_encoder(
                                          ("pretrained", asked.pretrained, record.pretrained)):
             if value is not None and not _same(value, recorded):
                 raise AskedModelDiffers(collection.directory, setting, value, recorded, purpose)
-    from retriever.encoding.backends import open_encoder, user_exports
+    from retriever.encoding.backends import check_precision, open_encoder, user_exports
 
+    # the precision of the index's vectors (a store made before it was recorded: fp32): an
+    # explicit backend of the other kind is refused; "auto" keeps it (an image query too)
+    recorded = record.precision or "fp32"
+    check_precision(collection.directory, backend, settings.gpu, recorded, purpose)
     encoder = open_encoder(ModelId(record.name, record.pretrained), backend,
                            user_exports(settings), batch_size, quick_start, progress,
-                           settings.gpu)
+                           settings.gpu, recorded)
     # the files behind the recorded names may have changed since: same names, another model
     collection.check_model(replace(record, dim=encoder.dim, fingerprint=encoder.fingerprint))
     return encoder

@@ -11,7 +11,10 @@ without following a symlink at its stored path, and holding exactly the bytes wh
 store recorded. A symlink is followed only to another indexed file (one inside the indexed
 folders); a file swapped after indexing, for a symlink or through a folder replaced by one,
 holds other bytes and is refused. Equal bytes prove nothing leaks: whoever planted them had
-them already.
+them already. The file itself at its stored path, reached through real folders only (no
+symlink on the way: nothing outside the indexed folders) and with the stored size and mtime,
+is taken as the bytes hashed when indexed and read once, not hashed first; any other (a
+link, a size or mtime changed) is hashed whole before a byte of it is used.
 
 A cached thumbnail is read back only as a regular file named there (never through a symlink:
 retriever.jsonfile.read_small), and only while its item's file still opens as above with the
@@ -36,6 +39,7 @@ from retriever.errors import ItemNotFound, SmallFileError, UsageError
 from retriever.jsonfile import read_small
 from retriever.library.collection import THUMBS_DIRNAME, Collection
 from retriever.media.images import thumbnail_bytes
+from retriever.media.in_place import linkless_stat
 from retriever.media.paths import key_path, path_key
 from retriever.media.video import frame_jpeg
 
@@ -59,7 +63,9 @@ def open_indexed(collection: Collection, item_id: int, checked: set[tuple] | Non
     view, state, handle, where = _open_item(collection, item_id)
     try:
         identity = _identity(handle, state)
-        if checked is None or identity not in checked:
+        # a file as stored, in place, is read once by whoever sends or decodes it
+        if not _as_stored_in_place(handle, view.path, state) and (
+                checked is None or identity not in checked):
             if not _holds(handle, state):
                 raise ItemNotFound(f"{where} changed since it was indexed: run `retriever "
                                    f"index` to update the index")
@@ -71,6 +77,18 @@ def open_indexed(collection: Collection, item_id: int, checked: set[tuple] | Non
         handle.close()
         raise
     return view, handle
+
+
+def _as_stored_in_place(handle: BinaryIO, path: str, state: FileState) -> bool:
+    """Whether the open file is the one at its stored path reached through real folders only
+    (retriever.media.in_place) and still has the stored size and mtime, as when its bytes
+    were hashed: anything that rewrote it since changed one of them. Such a file is trusted
+    without hashing it whole first (a 200 MB video: one read, not two)."""
+    now = os.fstat(handle.fileno())
+    if (now.st_size, now.st_mtime) != (state.size, state.mtime):
+        return False
+    there = linkless_stat(os.fspath(key_path(path)))
+    return there is not None and (there.st_dev, there.st_ino) == (now.st_dev, now.st_ino)
 
 
 def _identity(handle: BinaryIO, state: FileState) -> tuple:

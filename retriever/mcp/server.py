@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable
 from typing import Annotated, Any, Literal, cast
 
 from mcp.server.mcpserver import MCPServer
@@ -39,7 +40,6 @@ from retriever import __version__
 from retriever.encoding.encoders import Encoder
 from retriever.errors import RetrieverError
 from retriever.library.collection import Collection
-from retriever.library.duplicates import DEFAULT_THRESHOLD
 from retriever.mcp.tools import MAX_K, Filters, Tools
 from retriever.present.output import visible
 from retriever.search.query import DEFAULT_TARGET, MAX_ID
@@ -107,19 +107,22 @@ class RetrieverMcp(MCPServer):
                                   f"{', '.join(known) or 'none'}"))
 
 
-def create_server(collection: Collection, encoder: Encoder) -> RetrieverMcp:
-    """The MCP server over `collection`, searched with `encoder` (the index's model)."""
+def create_server(collection: Collection, encoder: Encoder,
+                  reload: Callable[[Collection], Encoder] | None = None) -> RetrieverMcp:
+    """The MCP server over `collection`, searched with `encoder` (the index's model; `reload`
+    loads the index's new one after a switch, as `LiveCollection` tells)."""
     server = RetrieverMcp("retriever", version=__version__, instructions=INSTRUCTIONS,
                           log_level="WARNING")
-    tools = Tools(LiveCollection(collection, encoder))
+    tools = Tools(LiveCollection(collection, encoder, reload))
     _search_tools(server, tools)
     _collection_tools(server, tools)
     return server
 
 
-def serve_stdio(collection: Collection, encoder: Encoder) -> None:
+def serve_stdio(collection: Collection, encoder: Encoder,
+                reload: Callable[[Collection], Encoder] | None = None) -> None:
     """Answer one client on stdin/stdout until it closes stdin."""
-    create_server(collection, encoder).run("stdio")
+    create_server(collection, encoder, reload).run("stdio")
 
 
 def _search_tools(server: MCPServer, tools: Tools) -> None:
@@ -168,8 +171,9 @@ def _collection_tools(server: MCPServer, tools: Tools) -> None:
         return tools.info()
 
     @server.tool(annotations=READ_ONLY)
-    def duplicates(threshold: Threshold = DEFAULT_THRESHOLD, folder: Folder = None) -> Results:
-        """Groups of near-identical images, best copy first; same bytes are marked."""
+    def duplicates(threshold: Threshold | None = None, folder: Folder = None) -> Results:
+        """Groups of near-identical images, best copy first; same bytes are marked. Default
+        threshold: the one `retriever duplicates` measured for this index, else a fixed one."""
         return tools.duplicates(threshold, folder)
 
     @server.tool(annotations=READ_ONLY)

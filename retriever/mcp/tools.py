@@ -24,7 +24,8 @@ from typing import Any
 
 from index.records import ItemView
 from retriever.errors import ItemNotFound, RetrieverError, UsageError
-from retriever.library.duplicates import find_duplicates
+from retriever.library.calibration import recorded
+from retriever.library.duplicates import DEFAULT_THRESHOLD, find_duplicates
 from retriever.library.locations import recorded_roots
 from retriever.library.tags import check_tag
 from retriever.library.thumbnails import DEFAULT_SIZE, THUMBNAILED, thumbnail
@@ -137,12 +138,17 @@ class Tools:
                 "failures": [{"path": f.path, "reason": f.reason}
                              for f in summary.failures[:MAX_FAILURES]]}
 
-    def duplicates(self, threshold: float, folder: str | None) -> dict[str, Any]:
-        """Groups of near-identical images (best copy first), at most MAX_GROUPS of them."""
-        if not -1 <= threshold <= 1:  # NaN fails this too
+    def duplicates(self, threshold: float | None, folder: str | None) -> dict[str, Any]:
+        """Groups of near-identical images (best copy first), at most MAX_GROUPS of them;
+        `threshold` None: the one `retriever duplicates` measured, while it holds, else
+        DEFAULT_THRESHOLD."""
+        if threshold is not None and not -1 <= threshold <= 1:  # NaN fails this too
             raise UsageError(f"threshold {threshold} is not a cosine: pass one in [-1, 1]")
         prefix = folder_filter(folder, "folder")
         with self.live.current() as collection:
+            if threshold is None:
+                measured = recorded(collection)
+                threshold = measured.threshold if measured else DEFAULT_THRESHOLD
             groups = find_duplicates(collection, threshold, prefix)
         return {"groups": len(groups), "threshold": threshold,
                 "listed": [g.to_json() for g in groups[:MAX_GROUPS]]}

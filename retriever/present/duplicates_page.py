@@ -1,9 +1,11 @@
 """`retriever duplicates --html FILE`: a self-contained page, each group's copies side by side
-(thumbnails embedded as data URIs, checked as `search --html` checks them), best copy first."""
+(thumbnails embedded as data URIs, checked as `search --html` checks them), best copy first;
+and the threshold in words, as `duplicates` and `info` print it."""
 
 from __future__ import annotations
 
 import html
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -12,6 +14,7 @@ from retriever.library.duplicates import Copy, Group
 from retriever.present.html_page import check_target, image_tag, write_page
 
 if TYPE_CHECKING:
+    from index.records import ThresholdRecord
     from retriever.library.collection import Collection
 
 PAGE = """<!doctype html>
@@ -37,6 +40,21 @@ def write_duplicates_html(groups: Sequence[Group], path: Path, threshold: float,
     body = "\n".join(_group(collection, n, g) for n, g in enumerate(groups, 1))
     return write_page(path, PAGE.format(title="retriever: duplicates", count=len(groups),
                                         threshold=f"{threshold:g}", groups=body))
+
+
+def threshold_words(threshold: float, measured: ThresholdRecord | None) -> str:
+    """"cosine 0.9712 (measured for ...)" for a measured threshold, "cosine 0.99" else."""
+    if measured is None:
+        return f"cosine {threshold:g}"
+    return f"cosine {measured.threshold:.4f} ({measured_words(measured)})"
+
+
+def measured_words(measured: ThresholdRecord) -> str:
+    """How a threshold was measured, for `duplicates` and `info`."""
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(measured.measured_at))
+    return (f"measured for precision {measured.target_precision:g} on {measured.sample} of "
+            f"{measured.images} images, {measured.recall:.0%} of in-memory copies above it, "
+            f"{when}")
 
 
 def _group(collection: Collection, number: int, group: Group) -> str:

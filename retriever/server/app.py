@@ -30,7 +30,7 @@ import mimetypes
 import os
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,13 +128,17 @@ class LiveCollection:
     A local page has one user, and the model and FAISS indexes are shared state: a lock is
     simpler than proving them thread-safe. When `retriever index` has written to the store
     since (its generation moved), the collection is reopened so searches see the new files;
-    re-indexed with another model (`--reindex`), it refuses to search with the loaded one.
+    re-indexed with another model (`--reindex`, or a `--switch` completed), the index's new
+    model is loaded by `reload` (the searches meanwhile wait on the lock, then answer with it),
+    or, with no `reload`, searches are refused rather than answered with the loaded one.
     """
 
-    def __init__(self, collection: Collection, encoder: Encoder) -> None:
+    def __init__(self, collection: Collection, encoder: Encoder,
+                 reload: Callable[[Collection], Encoder] | None = None) -> None:
         self.lock = threading.Lock()
         self.collection = collection
         self.encoder = encoder
+        self.reload = reload
         self.generation = collection.reads.generation()
         self.model = collection.reads.model()  # what `encoder` was loaded from
 
@@ -146,19 +150,23 @@ class LiveCollection:
                 old = self.collection
                 self.collection, self.generation = old.reopen(), now
             model = self.collection.reads.model()
-            if model is not None and self.model is not None and (
-                    (model.name, model.pretrained) != (self.model.name, self.model.pretrained)):
-                raise ModelMismatch(
-                    f"{self.collection.directory} was re-indexed with {model.name} "
-                    f"({model.pretrained}): restart `retriever serve` to load that model")
+            if model is not None and self.model is not None and model != self.model:
+                if self.reload is not None:
+                    self.encoder, self.model = self.reload(self.collection), model
+                elif (model.name, model.pretrained) != (self.model.name, self.model.pretrained):
+                    raise ModelMismatch(
+                        f"{self.collection.directory} was re-indexed with {model.name} "
+                        f"({model.pretrained}): restart `retriever serve` to load that model")
             yield self.collection
 
 
 def create_app(
-    collection: Collection, encoder: Encoder, settings: ServerSettings | None = None
+    collection: Collection, encoder: Encoder, settings: ServerSettings | None = None,
+    reload: Callable[[Collection], Encoder] | None = None,
 ) -> Starlette:
-    """The ASGI app serving `collection`, searched with `encoder` (the index's model)."""
-    api = Api(LiveCollection(collection, encoder), settings or ServerSettings())
+    """The ASGI app serving `collection`, searched with `encoder` (the index's model); `reload`
+    loads the index's model again once it changed (see LiveCollection)."""
+    api = Api(LiveCollection(collection, encoder, reload), settings or ServerSettings())
     routes = [Route(url, _asset(name, media)) for url, (name, media) in ASSETS.items()]
     routes += [
         Route("/api/ping", ping),
