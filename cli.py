@@ -24,6 +24,7 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from retriever import __version__
+from retriever.encoding.families import FAMILIES
 from retriever.errors import AskedModelDiffers, BadSetting, RetrieverError, RetrieverWarning
 from retriever.media.images import DEFAULT_MAX_PIXELS
 from retriever.media.ocr import check_tesseract
@@ -602,8 +603,7 @@ def indexes(json_out: JsonOpt = False, forget: ForgetOpt = None,
 
 
 FamilyOpt = Annotated[str | None, typer.Option(
-    "--family", help="Only this family: clip, siglip, siglip2, multilingual, mobileclip, "
-    "mobileclip2 or eva.")]
+    "--family", help=f"Only this family: {', '.join(FAMILIES)}.")]
 CachedOpt = Annotated[bool, typer.Option(
     "--cached", help="Only the pretrained tags whose weights are on this machine.")]
 
