@@ -33,6 +33,8 @@ ROOT = Path(__file__).resolve().parent.parent
 TWINS_WORK = WORK / "twins"
 TEXT = "a photo of a dog"  # the query text of every program that encodes one
 KEEP_MS = 50.0  # issue 21: a twin stays where it saves a cold command more than this
+# the framing an export records for a SigLIP tokenizer (retriever.encoding.hf_text, HF_FIELDS)
+HF_SPEC = {"kind": "hf", "clean": "canonicalize", "pad_id": 0, "strip_sep_id": None}
 
 
 @dataclass(frozen=True)
@@ -79,14 +81,26 @@ def prepare(env: dict[str, str]) -> dict[str, Path]:
         faiss.write_index(index, str(flat))
         save_mirror(flat, ids, vectors)
     return {"db": db, "photo": next(photos.glob("*.jpg")), "tokenizer": tokenizer,
-            "blocked": blocked / "tokenizer.json", "flat": flat}
+            "blocked": blocked / "tokenizer.json", "flat": flat, "hf": hf_tokenizer()}
+
+
+def hf_tokenizer() -> Path:
+    """A SentencePiece-like Hugging Face tokenizer folder, as the tests' tiny SigLIP has
+    (tests/families.py: trained here with `tokenizers`, no download)."""
+    folder = TWINS_WORK / "hf-tokenizer"
+    if not (folder / "tokenizer.json").is_file():
+        from tests.families import unigram_tokenizer
+
+        unigram_tokenizer(folder, ["<pad>", "</s>", "<unk>"], "$A </s>")
+    return folder
 
 
 def tokenizer_twins(paths: dict[str, Path]) -> list[Twin]:
-    """The Python BPE against what it replaced and against open_clip's; its plain-text copy."""
+    """The Python BPE against what it replaced and against open_clip's; its plain-text copy;
+    the Hugging Face tokenizer's framing on `tokenizers` against open_clip's HFTokenizer."""
     ours = ("from pathlib import Path; from retriever.encoding.tokenizer import ClipTokenizer; "
             "ClipTokenizer(Path({!r}), 77)([{!r}])")
-    tokenizer = str(paths["tokenizer"])
+    tokenizer, hf = str(paths["tokenizer"]), str(paths["hf"])
     return [
         Twin("BPE merged in Python, against `tokenizers`' Rust BPE", "encoding/tokenizer.py",
              ours.format(tokenizer, TEXT),
@@ -102,6 +116,13 @@ def tokenizer_twins(paths: dict[str, Path]) -> list[Twin]:
              ours.format(str(paths["blocked"]), TEXT),
              "tests/test_tokenizer.py::test_a_copy_that_cannot_be_written_leaves_the_json_"
              "parsed_each_time"),
+        Twin("a Hugging Face tokenizer (SigLIP's), against open_clip's HFTokenizer (imports "
+             "torch and transformers)", "encoding/hf_text.py",
+             f"from pathlib import Path; from retriever.encoding.hf_text import HfTokenizer; "
+             f"HfTokenizer(Path({hf + '/tokenizer.json'!r}), 16, {HF_SPEC!r})([{TEXT!r}])",
+             f"from open_clip.tokenizer import HFTokenizer; "
+             f"HFTokenizer({hf!r}, context_length=16, clean='canonicalize')([{TEXT!r}])",
+             "tests/test_families_text.py::test_tokenizer_twin_gives_open_clips_ids"),
     ]
 
 
@@ -123,6 +144,12 @@ def twins(paths: dict[str, Path]) -> list[Twin]:
              "from retriever.encoding.weights import known_tags; known_tags()",
              "from retriever.encoding.weights import registry; registry()",
              "tests/test_models.py::test_the_shipped_tag_registry_is_open_clips"),
+        Twin("open_clip's model configs read as files (`retriever models`)",
+             "encoding/catalogue.py",
+             "from retriever.encoding.catalogue import model_configs; model_configs()",
+             "import open_clip; "
+             "{n: open_clip.get_model_config(n) for n in open_clip.list_models()}",
+             "tests/test_models_command.py::test_the_configs_read_as_files_are_open_clips"),
         Twin("exact search in numpy over a flat index's mirror (20,000 x 512)", "index/exact.py",
              f"import numpy as np; from pathlib import Path; from index.exact import ExactIndex; "
              f"ExactIndex.load(Path({flat!r})).search({query}, 10)",

@@ -33,6 +33,10 @@ SQLITE_WRITER_CACHE_KIB = 65_536
 # WAL bytes between automatic checkpoints (SQLite's default: 1,000 pages): a page written by
 # several batches meanwhile (the content_hash index's) is copied into the database once.
 SQLITE_CHECKPOINT_BYTES = 256 * 2**20
+# Seconds a SQLite connection waits for another's write lock before "database is locked"
+# (sqlite3's `timeout` for a one-off read, the PRAGMA on each of SQLAlchemy's connections)
+SQLITE_BUSY_S = 30
+SQLITE_BUSY = f"PRAGMA busy_timeout = {SQLITE_BUSY_S * 1000}"
 # Seconds to connect (psycopg's connect_timeout): a port that accepts and never answers
 # (a firewall, a server hung) is one line after this, not minutes of TCP retries
 PG_CONNECT_TIMEOUT = 10
@@ -197,7 +201,7 @@ def open_plain(url: str, read_only: bool) -> PlainExecutor | None:
                       (_read_only_params(path) if read_only else {"mode": "rw"}).items())
     try:
         db = sqlite3.connect(f"file:{quote(str(path.absolute()))}?{params}", uri=True,
-                             timeout=30)
+                             timeout=SQLITE_BUSY_S)
     except sqlite3.Error:
         return None
     try:
@@ -272,7 +276,7 @@ def _read_only_params(path: Path) -> dict[str, str]:
 
 def _sqlite_pragmas_ro(dbapi_conn, _record) -> None:
     cursor = dbapi_conn.cursor()
-    cursor.execute("PRAGMA busy_timeout = 30000")
+    cursor.execute(SQLITE_BUSY)
     cursor.close()
 
 
@@ -282,7 +286,7 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     # a new store's pages (an existing one keeps its own): set before WAL mode creates the file
     cursor.execute(f"PRAGMA page_size = {SQLITE_PAGE_SIZE}")
     cursor.execute("PRAGMA journal_mode = WAL")  # readers (search) never block the writer
-    cursor.execute("PRAGMA busy_timeout = 30000")
+    cursor.execute(SQLITE_BUSY)
     cursor.execute(f"PRAGMA cache_size = -{SQLITE_WRITER_CACHE_KIB}")
     page_size = cursor.execute("PRAGMA page_size").fetchone()[0]  # an old store's: 4 KiB
     cursor.execute(f"PRAGMA wal_autocheckpoint = {SQLITE_CHECKPOINT_BYTES // page_size}")

@@ -14,6 +14,9 @@
    `sqlalchemy`): mapped classes and Session reads are gone; the store's SQL is Core text.
 6. Small pieces: no function over MAX_FUNCTION_LINES lines (tests/ and bench/ included), no
    module of retriever/ or index/ over MAX_MODULE_LINES lines.
+7. One text per statement: a SQL statement (a string or f-string that starts with one of
+   SQL_VERBS) is written once in retriever/, index/ and cli.py, whitespace and case aside; a
+   second use names the first (index/sql.py holds the store's).
 
 Prints one line per violation and exits 1 if there is any; tests/test_layout.py runs it.
 """
@@ -21,7 +24,9 @@ Prints one line per violation and exits 1 if there is any; tests/test_layout.py 
 from __future__ import annotations
 
 import ast
+import re
 import sys
+from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,6 +46,9 @@ ENV_NAMES = ("environ", "environb", "getenv", "getenvb")
 ORM_MODULES = ("sqlalchemy.orm", "sqlalchemy.ext.declarative")
 MAX_FUNCTION_LINES = 60
 MAX_MODULE_LINES = 450
+SQL_VERBS = ("SELECT", "INSERT", "UPDATE", "DELETE", "WITH", "CREATE", "ALTER", "DROP",
+             "PRAGMA", "COPY", "LOCK")
+_STATEMENT = re.compile(rf"\s*(?:{'|'.join(SQL_VERBS)})\s+\S", re.IGNORECASE)
 # Lowest first. "name" is that one module; "name.*" is a package: it and every module under it.
 # The top-level modules of retriever/ are listed one by one: a new one belongs to no layer (and
 # test_layout fails) until it is placed here.
@@ -156,6 +164,40 @@ def long_functions(tree: ast.AST) -> Iterator[tuple[int, str, int]]:
                 yield node.lineno, node.name, lines
 
 
+def sql_statements(tree: ast.AST) -> Iterator[tuple[int, str]]:
+    """(line, text with its whitespace collapsed) of every SQL statement written in `tree`; an
+    f-string's fields read as `{}`; docstrings ("Update the files ...") are prose."""
+    inner = {id(value) for node in ast.walk(tree) if isinstance(node, ast.JoinedStr)
+             for value in node.values}
+    inner |= {id(node.body[0].value) for node in ast.walk(tree)
+              if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef
+                            | ast.AsyncFunctionDef)
+              and node.body and isinstance(node.body[0], ast.Expr)}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in inner:
+            text = node.value
+        elif isinstance(node, ast.JoinedStr):
+            text = "".join(v.value if isinstance(v, ast.Constant) else "{}" for v in node.values)
+        else:
+            continue
+        if _STATEMENT.match(text):
+            yield node.lineno, " ".join(text.split())
+
+
+def repeated_sql(root: Path = ROOT) -> list[str]:
+    """Rule 7: each statement written a second (third, ...) time, with where it was first."""
+    places: dict[str, list[str]] = defaultdict(list)
+    # the store's statements first, index/sql.py's before all: a repeat elsewhere names them
+    files = sorted(source_files(root), key=lambda path: (path != root / "index" / "sql.py",
+                                                         root / "index" not in path.parents))
+    for path in files:
+        relative = path.relative_to(root).as_posix()
+        for line, text in sql_statements(ast.parse(path.read_text(), relative)):
+            places[text.casefold()].append(f"{relative}:{line}")
+    return [f"{where}: repeats the SQL of {first}: name it once and use the name"
+            for first, *again in places.values() for where in again]
+
+
 def edge_allows(relative: str, scope: str) -> bool:
     if relative not in EDGES:
         return False
@@ -200,7 +242,7 @@ def violations(root: Path = ROOT) -> list[str]:
             relative = path.relative_to(root).as_posix()
             found += [f"{relative}:{line}: {name} is {lines} lines, over {MAX_FUNCTION_LINES}"
                       for line, name, lines in long_functions(ast.parse(path.read_text()))]
-    return found
+    return found + repeated_sql(root)
 
 
 def main() -> int:

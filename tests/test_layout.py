@@ -119,6 +119,29 @@ def test_long_functions_and_modules_are_reported(tmp_path):
         f"{MAX_FUNCTION_LINES}"]
 
 
+def test_a_sql_statement_written_twice_is_reported(tmp_path):
+    """Across modules and within one, whitespace and case aside, f-strings alike, each repeat
+    naming index/sql.py's text; a statement written once, a name used twice, and docstrings
+    that start with a verb's word, twice, are not."""
+    first = 'GET = "SELECT id FROM items WHERE path = :path"\n'
+    root = probe_tree(tmp_path, {
+        "index/sql.py": first + 'PRAGMA = f"PRAGMA page_size = {SIZE}"\nONE = "DELETE FROM tags"\n',
+        "index/probe.py": "from index.sql import GET\n\ndef f(db, SIZE):\n"
+                          "    db.run(GET)\n    db.run(GET)\n"
+                          "    db.run('''SELECT id\n  FROM items   WHERE path = :path''')\n"
+                          "    db.run(f'PRAGMA page_size = {SIZE}')\n"
+                          "    return 'select a file to index'\n\n"
+                          "def g():\n    \"\"\"Update the files.\"\"\"\n\n"
+                          "def h():\n    \"\"\"Update the files.\"\"\"\n",
+        "retriever/media/probe.py": 'AGAIN = "select id from items where path = :path"\n'})
+    found = sorted(line for line in violations(root) if "repeats the SQL" in line)
+    assert found == [
+        "index/probe.py:6: repeats the SQL of index/sql.py:1: name it once and use the name",
+        "index/probe.py:8: repeats the SQL of index/sql.py:2: name it once and use the name",
+        "retriever/media/probe.py:1: repeats the SQL of index/sql.py:1: name it once and use "
+        "the name"]
+
+
 def test_the_edges_named_exist():
     """An edge that names a module or function no longer there would silently allow nothing:
     each is in the tree."""

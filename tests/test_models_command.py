@@ -66,6 +66,23 @@ def test_every_architecture_and_tag_is_listed_by_family(cli):
     assert families == sorted(families)
 
 
+def test_the_configs_read_as_files_are_open_clips():
+    """The speed twin: `model_configs` reads open_clip's config folder as files; open_clip, in
+    a fresh process (no config registered by a test), lists the same architectures with the
+    same configs, ours adding only the bundled ones."""
+    from retriever.encoding.catalogue import BUNDLED_CONFIGS
+
+    program = ("import json, open_clip; print(json.dumps({name: open_clip.get_model_config(name)"
+               " for name in open_clip.list_models()}))")
+    out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                         check=True).stdout
+    theirs = json.loads(out.strip().splitlines()[-1])
+    bundled = {path.stem for path in BUNDLED_CONFIGS.glob("*.json")}
+    ours = model_configs()
+    assert "ViT-B-32" in theirs and bundled == {"retriever-tiny"}
+    assert {name: cfg for name, cfg in ours.items() if name not in bundled} == theirs
+
+
 def test_family_and_cached_narrow_the_list(cli):
     mobile = cli("models", "--family", "mobileclip2")
     assert mobile.exit_code == 0, mobile.output

@@ -60,14 +60,15 @@ def named_tests(text: str) -> set[tuple[str, str]]:
 
 
 def test_every_named_parity_test_exists():
-    """The README's speed-twin table and bench/twins.py name tests that exist."""
+    """The README's speed-twin table and bench/twins.py name tests that exist, and the table
+    names the parity test of every twin the benchmark measures."""
     from bench.twins import twins
 
     readme = (ROOT / "README.md").read_text()
     section = readme[readme.index("### Speed twins"):]
-    rows = twins(dict.fromkeys(("db", "photo", "flat", "tokenizer", "blocked"), Path("x")))
+    rows = twins(dict.fromkeys(("db", "photo", "flat", "tokenizer", "blocked", "hf"), Path("x")))
     named = named_tests(section[: section.index("\n\n", section.index("| twin |"))])
-    named |= {tuple(row.parity.split("::")) for row in rows}  # type: ignore[misc]
-    assert len(rows) == 9 and len(named) >= 9
+    measured = {tuple(row.parity.split("::")) for row in rows}
+    assert len(rows) == 11 and measured <= named and len(named) >= 11
     for file, name in sorted(named):
         assert f"def {name}(" in (ROOT / file).read_text(), f"{file}::{name}"
