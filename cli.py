@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
-from rich.table import Table
 from typer.core import TyperGroup
 
 from retriever import __version__
@@ -30,14 +29,25 @@ from retriever.media.images import DEFAULT_MAX_PIXELS
 from retriever.media.ocr import check_tesseract
 from retriever.media.passages import DEFAULT_MAX_TEXT_BYTES
 from retriever.media.video import DEFAULT_EVERY, DEFAULT_MAX_FRAMES
-from retriever.present.output import plain as _plain
 from retriever.present.output import (
     unbounded,  # tables: never cut when piped
     visible,  # file text and error messages: shown, never read
 )
 from retriever.present.runs import PrintedWatch, not_indexed
-from retriever.present.tables import before_after, duplicates_table, metrics_table
-from retriever.settings import Settings
+from retriever.present.tables import (
+    before_after,
+    demo_results,
+    duplicates_table,
+    metrics_table,
+)
+from retriever.settings import (
+    ENV_BACKEND,
+    ENV_DB,
+    ENV_MODEL,
+    ENV_PRETRAINED,
+    ENV_STORE_URL,
+    Settings,
+)
 
 if TYPE_CHECKING:
     from retriever.ingest.options import IngestOptions
@@ -88,20 +98,20 @@ stderr = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 F = TypeVar("F", bound=Callable[..., Any])
 
 DbOpt = Annotated[Path | None, typer.Option(
-    "--db", help="Index folder (default: <first folder>/.retriever, or $RETRIEVER_DB; search "
+    "--db", help=f"Index folder (default: <first folder>/.retriever, or ${ENV_DB}; search "
     "and info look upwards from the current folder, then in `retriever indexes`).",
-    envvar="RETRIEVER_DB", show_envvar=True)]
+    envvar=ENV_DB, show_envvar=True)]
 StoreOpt = Annotated[str | None, typer.Option(
     "--store", help="Where the metadata and vectors are: a SQLAlchemy URL, e.g. "
     "postgresql+psycopg://user@host/dbname (default: store.db in the index folder).",
-    envvar="RETRIEVER_STORE_URL", show_envvar=True)]
+    envvar=ENV_STORE_URL, show_envvar=True)]
 MODEL_HELP = "open_clip model name (ViT-B-32), hf-hub:org/repo, or a model-config JSON."
 PRETRAINED_HELP = ("open_clip pretrained tag, hf-hub:org/repo, a weights/checkpoint file, or "
                    "'none' for random weights. Default: the model's default tag.")
 ModelOpt = Annotated[str | None, typer.Option(
-    "--model", help=MODEL_HELP, envvar="RETRIEVER_MODEL", show_envvar=True)]
+    "--model", help=MODEL_HELP, envvar=ENV_MODEL, show_envvar=True)]
 PretrainedOpt = Annotated[str | None, typer.Option(
-    "--pretrained", help=PRETRAINED_HELP, envvar="RETRIEVER_PRETRAINED", show_envvar=True)]
+    "--pretrained", help=PRETRAINED_HELP, envvar=ENV_PRETRAINED, show_envvar=True)]
 # search uses the index's own model; these only check that it is the one expected
 SearchModelOpt = Annotated[str | None, typer.Option(
     "--model", help="Expect the index to be built with this model.")]
@@ -112,7 +122,7 @@ JsonOpt = Annotated[bool, typer.Option(
 BackendOpt = Annotated[str, typer.Option(
     "--backend", help="auto (a new index: torch fp16 on a CUDA GPU, else ONNX Runtime with "
     "int8 images; an existing index: the precision it recorded), torch, onnx (fp32), or "
-    "onnx-int8 (faster image encoding, slightly different vectors).", envvar="RETRIEVER_BACKEND",
+    "onnx-int8 (faster image encoding, slightly different vectors).", envvar=ENV_BACKEND,
     show_envvar=True)]
 
 
@@ -830,11 +840,7 @@ def demo(
     stdout.print(visible(f"indexed {result.index.images} images and {result.index.passages} "
                          f"text passages from {result.media}"), markup=False)
     for label, results in result.searches:
-        table = Table("score", "path", "caption / passage", title=label)
-        for r in results:
-            table.add_row(f"{r.score:.3f}", _plain(Path(r.path).name),
-                          _plain(r.caption or r.passage))
-        unbounded(stdout).print(table)
+        unbounded(stdout).print(demo_results(label, results))
     unbounded(stdout).print(metrics_table(result.training.before, result.training.after,
                                            "untrained", "trained", title="held-out recall"))
     stdout.print(visible(f"try: cd {result.media} && retriever search 'a green square on the "

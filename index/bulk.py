@@ -28,7 +28,8 @@ if TYPE_CHECKING:
     from sqlalchemy import Connection
 
 # The columns write_files fills, in the order of the tuples it builds for each table, with the
-# type PostgreSQL's binary COPY sends each as (the tables of index.migrations)
+# type PostgreSQL's binary COPY sends each as: the tables of index.migrations, which state the
+# schema (tests/test_store_bulk.py holds these names and types to the migrated tables)
 BULK_COLUMNS = {
     "files": (("id", "int8"), ("path", "text"), ("kind", "text"), ("content_hash", "text"),
               ("size", "int8"), ("mtime", "float8"), ("width", "int8"), ("height", "int8"),

@@ -7,8 +7,8 @@ Everything below takes the values as parameters; no library module reads an envi
 variable (check_layout fails if one does).
 
 Five more variables are read by the options they stand for (click's envvar=, shown by --help),
-in cli.py too: RETRIEVER_DB (--db), RETRIEVER_STORE_URL (--store), RETRIEVER_MODEL (--model),
-RETRIEVER_PRETRAINED (--pretrained), RETRIEVER_BACKEND (--backend).
+in cli.py too: ENV_DB (--db), ENV_STORE_URL (--store), ENV_MODEL (--model), ENV_PRETRAINED
+(--pretrained), ENV_BACKEND (--backend), named below.
 """
 
 from __future__ import annotations
@@ -22,6 +22,12 @@ from retriever.errors import UsageError
 from retriever.userdirs import user_dir
 
 ENV_ON_DISK = "RETRIEVER_INDEX_ON_DISK"
+# read by cli.py's options (envvar=) and passed in as those options' values
+ENV_DB = "RETRIEVER_DB"  # --db: the index folder, instead of <first folder>/.retriever
+ENV_STORE_URL = "RETRIEVER_STORE_URL"  # --store: any SQLAlchemy URL, not <index>/store.db
+ENV_MODEL = "RETRIEVER_MODEL"  # --model
+ENV_PRETRAINED = "RETRIEVER_PRETRAINED"  # --pretrained
+ENV_BACKEND = "RETRIEVER_BACKEND"  # --backend
 ON_DISK = ("auto", "yes", "no")  # whether readers search a saved IVF from disk (index.ondisk)
 DATA_HOME = ".local/share"  # under the home folder: $XDG_DATA_HOME's default (the XDG spec)
 CACHE_HOME = ".cache"  # under the home folder: $XDG_CACHE_HOME's default

@@ -135,6 +135,38 @@ def test_ids_are_the_databases_own(stores):
     store.close()
 
 
+# a column's declared type (index.migrations' words) -> the type binary COPY sends it as
+COPY_TYPE = {"INTEGER": "int8", "BIGINT": "int8", "int8": "int8", "TEXT": "text",
+             "text": "text", "FLOAT": "float8", "float8": "float8", "BLOB": "bytea",
+             "bytea": "bytea"}
+
+
+def test_the_bulk_columns_are_the_migrated_schemas(stores):
+    """index.bulk's BULK_COLUMNS (the columns write_files fills and the type COPY sends each
+    as) names columns of the migrated tables with their types, and every column it leaves out
+    may be left out (nullable or with a default): the schema is stated by the migrations and
+    this second statement is held to it, on both databases."""
+    from index.bulk import BULK_COLUMNS
+
+    url = stores.url()
+    Store(url).close()  # migrated
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        for table, filled in BULK_COLUMNS.items():
+            if engine.dialect.name == "sqlite":
+                rows = conn.execute(text(f"PRAGMA table_info({table})")).all()
+                declared = {r[1]: (r[2], not r[3] or r[4] is not None or r[5]) for r in rows}
+            else:
+                rows = conn.execute(text(
+                    "SELECT column_name, udt_name, is_nullable, column_default FROM "
+                    "information_schema.columns WHERE table_name = :t"), {"t": table}).all()
+                declared = {r[0]: (r[1], r[2] == "YES" or r[3] is not None) for r in rows}
+            assert {c: COPY_TYPE[declared[c][0]] for c, _ in filled} == dict(filled), table
+            assert all(may_omit for c, (_, may_omit) in declared.items()
+                       if c not in dict(filled)), table
+    engine.dispose()
+
+
 def test_a_batch_naming_a_path_twice_is_refused_whole(store):
     batch = big_batch()[:5]
     with pytest.raises(IntegrityError):

@@ -59,7 +59,8 @@ from retriever.errors import (
     ModelMismatch,
     UsageError,
 )
-from retriever.library.locations import ENV_STORE_URL, STORE_FILE
+from retriever.library.locations import STORE_FILE
+from retriever.settings import ENV_STORE_URL
 
 if TYPE_CHECKING:  # FAISS loads only when an index is written or an ANN index searched
     import numpy as np

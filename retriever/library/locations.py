@@ -33,9 +33,6 @@ if TYPE_CHECKING:
 
 INDEX_DIRNAME = ".retriever"
 STORE_FILE = "store.db"
-# read by the CLI's --db and --store (their envvar=), passed in here as `db` and `store_url`
-ENV_DB = "RETRIEVER_DB"  # index folder, instead of <first folder>/.retriever
-ENV_STORE_URL = "RETRIEVER_STORE_URL"  # any SQLAlchemy URL, instead of <index folder>/store.db
 ROOTS_FILE = "roots.json"
 REGISTRY_FILE = "indexes.json"
 JSON_STRING = re.compile(r'"((?:[^"\\\n]|\\.)*)"')  # a string literal, escapes and all

@@ -1,10 +1,11 @@
 """The CLI's tables other than search results (those are retriever.present.output's): metrics
-of `train`, `evaluate` and `demo`, and the groups of `duplicates`. Rich tables, printed by
-cli.py through `output.unbounded` (never cut when piped)."""
+of `train`, `evaluate` and `demo`, `demo`'s searches, and the groups of `duplicates`. Rich
+tables, printed by cli.py through `output.unbounded` (never cut when piped)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import PurePath
 from typing import Any
 
 from rich.table import Table
@@ -39,6 +40,15 @@ def shown_metrics(metrics: dict) -> dict[str, dict[str, str]]:
         shown["queries"] = {"captions (text->image)": str(metrics["captions"]),
                             "images (image->text)": str(metrics["images"])}
     return shown
+
+
+def demo_results(label: str, results: Sequence[Any]) -> Table:
+    """`demo`'s searches: one table a query (`label`), each result's score, file name and
+    caption or passage (retriever.search.query's Results)."""
+    table = Table("score", "path", "caption / passage", title=label)
+    for r in results:
+        table.add_row(f"{r.score:.3f}", plain(PurePath(r.path).name), plain(r.caption or r.passage))
+    return table
 
 
 def before_after(before: dict, after: dict) -> str:

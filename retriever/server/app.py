@@ -2,6 +2,8 @@
 
     GET  /, /app.js, /style.css      the page (retriever/server/web/)
     GET  /api/info                   what the index holds and which model made it
+    GET  /api/recent?k=24            the newest photos (EXIF date, else mtime): the page before
+                                     a search
     GET  /api/search?text=..|item=..  search by words or by an indexed item, with filters
     POST /api/search                 a JSON body (adds `add`/`sub` terms), or multipart with an
                                      `image` file to search by
