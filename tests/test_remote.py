@@ -460,3 +460,19 @@ def test_a_socket_refused_mid_search_is_server_unavailable(media, tiny_encoder):
         assert remote_search(address, {"text": "red", "k": 1})
     with pytest.raises(ServerUnavailable):
         remote_search(address, {"text": "red", "k": 1})
+
+
+def test_the_port_takes_connections_as_soon_as_it_is_bound():
+    """`serve` prints its address after `listen` and before uvicorn's loop starts (the model
+    loads between): a client that connects on seeing the line is queued, not refused."""
+    import socket
+
+    sock = listen("127.0.0.1", 0)
+    try:
+        with socket.create_connection(sock.getsockname(), timeout=5) as client:
+            accepted, _ = sock.accept()
+            client.sendall(b"ping")
+            assert accepted.recv(4) == b"ping"
+            accepted.close()
+    finally:
+        sock.close()

@@ -42,6 +42,9 @@ def listen(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # restart without a wait
     try:
         sock.bind((host, port))
+        # listening from here: the address `serve` prints next takes connections at once
+        # (queued until uvicorn's loop accepts them), never refused while the model loads
+        sock.listen(BACKLOG)
     except (OSError, ValueError, TypeError) as error:  # the last two: not a host name
         sock.close()
         reason = getattr(error, "strerror", None) or "not an address"
