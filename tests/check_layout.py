@@ -184,15 +184,13 @@ def sql_statements(tree: ast.AST) -> Iterator[tuple[int, str]]:
             yield node.lineno, " ".join(text.split())
 
 
-def repeated_sql(root: Path = ROOT) -> list[str]:
-    """Rule 7: each statement written a second (third, ...) time, with where it was first."""
+def repeated_sql(trees: dict[str, ast.AST]) -> list[str]:
+    """Rule 7 over the modules' parsed `trees` (relative path -> tree): each statement written a
+    second (third, ...) time, with where it was first."""
     places: dict[str, list[str]] = defaultdict(list)
     # the store's statements first, index/sql.py's before all: a repeat elsewhere names them
-    files = sorted(source_files(root), key=lambda path: (path != root / "index" / "sql.py",
-                                                         root / "index" not in path.parents))
-    for path in files:
-        relative = path.relative_to(root).as_posix()
-        for line, text in sql_statements(ast.parse(path.read_text(), relative)):
+    for relative in sorted(trees, key=lambda r: (r != "index/sql.py", not r.startswith("index/"))):
+        for line, text in sql_statements(trees[relative]):
             places[text.casefold()].append(f"{relative}:{line}")
     return [f"{where}: repeats the SQL of {first}: name it once and use the name"
             for first, *again in places.values() for where in again]
@@ -205,11 +203,10 @@ def edge_allows(relative: str, scope: str) -> bool:
     return not functions or any(scope == f or scope.startswith(f + ".") for f in functions)
 
 
-def file_violations(path: Path, root: Path) -> list[str]:
-    """Rules 1, 2, 4, 5 and 6 for one module of retriever/, index/ or cli.py."""
+def file_violations(path: Path, root: Path, text: str, tree: ast.AST) -> list[str]:
+    """Rules 1, 2, 4, 5 and 6 for one module of retriever/, index/ or cli.py (its `text`,
+    parsed: `tree`)."""
     relative = path.relative_to(root).as_posix()
-    text = path.read_text()
-    tree = ast.parse(text, relative)
     found = []
     if not relative.startswith(STORE_OWNERS):
         found += [f"{relative}:{line}: touches .store outside index/ and the collection: use "
@@ -235,14 +232,17 @@ def file_violations(path: Path, root: Path) -> list[str]:
 
 def violations(root: Path = ROOT) -> list[str]:
     found = []
+    trees: dict[str, ast.AST] = {}
     for path in source_files(root):
-        found += file_violations(path, root)
+        relative, text = path.relative_to(root).as_posix(), path.read_text()
+        trees[relative] = ast.parse(text, relative)
+        found += file_violations(path, root, text, trees[relative])
     for folder in ("tests", "bench"):  # rule 6's function length only
         for path in sorted((root / folder).glob("*.py")):
             relative = path.relative_to(root).as_posix()
             found += [f"{relative}:{line}: {name} is {lines} lines, over {MAX_FUNCTION_LINES}"
                       for line, name, lines in long_functions(ast.parse(path.read_text()))]
-    return found + repeated_sql(root)
+    return found + repeated_sql(trees)
 
 
 def main() -> int:
